@@ -1,0 +1,421 @@
+//! Tenant-scoped cache operations: one function per operation, called by the
+//! internal plane and the public plane alike. Every operation validates its
+//! input against API.md §2, touches only the caller's tenant namespace and runs
+//! under the Redis command timeout.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use deadpool_redis::redis;
+
+use crate::codec::{Codec, Value};
+use crate::error::Error;
+use crate::keys::{CacheNamespace, TenantId, validate_key};
+use crate::live_stats::{LiveStats, Op};
+use crate::redis::RedisStore;
+use crate::ttl::{Expiry, from_redis_ttl};
+
+/// Largest number of keys in one batch request.
+pub const MAX_BATCH_KEYS: usize = 1000;
+
+/// Limits and defaults of cache operations, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    pub default_ttl: Expiry,
+    pub max_value_bytes: usize,
+    pub compression_min_bytes: usize,
+}
+
+/// A stored value with its remaining TTL (`-1`: no expiry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub value: Value,
+    pub ttl: i64,
+}
+
+/// One item of a batch write; its key is validated by [`Cache::mset`].
+#[derive(Debug, Clone)]
+pub struct SetItem {
+    pub key: String,
+    pub value: Value,
+    pub ttl: Option<Expiry>,
+}
+
+/// The cache data plane.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    redis: RedisStore,
+    codec: Codec,
+    limits: CacheLimits,
+    stats: Arc<LiveStats>,
+}
+
+impl Cache {
+    pub fn new(redis: RedisStore, limits: CacheLimits, stats: Arc<LiveStats>) -> Self {
+        Self {
+            redis,
+            codec: Codec::new(limits.compression_min_bytes),
+            limits,
+            stats,
+        }
+    }
+
+    pub fn redis(&self) -> &RedisStore {
+        &self.redis
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
+    pub fn stats(&self) -> &LiveStats {
+        &self.stats
+    }
+
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a bad key, [`Error::KeyNotFound`] on a miss,
+    /// [`Error::CacheUnavailable`] when Redis does not answer in time.
+    pub async fn get(&self, tenant: &TenantId, key: &str) -> Result<Entry, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let (stored, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                    .get(&redis_key)
+                    .ttl(&redis_key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok((stored, ttl))
+            })
+            .await;
+        let (stored, ttl) = self.stats.observe(Op::Get, result)?;
+        let Some(stored) = stored else {
+            self.stats.record_lookup(false);
+            return Err(Error::KeyNotFound { key: key.into() });
+        };
+        self.stats.record_lookup(true);
+        Ok(Entry {
+            value: self.codec.decode(&stored)?,
+            ttl: from_redis_ttl(ttl).unwrap_or(-1),
+        })
+    }
+
+    /// Stores `value` under `key`; returns the TTL a read would now report.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::PayloadTooLarge`] (nothing stored),
+    /// [`Error::CacheUnavailable`].
+    pub async fn set(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        value: &Value,
+        ttl: Option<Expiry>,
+    ) -> Result<i64, Error> {
+        validate_key(key, "key")?;
+        self.check_size(value, "value")?;
+        let expiry = ttl.unwrap_or(self.limits.default_ttl);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(CacheNamespace::new(tenant).key(key))
+            .arg(self.codec.encode(value));
+        if let Some(seconds) = expiry.seconds() {
+            cmd.arg("EX").arg(seconds);
+        }
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let () = cmd.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await;
+        self.stats.observe(Op::Set, result)?;
+        Ok(expiry.reported())
+    }
+
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let removed: i64 = redis::cmd("UNLINK")
+                    .arg(&redis_key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(removed > 0)
+            })
+            .await;
+        self.stats.observe(Op::Delete, result)
+    }
+
+    /// Values of `keys` in request order, `None` for each miss.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming the first bad key or an oversized batch,
+    /// [`Error::CacheUnavailable`].
+    pub async fn mget(&self, tenant: &TenantId, keys: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+        check_batch(keys.len(), "keys")?;
+        for (i, key) in keys.iter().enumerate() {
+            validate_key(key, &format!("keys[{i}]"))?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = CacheNamespace::new(tenant);
+        let redis_keys: Vec<String> = keys.iter().map(|k| ns.key(k)).collect();
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let mut pipe = redis::pipe();
+                pipe.mget(&redis_keys);
+                for k in &redis_keys {
+                    pipe.ttl(k);
+                }
+                let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let stored: Vec<Option<Vec<u8>>> = redis::from_redis_value(values.remove(0))?;
+                let ttls: Vec<i64> = values
+                    .into_iter()
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?;
+                Ok((stored, ttls))
+            })
+            .await;
+        let (stored, ttls) = self.stats.observe(Op::Mget, result)?;
+        stored
+            .into_iter()
+            .zip(ttls)
+            .map(|(stored, ttl)| {
+                self.stats.record_lookup(stored.is_some());
+                stored
+                    .map(|bytes| {
+                        Ok(Entry {
+                            value: self.codec.decode(&bytes)?,
+                            ttl: from_redis_ttl(ttl).unwrap_or(-1),
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Stores every item or none (one `MULTI`/`EXEC` inside the tenant's hash slot).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] or [`Error::PayloadTooLarge`] naming the first bad
+    /// item (nothing stored), [`Error::CacheUnavailable`].
+    pub async fn mset(&self, tenant: &TenantId, items: &[SetItem]) -> Result<usize, Error> {
+        check_batch(items.len(), "items")?;
+        for (i, item) in items.iter().enumerate() {
+            validate_key(&item.key, &format!("items[{i}].key"))?;
+            self.check_size(&item.value, &format!("items[{i}].value"))?;
+        }
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let ns = CacheNamespace::new(tenant);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for item in items {
+            let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
+            let cmd = pipe
+                .cmd("SET")
+                .arg(ns.key(&item.key))
+                .arg(self.codec.encode(&item.value));
+            if let Some(seconds) = expiry.seconds() {
+                cmd.arg("EX").arg(seconds);
+            }
+            cmd.ignore();
+        }
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await;
+        self.stats.observe(Op::Mset, result)?;
+        Ok(items.len())
+    }
+
+    /// Whether each key exists, in request order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn exists(&self, tenant: &TenantId, keys: &[String]) -> Result<Vec<bool>, Error> {
+        check_batch(keys.len(), "keys")?;
+        for (i, key) in keys.iter().enumerate() {
+            validate_key(key, &format!("keys[{i}]"))?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = CacheNamespace::new(tenant);
+        let unique: Vec<&String> = {
+            let mut seen = HashSet::new();
+            keys.iter().filter(|k| seen.insert(k.as_str())).collect()
+        };
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let mut pipe = redis::pipe();
+                for key in &unique {
+                    pipe.exists(ns.key(key));
+                }
+                let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+                Ok(found)
+            })
+            .await;
+        let found = self.stats.observe(Op::Exists, result)?;
+        let by_key: std::collections::HashMap<&str, bool> = unique
+            .iter()
+            .map(|k| k.as_str())
+            .zip(found)
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|k| by_key.get(k.as_str()).copied().unwrap_or(false))
+            .collect())
+    }
+
+    /// Sets or removes (`Expiry::Never`) the expiry of an existing key; `false`
+    /// when the key does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn expire(&self, tenant: &TenantId, key: &str, ttl: Expiry) -> Result<bool, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let updated = match ttl.seconds() {
+                    Some(seconds) => {
+                        let n: i64 = redis::cmd("EXPIRE")
+                            .arg(&redis_key)
+                            .arg(seconds)
+                            .query_async(&mut conn)
+                            .await?;
+                        n > 0
+                    }
+                    None => {
+                        // PERSIST answers 0 for a key that has no expiry; the
+                        // caller asked for "no expiry" and got it, so report
+                        // whether the key exists.
+                        let (exists, _): (bool, i64) = redis::pipe()
+                            .exists(&redis_key)
+                            .persist(&redis_key)
+                            .query_async(&mut conn)
+                            .await?;
+                        exists
+                    }
+                };
+                Ok(updated)
+            })
+            .await;
+        self.stats.observe(Op::Expire, result)
+    }
+
+    /// Remaining TTL of a key, `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn ttl(&self, tenant: &TenantId, key: &str) -> Result<Option<i64>, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let ttl: i64 = redis::cmd("TTL")
+                    .arg(&redis_key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(from_redis_ttl(ttl))
+            })
+            .await;
+        self.stats.observe(Op::Ttl, result)
+    }
+
+    /// Marks a key as used (and resets its TTL when one is given); returns its
+    /// TTL afterwards, `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn touch(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        ttl: Option<Expiry>,
+    ) -> Result<Option<i64>, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let result = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let mut pipe = redis::pipe();
+                pipe.cmd("TOUCH").arg(&redis_key).ignore();
+                match ttl.map(Expiry::seconds) {
+                    Some(Some(seconds)) => pipe.expire(&redis_key, i64::from(seconds)).ignore(),
+                    Some(None) => pipe.persist(&redis_key).ignore(),
+                    None => &mut pipe,
+                };
+                let (remaining,): (i64,) = pipe.ttl(&redis_key).query_async(&mut conn).await?;
+                Ok(from_redis_ttl(remaining))
+            })
+            .await;
+        self.stats.observe(Op::Touch, result)
+    }
+
+    /// Refuses a value over `MAX_VALUE_BYTES` before anything is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`] naming `field`.
+    pub fn check_size(&self, value: &Value, field: &str) -> Result<(), Error> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Error::PayloadTooLarge {
+                message: format!(
+                    "{field} is {} bytes, more than the limit of {} bytes",
+                    value.len(),
+                    self.limits.max_value_bytes
+                ),
+                limit: self.limits.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_batch(len: usize, field: &'static str) -> Result<(), Error> {
+    if len > MAX_BATCH_KEYS {
+        return Err(Error::validation(
+            field,
+            format!("{field} must hold at most {MAX_BATCH_KEYS} entries, not {len}"),
+        ));
+    }
+    Ok(())
+}

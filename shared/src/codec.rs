@@ -1,0 +1,248 @@
+//! The bytes stored in Redis for a value: a one-byte format tag, then the payload.
+//!
+//! | tag | payload |
+//! |-----|---------|
+//! | `J` | compact JSON text |
+//! | `j` | compact JSON text, LZ4 block with its length prepended |
+//! | `B` | raw bytes |
+//! | `b` | raw bytes, LZ4 block with its length prepended |
+//!
+//! A payload is compressed only when it is longer than the configured threshold
+//! *and* compression makes it smaller. Callers never see the tag; a value
+//! whose first byte is no known tag was not written by this service and is
+//! reported as corrupt rather than guessed at.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::error::Error;
+
+const TAG_JSON: u8 = b'J';
+const TAG_JSON_LZ4: u8 = b'j';
+const TAG_BYTES: u8 = b'B';
+const TAG_BYTES_LZ4: u8 = b'b';
+
+/// Largest decompressed size accepted, Redis's own limit on a string. Guards
+/// against a corrupt length prefix asking for an absurd allocation.
+const MAX_DECODED_BYTES: usize = 512 * 1024 * 1024;
+
+/// A value as callers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Compact JSON text (validated on the way in).
+    Json(String),
+    /// Opaque bytes stored through the raw-bytes interface.
+    Bytes(Bytes),
+}
+
+impl Value {
+    /// The value's size as API.md §2 counts it: compact JSON text or raw bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Json(text) => text.len(),
+            Self::Bytes(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Compact JSON from a caller's JSON (any whitespace between tokens is dropped;
+    /// numbers, strings and key order are kept exactly as sent).
+    pub fn from_raw_json(raw: &RawValue) -> Self {
+        Self::Json(compact_json(raw.get()))
+    }
+
+    /// The value as JSON for a response; `None` for raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] if stored JSON no longer parses (corrupt data).
+    pub fn to_raw_json(&self) -> Result<Option<Box<RawValue>>, Error> {
+        match self {
+            Self::Json(text) => RawValue::from_string(text.clone())
+                .map(Some)
+                .map_err(|e| Error::Internal(Box::new(e))),
+            Self::Bytes(_) => Ok(None),
+        }
+    }
+}
+
+/// Encodes values, compressing payloads above `min_compress_bytes` when it pays.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    min_compress_bytes: usize,
+}
+
+impl Codec {
+    pub fn new(min_compress_bytes: usize) -> Self {
+        Self { min_compress_bytes }
+    }
+
+    pub fn encode(&self, value: &Value) -> Vec<u8> {
+        match value {
+            Value::Json(text) => self.encode_payload(text.as_bytes(), TAG_JSON, TAG_JSON_LZ4),
+            Value::Bytes(bytes) => self.encode_payload(bytes, TAG_BYTES, TAG_BYTES_LZ4),
+        }
+    }
+
+    /// Encodes `value` compressed if that makes it smaller, whatever the threshold
+    /// (the explicit "compress this key" operation).
+    pub fn encode_compressed(&self, value: &Value) -> Vec<u8> {
+        Self::new(0).encode(value)
+    }
+
+    fn encode_payload(&self, payload: &[u8], plain: u8, compressed: u8) -> Vec<u8> {
+        if payload.len() > self.min_compress_bytes {
+            let packed = lz4_flex::compress_prepend_size(payload);
+            if packed.len() < payload.len() {
+                let mut out = Vec::with_capacity(packed.len() + 1);
+                out.push(compressed);
+                out.extend_from_slice(&packed);
+                return out;
+            }
+        }
+        let mut out = Vec::with_capacity(payload.len() + 1);
+        out.push(plain);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// # Errors
+    ///
+    /// [`Error::Internal`] when the bytes carry no known tag or do not decompress.
+    pub fn decode(&self, stored: &[u8]) -> Result<Value, Error> {
+        let (&tag, payload) = stored
+            .split_first()
+            .ok_or_else(|| Error::internal("stored value is empty"))?;
+        match tag {
+            TAG_JSON => Ok(Value::Json(utf8(payload.to_vec())?)),
+            TAG_JSON_LZ4 => Ok(Value::Json(utf8(decompress(payload)?)?)),
+            TAG_BYTES => Ok(Value::Bytes(Bytes::copy_from_slice(payload))),
+            TAG_BYTES_LZ4 => Ok(Value::Bytes(Bytes::from(decompress(payload)?))),
+            other => Err(Error::internal(format!(
+                "stored value has unknown format tag {other:#04x}"
+            ))),
+        }
+    }
+}
+
+/// Whether stored bytes are LZ4-compressed.
+pub fn is_compressed(stored: &[u8]) -> bool {
+    matches!(stored.first(), Some(&TAG_JSON_LZ4 | &TAG_BYTES_LZ4))
+}
+
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let (size, _) = lz4_flex::block::uncompressed_size(payload)
+        .map_err(|e| Error::Internal(Box::new(e)))?;
+    if size > MAX_DECODED_BYTES {
+        return Err(Error::internal(format!(
+            "stored value claims {size} bytes uncompressed"
+        )));
+    }
+    lz4_flex::decompress_size_prepended(payload).map_err(|e| Error::Internal(Box::new(e)))
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(bytes).map_err(|e| Error::Internal(Box::new(e)))
+}
+
+/// Drops insignificant whitespace from valid JSON text, leaving every token as sent.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json(text: &str) -> Value {
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        Value::from_raw_json(&raw)
+    }
+
+    #[test]
+    fn whitespace_is_dropped_but_tokens_are_kept() {
+        let v = json(" { \"a b\" : [1, 2.50, 1e400] ,\n\"c\":\"x \\\" y\" } ");
+        assert_eq!(v, Value::Json(r#"{"a b":[1,2.50,1e400],"c":"x \" y"}"#.into()));
+    }
+
+    #[test]
+    fn small_values_stay_plain_and_large_repetitive_ones_are_compressed() {
+        let codec = Codec::new(1024);
+        let small = json(r#""hello""#);
+        assert_eq!(codec.encode(&small)[0], b'J');
+        let big = Value::Json(format!("\"{}\"", "ab".repeat(2000)));
+        let stored = codec.encode(&big);
+        assert!(is_compressed(&stored));
+        assert!(stored.len() < big.len() / 4);
+        assert_eq!(codec.decode(&stored).unwrap(), big);
+    }
+
+    #[test]
+    fn incompressible_values_are_stored_plain() {
+        let codec = Codec::new(16);
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                // xorshift64: bytes with no structure for LZ4 to find.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        let stored = codec.encode(&Value::Bytes(noise.clone().into()));
+        assert_eq!(stored[0], b'B');
+        assert_eq!(&stored[1..], &noise[..]);
+    }
+
+    #[test]
+    fn foreign_or_corrupt_bytes_are_errors() {
+        let codec = Codec::new(0);
+        assert!(codec.decode(b"").is_err());
+        assert!(codec.decode(b"plain redis string").is_err());
+        assert!(codec.decode(b"j\xff\xff\xff\x7fgarbage").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_value_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..3000), threshold in 0usize..2000) {
+            let codec = Codec::new(threshold);
+            let value = Value::Bytes(bytes.into());
+            prop_assert_eq!(codec.decode(&codec.encode(&value)).unwrap(), value);
+        }
+
+        #[test]
+        fn json_round_trips_and_stays_equivalent(value in any::<(String, Vec<i64>, Option<bool>)>(), threshold in 0usize..64) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let compact = json(&pretty);
+            let codec = Codec::new(threshold);
+            let back = codec.decode(&codec.encode(&compact)).unwrap();
+            let Value::Json(text) = back else { panic!("json came back as bytes") };
+            prop_assert_eq!(&text, &serde_json::to_string(&value).unwrap());
+        }
+    }
+}

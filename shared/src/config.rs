@@ -1,0 +1,130 @@
+//! Typed configuration. Every setting is a clap argument with an `env` name, so
+//! `--help` lists each environment variable with its default, and a bad value
+//! stops start-up with exit code 2 and a message naming the variable. Binaries
+//! flatten the groups they need; nothing below `main` reads the environment.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How requests share Redis connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisClientMode {
+    /// A few connections shared by all requests, concurrent commands pipelined
+    /// on each socket (fastest under load; reconnects by itself).
+    Multiplexed,
+    /// A deadpool pool handing one connection to one request at a time.
+    Pool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisSettings {
+    /// Redis server URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// How requests share connections: `multiplexed` or `pool`.
+    #[arg(long, env = "REDIS_CLIENT", value_enum, default_value = "multiplexed")]
+    pub redis_client: RedisClientMode,
+
+    /// Shared connections in `multiplexed` mode.
+    #[arg(long, env = "REDIS_MULTIPLEXED_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub redis_multiplexed_connections: u16,
+
+    /// Largest number of pooled connections in `pool` mode.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_pool_size: u16,
+
+    /// Time allowed to open a connection, in milliseconds.
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_connect_timeout_ms: u64,
+
+    /// Time a request waits for a free pooled connection, in milliseconds.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_wait_timeout_ms: u64,
+
+    /// Time allowed for one request's Redis work before it answers 503, in milliseconds.
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_command_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_connect_timeout_ms)
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_wait_timeout_ms)
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_command_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL for job history, statistics, API keys and schedules.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/cache_service"
+    )]
+    pub database_url: String,
+
+    /// Largest number of PostgreSQL connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// Time allowed to get a PostgreSQL connection, in milliseconds.
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub database_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CacheSettings {
+    /// TTL in seconds of values stored without one (0: no expiry).
+    #[arg(long, env = "CACHE_DEFAULT_TTL", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
+    pub cache_default_ttl: u32,
+
+    /// Values longer than this many bytes are LZ4-compressed when that saves space.
+    #[arg(long, env = "COMPRESSION_MIN_BYTES", default_value_t = 1024)]
+    pub compression_min_bytes: usize,
+
+    /// Largest accepted value, in bytes of compact JSON or raw bytes.
+    #[arg(long, env = "MAX_VALUE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=512 * 1024 * 1024))]
+    pub max_value_bytes: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TelemetrySettings {
+    /// Log format: `human` or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax, e.g. `info,cache_api=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+}

@@ -1,0 +1,41 @@
+//! The PostgreSQL pool and the schema migrations. Query functions live in one
+//! module per table next to this file as they are added.
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseSettings;
+use crate::error::Error;
+
+/// The migrations of `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A pool that connects on first use, so a binary starts (and reports itself
+/// degraded) while PostgreSQL is down.
+///
+/// # Errors
+///
+/// When the URL cannot be parsed.
+pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(settings.timeout())
+        .connect_lazy(&settings.database_url)
+}
+
+/// Round trip time of `select 1`.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`] when PostgreSQL does not answer in time.
+pub async fn ping(pool: &PgPool, deadline: std::time::Duration) -> Result<std::time::Duration, Error> {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(deadline, sqlx::query("select 1").execute(pool)).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(Error::StoreUnavailable(Box::new(e))),
+        Err(_) => Err(Error::StoreUnavailable(
+            format!("postgres did not answer within {} ms", deadline.as_millis()).into(),
+        )),
+    }
+}

@@ -1,0 +1,95 @@
+//! The one error type of cache operations. Each variant is a class of outcome
+//! the HTTP layer (`api/src/error.rs`) maps to a status and a code of API.md §3;
+//! this module knows nothing of HTTP.
+
+use std::borrow::Cow;
+
+/// Why a cache, session, permission or store operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent something the contract does not accept.
+    #[error("{message}")]
+    Validation {
+        field: Cow<'static, str>,
+        message: String,
+    },
+    /// A cache key (or session/permission entry) that is absent.
+    #[error("key '{key}' not found")]
+    KeyNotFound { key: String },
+    /// Anything else that does not exist (or belongs to another tenant).
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// A request that contradicts the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A value or body over its configured limit.
+    #[error("{message}")]
+    PayloadTooLarge { message: String, limit: usize },
+    /// Redis did not answer in time or refused the connection.
+    #[error("cache unavailable")]
+    CacheUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// PostgreSQL was needed and did not answer.
+    #[error("store unavailable")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A bug or corrupt data: logged with its cause, answered opaquely.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn validation(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into().into())
+    }
+}
+
+impl From<deadpool_redis::redis::RedisError> for Error {
+    fn from(err: deadpool_redis::redis::RedisError) -> Self {
+        // Connection-level failures, timeouts and a server that is loading,
+        // busy or out of memory are transient; any other error reply (wrong
+        // type, script error) is a bug of ours.
+        let transient_reply = matches!(
+            err.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "READONLY")
+        );
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+            || transient_reply
+        {
+            Self::CacheUnavailable(Box::new(err))
+        } else {
+            Self::Internal(Box::new(err))
+        }
+    }
+}
+
+impl From<deadpool_redis::redis::ParsingError> for Error {
+    fn from(err: deadpool_redis::redis::ParsingError) -> Self {
+        Self::Internal(Box::new(err))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::RowNotFound => Self::NotFound {
+                what: "record".into(),
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::StoreUnavailable(Box::new(err)),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Health of the service's dependencies, shared by `/health`, `/ready` and the
+//! worker: each check with its latency, and worker liveness from heartbeats
+//! the workers write into Redis.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::redis;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::error::Error;
+use crate::redis::RedisStore;
+
+/// Sorted set of worker names scored by their last heartbeat (unix seconds).
+pub const WORKER_HEARTBEATS_KEY: &str = "w:{_platform}:heartbeats";
+
+/// How often a worker reports itself alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A worker silent for longer than this counts as gone.
+pub const HEARTBEAT_STALE_AFTER: Duration = Duration::from_secs(20);
+
+/// Overall state: `ok`, `degraded` (Postgres or worker missing) or `down` (Redis missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_workers: Option<u64>,
+}
+
+impl Check {
+    fn up(latency: Duration) -> Self {
+        Self {
+            status: "up",
+            latency_ms: Some(latency.as_secs_f64() * 1000.0),
+            error: None,
+            live_workers: None,
+        }
+    }
+
+    fn down(error: &Error) -> Self {
+        Self {
+            status: "down",
+            latency_ms: None,
+            // The class of failure only: never addresses or driver text.
+            error: Some(match error {
+                Error::CacheUnavailable(_) | Error::StoreUnavailable(_) => {
+                    "unreachable or timed out".into()
+                }
+                _ => "unexpected error".into(),
+            }),
+            live_workers: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checks {
+    pub redis: Check,
+    pub postgres: Check,
+    pub worker: Check,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    pub status: Status,
+    pub checks: Checks,
+}
+
+impl HealthReport {
+    pub fn redis_up(&self) -> bool {
+        self.checks.redis.status == "up"
+    }
+
+    pub fn postgres_up(&self) -> bool {
+        self.checks.postgres.status == "up"
+    }
+}
+
+/// Checks Redis, PostgreSQL and worker heartbeats concurrently.
+pub async fn probe(redis: &RedisStore, db: &PgPool) -> HealthReport {
+    let (redis_result, pg_result) = tokio::join!(
+        redis.ping(),
+        crate::db::ping(db, redis.command_timeout())
+    );
+    let redis_check = match &redis_result {
+        Ok(latency) => Check::up(*latency),
+        Err(e) => Check::down(e),
+    };
+    let postgres = match &pg_result {
+        Ok(latency) => Check::up(*latency),
+        Err(e) => Check::down(e),
+    };
+    let worker = if redis_result.is_ok() {
+        let started = std::time::Instant::now();
+        match live_workers(redis).await {
+            Ok(0) => Check {
+                status: "down",
+                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+                error: Some("no worker heartbeat".into()),
+                live_workers: Some(0),
+            },
+            Ok(n) => Check {
+                live_workers: Some(n),
+                ..Check::up(started.elapsed())
+            },
+            Err(e) => Check::down(&e),
+        }
+    } else {
+        Check::down(&Error::CacheUnavailable("redis is down".into()))
+    };
+    let status = if redis_check.status != "up" {
+        Status::Down
+    } else if postgres.status != "up" || worker.status != "up" {
+        Status::Degraded
+    } else {
+        Status::Ok
+    };
+    HealthReport {
+        status,
+        checks: Checks {
+            redis: redis_check,
+            postgres,
+            worker,
+        },
+    }
+}
+
+/// Workers whose last heartbeat is recent.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn live_workers(redis: &RedisStore) -> Result<u64, Error> {
+    let since = unix_now().saturating_sub(HEARTBEAT_STALE_AFTER.as_secs());
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let n: u64 = redis::cmd("ZCOUNT")
+                .arg(WORKER_HEARTBEATS_KEY)
+                .arg(since)
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await?;
+            Ok(n)
+        })
+        .await
+}
+
+/// Records that worker `name` is alive, and forgets workers long silent.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn heartbeat(redis: &RedisStore, name: &str) -> Result<(), Error> {
+    let now = unix_now();
+    let forget_before = now.saturating_sub(HEARTBEAT_STALE_AFTER.as_secs() * 30);
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let () = redis::pipe()
+                .zadd(WORKER_HEARTBEATS_KEY, name, now)
+                .ignore()
+                .zrembyscore(WORKER_HEARTBEATS_KEY, 0, forget_before)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+}
+
+/// Removes worker `name` at shutdown so health stops counting it at once.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn sign_off(redis: &RedisStore, name: &str) -> Result<(), Error> {
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let _: i64 = redis::cmd("ZREM")
+                .arg(WORKER_HEARTBEATS_KEY)
+                .arg(name)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,22 @@
+//! What the api and the worker share: configuration, the tenant key layout,
+//! the value codec, the error type, the Redis and PostgreSQL clients and the
+//! cache, session and permission operations built on them. No HTTP framework
+//! and no queue library live here.
+
+pub mod cache;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod keys;
+pub mod live_stats;
+pub mod permissions;
+pub mod redis;
+mod scripts;
+pub mod sessions;
+pub mod shutdown;
+pub mod telemetry;
+pub mod ttl;
+
+pub use error::Error;

@@ -1,0 +1,279 @@
+//! The Redis client of both binaries, in one of two modes (see
+//! [`RedisClientMode`]), with one rule for every caller: a request's Redis work
+//! either finishes within the command timeout or fails as
+//! [`Error::CacheUnavailable`]. Connections that die are replaced on the next
+//! use, so the service recovers by itself when Redis comes back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, Pipeline, RedisFuture};
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+
+use crate::config::{RedisClientMode, RedisSettings};
+use crate::error::Error;
+
+/// A cheap-to-clone handle on Redis shared by every request and job.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    command_timeout: Duration,
+    timeouts: AtomicU64,
+}
+
+enum Backend {
+    Multiplexed {
+        connections: Vec<ConnectionManager>,
+        next: AtomicUsize,
+    },
+    Pool(Pool),
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("mode", &self.mode())
+            .field("command_timeout", &self.inner.command_timeout)
+            .finish()
+    }
+}
+
+/// Connection counters for health and the connections report.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStats {
+    pub mode: &'static str,
+    /// Connections open (pool) or shared (multiplexed).
+    pub size: usize,
+    pub max_size: usize,
+    /// Pooled connections idle right now (multiplexed: all of them).
+    pub idle: usize,
+    /// Pooled connections lent to requests right now.
+    pub in_use: usize,
+    /// Requests waiting for a pooled connection.
+    pub waiting: usize,
+    /// Requests that gave up on Redis since start.
+    pub timeouts: u64,
+}
+
+impl RedisStore {
+    /// Builds the client without touching the network: the api starts even
+    /// while Redis is down and reports `503` until it answers.
+    ///
+    /// # Errors
+    ///
+    /// When the URL cannot be parsed.
+    pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
+        let backend = match settings.redis_client {
+            RedisClientMode::Multiplexed => {
+                let client = redis::Client::open(settings.redis_url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout()))
+                    .set_response_timeout(Some(settings.command_timeout()))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let connections = (0..settings.redis_multiplexed_connections)
+                    .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Backend::Multiplexed {
+                    connections,
+                    next: AtomicUsize::new(0),
+                }
+            }
+            RedisClientMode::Pool => {
+                let connection = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout()))
+                    .set_response_timeout(Some(settings.command_timeout()));
+                let manager = Manager::new_with_config(settings.redis_url.as_str(), connection)?;
+                let pool = Pool::builder(manager)
+                    .max_size(usize::from(settings.redis_pool_size))
+                    .wait_timeout(Some(settings.wait_timeout()))
+                    .create_timeout(Some(settings.connect_timeout()))
+                    .recycle_timeout(Some(settings.command_timeout()))
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "building the redis pool",
+                            e.to_string(),
+                        ))
+                    })?;
+                Backend::Pool(pool)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                command_timeout: settings.command_timeout(),
+                timeouts: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Multiplexed { .. } => "multiplexed",
+            Backend::Pool(_) => "pool",
+        }
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.command_timeout
+    }
+
+    /// A connection for one unit of work. Call it inside [`RedisStore::timed`]
+    /// so that waiting for it counts against the request's deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when no connection can be had.
+    pub async fn conn(&self) -> Result<Conn, Error> {
+        match &self.inner.backend {
+            Backend::Multiplexed { connections, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % connections.len();
+                Ok(Conn::Shared(connections[i].clone()))
+            }
+            Backend::Pool(pool) => pool.get().await.map(Conn::Pooled).map_err(pool_error),
+        }
+    }
+
+    /// Runs one unit of Redis work under the command timeout.
+    ///
+    /// # Errors
+    ///
+    /// The work's own error, or [`Error::CacheUnavailable`] when the deadline passes.
+    pub async fn timed<T>(
+        &self,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        self.timed_for(self.inner.command_timeout, work).await
+    }
+
+    /// [`RedisStore::timed`] with an explicit deadline, for longer job steps.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::timed`].
+    pub async fn timed_for<T>(
+        &self,
+        deadline: Duration,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => {
+                if matches!(result, Err(Error::CacheUnavailable(_))) {
+                    self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            }
+            Err(_) => {
+                self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::CacheUnavailable(
+                    format!("redis did not answer within {} ms", deadline.as_millis()).into(),
+                ))
+            }
+        }
+    }
+
+    /// Round trip time of a `PING`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when Redis does not answer in time.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = std::time::Instant::now();
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    pub fn connection_stats(&self) -> ConnectionStats {
+        let timeouts = self.inner.timeouts.load(Ordering::Relaxed);
+        match &self.inner.backend {
+            Backend::Multiplexed { connections, .. } => ConnectionStats {
+                mode: "multiplexed",
+                size: connections.len(),
+                max_size: connections.len(),
+                idle: connections.len(),
+                in_use: 0,
+                waiting: 0,
+                timeouts,
+            },
+            Backend::Pool(pool) => {
+                let status = pool.status();
+                ConnectionStats {
+                    mode: "pool",
+                    size: status.size,
+                    max_size: status.max_size,
+                    idle: status.available,
+                    in_use: status.size.saturating_sub(status.available),
+                    waiting: status.waiting,
+                    timeouts,
+                }
+            }
+        }
+    }
+}
+
+fn pool_error(err: PoolError) -> Error {
+    match err {
+        PoolError::Backend(e) => Error::from(e),
+        other => Error::CacheUnavailable(Box::new(other)),
+    }
+}
+
+/// One connection lent to a unit of work: a clone of a shared multiplexed
+/// connection or a pooled one returned to the pool on drop.
+pub enum Conn {
+    Shared(ConnectionManager),
+    Pooled(deadpool_redis::Connection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shared(_) => "Conn::Shared",
+            Self::Pooled(_) => "Conn::Pooled",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Shared(c) => c.req_packed_command(cmd),
+            Self::Pooled(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Shared(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Pooled(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Shared(c) => c.get_db(),
+            Self::Pooled(c) => c.get_db(),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Lua scripts that keep an entry and its indexes consistent in one step.
+//!
+//! All keys a script touches carry the `{_platform}` hash tag, so they share one
+//! slot: scripts stay valid under Redis Cluster even where they derive index
+//! keys from stored fields instead of receiving them in `KEYS`.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::Script;
+
+/// Shared helper: make an index live at least as long as an entry with `ttl`
+/// (0: forever). `existed` tells a fresh set (no TTL yet) from a persistent one.
+const EXTEND_INDEX: &str = r"
+local function extend(idx, ttl, existed)
+  if ttl == 0 then
+    redis.call('PERSIST', idx)
+  elseif existed == 0 then
+    redis.call('EXPIRE', idx, ttl)
+  else
+    local current = redis.call('TTL', idx)
+    if current >= 0 and current < ttl then
+      redis.call('EXPIRE', idx, ttl)
+    end
+  end
+end
+local function index(idx, member, ttl)
+  local existed = redis.call('EXISTS', idx)
+  redis.call('SADD', idx, member)
+  extend(idx, ttl, existed)
+end
+";
+
+/// KEYS: session, user index, tenant index.
+/// ARGV: session id, user id, tenant id, ttl (0: none), encoded data,
+/// user index prefix, tenant index prefix.
+/// Moves the session out of a previous owner's indexes when it changes hands.
+pub static SESSION_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{EXTEND_INDEX}
+local old = redis.call('HMGET', KEYS[1], 'u', 't')
+if old[1] and old[1] ~= ARGV[2] then redis.call('SREM', ARGV[6] .. old[1], ARGV[1]) end
+if old[2] and old[2] ~= ARGV[3] then redis.call('SREM', ARGV[7] .. old[2], ARGV[1]) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'u', ARGV[2], 't', ARGV[3], 'ttl', ARGV[4], 'd', ARGV[5])
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+index(KEYS[2], ARGV[1], ttl)
+index(KEYS[3], ARGV[1], ttl)
+return 1
+"
+    ))
+});
+
+/// KEYS: session. ARGV: session id, user index prefix, tenant index prefix,
+/// touch flag (`1`: reset the TTL to the one stored with the session).
+/// Returns `[user, tenant, stored ttl, data, remaining ttl]` or nil.
+pub static SESSION_GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{EXTEND_INDEX}
+local f = redis.call('HMGET', KEYS[1], 'u', 't', 'ttl', 'd')
+if not f[1] then return false end
+local ttl = tonumber(f[3])
+if ARGV[4] == '1' and ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  index(ARGV[2] .. f[1], ARGV[1], ttl)
+  index(ARGV[3] .. f[2], ARGV[1], ttl)
+end
+return {{f[1], f[2], f[3], f[4], redis.call('TTL', KEYS[1])}}
+"
+    ))
+});
+
+/// KEYS: session. ARGV: session id, user index prefix, tenant index prefix.
+/// Returns 1 when a session was deleted.
+pub static SESSION_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local f = redis.call('HMGET', KEYS[1], 'u', 't')
+if not f[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[2] .. f[1], ARGV[1])
+redis.call('SREM', ARGV[3] .. f[2], ARGV[1])
+return 1
+",
+    )
+});
+
+/// KEYS: entry, user index, tenant index. ARGV: permission key, encoded
+/// result, ttl (0: none).
+pub static PERMISSION_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{EXTEND_INDEX}
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+index(KEYS[2], ARGV[1], ttl)
+index(KEYS[3], ARGV[1], ttl)
+return 1
+"
+    ))
+});
+
+/// KEYS: one index (all its entries) or two (entries in both).
+/// ARGV: entry prefix, user index prefix, tenant index prefix, then, when
+/// KEYS is empty, the single permission key to drop.
+/// Returns how many entries existed and were deleted.
+pub static PERMISSION_INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local members
+if #KEYS == 0 then
+  members = {ARGV[4]}
+elseif #KEYS == 1 then
+  members = redis.call('SMEMBERS', KEYS[1])
+else
+  members = redis.call('SINTER', KEYS[1], KEYS[2])
+end
+local deleted = 0
+for _, key in ipairs(members) do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. key)
+  local user, tenant = string.match(key, '^permission:([^:]+):([^:]+):')
+  if user then
+    redis.call('SREM', ARGV[2] .. user, key)
+    redis.call('SREM', ARGV[3] .. tenant, key)
+  end
+end
+return deleted
+",
+    )
+});

@@ -1,0 +1,180 @@
+//! User sessions in the platform namespace, with a per-user and a per-tenant
+//! index so that revoking a user's or a tenant's sessions reads one set instead
+//! of scanning the keyspace. A session is a hash (`u`, `t`, `ttl`, `d`); the
+//! scripts in [`crate::scripts`] change it and its indexes together.
+
+use serde_json::value::RawValue;
+
+use crate::cache::Cache;
+use crate::codec::Value;
+use crate::error::Error;
+use crate::keys::{SessionKeys, TenantId, validate_key};
+use crate::live_stats::Op;
+use crate::scripts::{SESSION_DELETE, SESSION_GET, SESSION_SET};
+use crate::ttl::{Expiry, from_redis_ttl};
+
+/// TTL of a session stored without one: 15 minutes.
+pub const DEFAULT_SESSION_TTL: Expiry = Expiry::Seconds(900);
+
+/// Longest accepted user id.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// A session as callers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub session_id: String,
+    pub user_id: String,
+    pub tenant_id: String,
+    /// Compact JSON, `null` when none was given.
+    pub data: Value,
+    /// Remaining TTL in seconds, `-1` for no expiry.
+    pub ttl: i64,
+}
+
+/// What a caller stores.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session_id: String,
+    pub user_id: String,
+    pub tenant_id: String,
+    pub data: Option<Value>,
+    pub ttl: Option<Expiry>,
+}
+
+/// Checks a user id: the same rules as a cache key, at most 256 bytes.
+///
+/// # Errors
+///
+/// [`Error::Validation`] naming `field`.
+pub fn validate_user_id(user_id: &str, field: &str) -> Result<(), Error> {
+    validate_key(user_id, field)?;
+    if user_id.len() > MAX_USER_ID_BYTES {
+        return Err(Error::validation(
+            field.to_owned(),
+            format!("{field} must be at most {MAX_USER_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Stores (or replaces) a session and indexes it under its user and tenant.
+///
+/// # Errors
+///
+/// [`Error::Validation`], [`Error::PayloadTooLarge`], [`Error::CacheUnavailable`].
+pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
+    validate_key(&new.session_id, "sessionId")?;
+    validate_user_id(&new.user_id, "userId")?;
+    TenantId::parse(&new.tenant_id, "tenantId")?;
+    let data = new.data.unwrap_or_else(|| Value::Json("null".into()));
+    if matches!(data, Value::Bytes(_)) {
+        return Err(Error::validation("data", "data must be JSON"));
+    }
+    cache.check_size(&data, "data")?;
+    let expiry = new.ttl.unwrap_or(DEFAULT_SESSION_TTL);
+    let ttl_arg = expiry.seconds().unwrap_or(0);
+
+    let mut invocation = SESSION_SET.prepare_invoke();
+    invocation
+        .key(SessionKeys::session(&new.session_id))
+        .key(SessionKeys::user_index(&new.user_id))
+        .key(SessionKeys::tenant_index(&new.tenant_id))
+        .arg(&new.session_id)
+        .arg(&new.user_id)
+        .arg(&new.tenant_id)
+        .arg(ttl_arg)
+        .arg(cache.codec().encode(&data))
+        .arg(SessionKeys::USER_INDEX_PREFIX)
+        .arg(SessionKeys::TENANT_INDEX_PREFIX);
+    let redis = cache.redis();
+    let result = redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await;
+    cache.stats().observe(Op::Session, result)?;
+    Ok(Session {
+        session_id: new.session_id,
+        user_id: new.user_id,
+        tenant_id: new.tenant_id,
+        data,
+        ttl: expiry.reported(),
+    })
+}
+
+/// Reads a session; with `touch`, its TTL restarts from the one it was stored with.
+///
+/// # Errors
+///
+/// [`Error::KeyNotFound`] when absent, [`Error::Validation`], [`Error::CacheUnavailable`].
+pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session, Error> {
+    validate_key(session_id, "sessionId")?;
+    let mut invocation = SESSION_GET.prepare_invoke();
+    invocation
+        .key(SessionKeys::session(session_id))
+        .arg(session_id)
+        .arg(SessionKeys::USER_INDEX_PREFIX)
+        .arg(SessionKeys::TENANT_INDEX_PREFIX)
+        .arg(if touch { "1" } else { "0" });
+    let redis = cache.redis();
+    let result = redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let found: Option<(String, String, i64, Vec<u8>, i64)> =
+                invocation.invoke_async(&mut conn).await?;
+            Ok(found)
+        })
+        .await;
+    let found = cache.stats().observe(Op::Session, result)?;
+    cache.stats().record_lookup(found.is_some());
+    let (user_id, tenant_id, _stored_ttl, data, remaining) =
+        found.ok_or_else(|| Error::KeyNotFound {
+            key: session_id.to_owned(),
+        })?;
+    Ok(Session {
+        session_id: session_id.to_owned(),
+        user_id,
+        tenant_id,
+        data: cache.codec().decode(&data)?,
+        ttl: from_redis_ttl(remaining).unwrap_or(-1),
+    })
+}
+
+/// Deletes a session and its index entries; `false` when there was none.
+///
+/// # Errors
+///
+/// [`Error::Validation`], [`Error::CacheUnavailable`].
+pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
+    validate_key(session_id, "sessionId")?;
+    let mut invocation = SESSION_DELETE.prepare_invoke();
+    invocation
+        .key(SessionKeys::session(session_id))
+        .arg(session_id)
+        .arg(SessionKeys::USER_INDEX_PREFIX)
+        .arg(SessionKeys::TENANT_INDEX_PREFIX);
+    let redis = cache.redis();
+    let result = redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let deleted: i64 = invocation.invoke_async(&mut conn).await?;
+            Ok(deleted == 1)
+        })
+        .await;
+    cache.stats().observe(Op::Session, result)
+}
+
+impl Session {
+    /// The data as JSON for a response.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] when stored data is not JSON.
+    pub fn data_json(&self) -> Result<Box<RawValue>, Error> {
+        self.data
+            .to_raw_json()?
+            .ok_or_else(|| Error::internal("session data is not JSON"))
+    }
+}
