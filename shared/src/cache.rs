@@ -167,7 +167,11 @@ impl Cache {
     ///
     /// [`Error::Validation`] naming the first bad key or an oversized batch,
     /// [`Error::CacheUnavailable`].
-    pub async fn mget(&self, tenant: &TenantId, keys: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+    pub async fn mget(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, Error> {
         check_batch(keys.len(), "keys")?;
         for (i, key) in keys.iter().enumerate() {
             validate_key(key, &format!("keys[{i}]"))?;
@@ -285,11 +289,8 @@ impl Cache {
             })
             .await;
         let found = self.stats.observe(Op::Exists, result)?;
-        let by_key: std::collections::HashMap<&str, bool> = unique
-            .iter()
-            .map(|k| k.as_str())
-            .zip(found)
-            .collect();
+        let by_key: std::collections::HashMap<&str, bool> =
+            unique.iter().map(|k| k.as_str()).zip(found).collect();
         Ok(keys
             .iter()
             .map(|k| by_key.get(k.as_str()).copied().unwrap_or(false))

@@ -134,8 +134,8 @@ pub fn is_compressed(stored: &[u8]) -> bool {
 }
 
 fn decompress(payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let (size, _) = lz4_flex::block::uncompressed_size(payload)
-        .map_err(|e| Error::Internal(Box::new(e)))?;
+    let (size, _) =
+        lz4_flex::block::uncompressed_size(payload).map_err(|e| Error::Internal(Box::new(e)))?;
     if size > MAX_DECODED_BYTES {
         return Err(Error::internal(format!(
             "stored value claims {size} bytes uncompressed"
@@ -186,7 +186,10 @@ mod tests {
     #[test]
     fn whitespace_is_dropped_but_tokens_are_kept() {
         let v = json(" { \"a b\" : [1, 2.50, 1e400] ,\n\"c\":\"x \\\" y\" } ");
-        assert_eq!(v, Value::Json(r#"{"a b":[1,2.50,1e400],"c":"x \" y"}"#.into()));
+        assert_eq!(
+            v,
+            Value::Json(r#"{"a b":[1,2.50,1e400],"c":"x \" y"}"#.into())
+        );
     }
 
     #[test]

@@ -24,12 +24,30 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(&settings.database_url)
 }
 
+/// Creates the database named in `url` when the server lacks it, so a fresh
+/// machine needs no manual `createdb`.
+///
+/// # Errors
+///
+/// When the server is unreachable or refuses.
+pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::migrate::MigrateDatabase;
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+        tracing::info!("created the database of DATABASE_URL");
+    }
+    Ok(())
+}
+
 /// Round trip time of `select 1`.
 ///
 /// # Errors
 ///
 /// [`Error::StoreUnavailable`] when PostgreSQL does not answer in time.
-pub async fn ping(pool: &PgPool, deadline: std::time::Duration) -> Result<std::time::Duration, Error> {
+pub async fn ping(
+    pool: &PgPool,
+    deadline: std::time::Duration,
+) -> Result<std::time::Duration, Error> {
     let started = std::time::Instant::now();
     match tokio::time::timeout(deadline, sqlx::query("select 1").execute(pool)).await {
         Ok(Ok(_)) => Ok(started.elapsed()),

@@ -54,10 +54,12 @@ impl From<deadpool_redis::redis::RedisError> for Error {
         // Connection-level failures, timeouts and a server that is loading,
         // busy or out of memory are transient; any other error reply (wrong
         // type, script error) is a bug of ours.
-        let transient_reply = matches!(
-            err.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "READONLY")
-        );
+        // A transaction refused as a whole carries its commands' errors inside.
+        let transient_reply = err.code().is_some_and(is_transient_code)
+            || err
+                .clone()
+                .into_server_errors()
+                .is_some_and(|errors| errors.iter().any(|(_, e)| is_transient_code(e.code())));
         if err.is_io_error()
             || err.is_timeout()
             || err.is_connection_dropped()
@@ -70,6 +72,14 @@ impl From<deadpool_redis::redis::RedisError> for Error {
             Self::Internal(Box::new(err))
         }
     }
+}
+
+/// Server replies that say "not now" rather than "never".
+fn is_transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "READONLY"
+    )
 }
 
 impl From<deadpool_redis::redis::ParsingError> for Error {

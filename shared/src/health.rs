@@ -94,10 +94,8 @@ impl HealthReport {
 
 /// Checks Redis, PostgreSQL and worker heartbeats concurrently.
 pub async fn probe(redis: &RedisStore, db: &PgPool) -> HealthReport {
-    let (redis_result, pg_result) = tokio::join!(
-        redis.ping(),
-        crate::db::ping(db, redis.command_timeout())
-    );
+    let (redis_result, pg_result) =
+        tokio::join!(redis.ping(), crate::db::ping(db, redis.command_timeout()));
     let redis_check = match &redis_result {
         Ok(latency) => Check::up(*latency),
         Err(e) => Check::down(e),

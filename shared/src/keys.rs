@@ -242,18 +242,42 @@ mod tests {
     fn tenant_ids_follow_the_contract() {
         assert!(TenantId::parse("acme-1_b", "tenant").is_ok());
         assert!(TenantId::parse(&"a".repeat(64), "tenant").is_ok());
-        for bad in ["", "_platform", "_x", "a b", "a:b", "a{b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "_platform",
+            "_x",
+            "a b",
+            "a:b",
+            "a{b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(TenantId::parse(bad, "tenant").is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn keys_follow_the_contract() {
-        for good in ["a", "user:1", "* ? [ ] \\ / : {}", "  spaced ", "ключ", "..."] {
+        for good in [
+            "a",
+            "user:1",
+            "* ? [ ] \\ / : {}",
+            "  spaced ",
+            "ключ",
+            "...",
+        ] {
             assert!(validate_key(good, "key").is_ok(), "{good:?} refused");
         }
         assert!(validate_key(&"k".repeat(512), "key").is_ok());
-        for bad in ["", ".", "..", "a\nb", "tab\there", "\u{7f}", &"k".repeat(513)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a\nb",
+            "tab\there",
+            "\u{7f}",
+            &"k".repeat(513),
+        ] {
             assert!(validate_key(bad, "key").is_err(), "{bad:?} accepted");
         }
     }

@@ -38,7 +38,9 @@ impl PermissionKey {
             )
         };
         let segments: Vec<&str> = key.split(':').collect();
-        if segments.len() < 5 || segments[0] != "permission" || segments.iter().any(|s| s.is_empty())
+        if segments.len() < 5
+            || segments[0] != "permission"
+            || segments.iter().any(|s| s.is_empty())
         {
             return Err(rule());
         }
@@ -79,6 +81,23 @@ impl PermissionKey {
     pub fn tenant_id(&self) -> &str {
         &self.key[self.user_end + 1..self.tenant_end]
     }
+}
+
+/// Checks a user or tenant id used to select permission entries: a valid key
+/// part with no `:` (which would split it into two segments).
+///
+/// # Errors
+///
+/// [`Error::Validation`] naming `field`.
+pub fn validate_part(value: &str, field: &'static str) -> Result<(), Error> {
+    validate_key(value, field)?;
+    if value.contains(':') {
+        return Err(Error::validation(
+            field,
+            format!("{field} must not contain ':'"),
+        ));
+    }
+    Ok(())
 }
 
 /// A cached permission result with its remaining TTL.

@@ -80,7 +80,9 @@ impl RedisStore {
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
                 let connections = (0..settings.redis_multiplexed_connections)
-                    .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 Backend::Multiplexed {
                     connections,
@@ -150,10 +152,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// The work's own error, or [`Error::CacheUnavailable`] when the deadline passes.
-    pub async fn timed<T>(
-        &self,
-        work: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
+    pub async fn timed<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         self.timed_for(self.inner.command_timeout, work).await
     }
 
@@ -197,6 +196,33 @@ impl RedisStore {
         })
         .await?;
         Ok(started.elapsed())
+    }
+
+    /// One section of `INFO` as field/value pairs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn info(
+        &self,
+        section: &str,
+    ) -> Result<std::collections::HashMap<String, String>, Error> {
+        let text: String = self
+            .timed(async {
+                let mut conn = self.conn().await?;
+                let text: String = redis::cmd("INFO")
+                    .arg(section)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(text)
+            })
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
     }
 
     pub fn connection_stats(&self) -> ConnectionStats {

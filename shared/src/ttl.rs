@@ -1,8 +1,8 @@
 //! Time-to-live as the contract speaks of it (API.md §2): whole seconds, `0`
 //! for no expiry, 1 to 31 536 000 as given, anything else refused.
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use crate::error::Error;
 
@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn refused_forms() {
-        for bad in ["-1", "1.5", "1.0", "\"60\"", "31536001", "true", "[]", "1e3"] {
+        for bad in [
+            "-1", "1.5", "1.0", "\"60\"", "31536001", "true", "[]", "1e3",
+        ] {
             assert!(
                 parse(&format!(r#"{{"ttl":{bad}}}"#)).is_err(),
                 "{bad} accepted"

@@ -1,0 +1,96 @@
+//! The command line of `cache-api` (API.md §8). Every setting also comes from
+//! its environment variable; `--help` lists them all with their defaults.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use cache_shared::config::{CacheSettings, DatabaseSettings, RedisSettings, TelemetrySettings};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cache-api",
+    version,
+    about = "The cache-service HTTP api (port 3011)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings of `serve`, the default command.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations to DATABASE_URL and exit.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    pub cache: CacheSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpSettings {
+    /// TCP port of the HTTP server.
+    #[arg(long, env = "SERVICE_PORT", default_value_t = 3011)]
+    pub service_port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Largest request body in bytes, chunked or not.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time a client has to send its request headers, in milliseconds.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Time in-flight requests get to finish after SIGTERM, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Comma-separated tokens accepted in X-Service-Token (several allow rotation).
+    #[arg(
+        long,
+        env = "INTERNAL_SERVICE_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub internal_service_token: String,
+}
+
+impl HttpSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}

@@ -1,0 +1,238 @@
+//! The only place where errors become HTTP: status, code and the envelope of
+//! API.md §3. Server-side failures are logged here with their cause chain and
+//! answered with an opaque message.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cache_shared::Error;
+use serde::Serialize;
+
+/// Name of this service in every error envelope.
+pub const SERVICE_NAME: &str = "cache-service";
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// An operation's own error, with the operation's name for `details`.
+    Op {
+        error: Error,
+        operation: &'static str,
+    },
+    /// No or an unknown credential; `bearer` asks for `WWW-Authenticate: Bearer`.
+    Unauthorized {
+        message: &'static str,
+        bearer: bool,
+    },
+    Forbidden(String),
+    RouteNotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType(String),
+}
+
+impl ApiError {
+    /// Tags an operation's error with the operation's name.
+    pub fn op(operation: &'static str) -> impl Fn(Error) -> Self {
+        move |error| Self::Op { error, operation }
+    }
+
+    /// A bad request outside any particular operation (headers, body shape).
+    pub fn bad_request(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Op {
+            error: Error::validation(field, message),
+            operation: "request",
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        Self::Op {
+            error,
+            operation: "request",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    code: &'static str,
+    message: String,
+    service: &'static str,
+    timestamp: String,
+    details: Details<'a>,
+}
+
+#[derive(Serialize)]
+struct Details<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operation: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
+    retryable: bool,
+}
+
+/// Status, code and message of one failure, before it is rendered.
+struct Reply<'a> {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    key: Option<&'a str>,
+    field: Option<&'a str>,
+    operation: Option<&'static str>,
+    limit: Option<usize>,
+}
+
+impl Reply<'_> {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            key: None,
+            field: None,
+            operation: None,
+            limit: None,
+        }
+    }
+}
+
+impl ApiError {
+    fn reply(&self) -> Reply<'_> {
+        match self {
+            ApiError::Op { error, operation } => {
+                let mut reply = match error {
+                    Error::Validation { field, message } => Reply {
+                        field: Some(field.as_ref()),
+                        ..Reply::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message.clone())
+                    },
+                    Error::KeyNotFound { key } => Reply {
+                        key: Some(key.as_str()),
+                        ..Reply::new(StatusCode::NOT_FOUND, "KEY_NOT_FOUND", error.to_string())
+                    },
+                    Error::NotFound { .. } => {
+                        Reply::new(StatusCode::NOT_FOUND, "NOT_FOUND", error.to_string())
+                    }
+                    Error::Conflict(message) => {
+                        Reply::new(StatusCode::CONFLICT, "CONFLICT", message.clone())
+                    }
+                    Error::PayloadTooLarge { message, limit } => Reply {
+                        limit: Some(*limit),
+                        ..Reply::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "PAYLOAD_TOO_LARGE",
+                            message.clone(),
+                        )
+                    },
+                    Error::CacheUnavailable(_) => {
+                        log_server_error(error, operation);
+                        Reply::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "CACHE_UNAVAILABLE",
+                            "the cache is unavailable; retry shortly",
+                        )
+                    }
+                    Error::StoreUnavailable(_) => {
+                        log_server_error(error, operation);
+                        Reply::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "STORE_UNAVAILABLE",
+                            "the database is unavailable; retry shortly",
+                        )
+                    }
+                    Error::Internal(_) => {
+                        log_server_error(error, operation);
+                        Reply::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "INTERNAL_ERROR",
+                            "internal error",
+                        )
+                    }
+                };
+                reply.operation = Some(operation);
+                reply
+            }
+            ApiError::Unauthorized { message, .. } => {
+                Reply::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", *message)
+            }
+            ApiError::Forbidden(message) => {
+                Reply::new(StatusCode::FORBIDDEN, "FORBIDDEN", message.clone())
+            }
+            ApiError::RouteNotFound => {
+                Reply::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+            }
+            ApiError::MethodNotAllowed => Reply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed on this route",
+            ),
+            ApiError::UnsupportedMediaType(message) => Reply::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                message.clone(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let reply = self.reply();
+        let retryable = matches!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::INTERNAL_SERVER_ERROR
+                | StatusCode::TOO_MANY_REQUESTS
+        );
+        let envelope = Envelope {
+            code: reply.code,
+            message: reply.message,
+            service: SERVICE_NAME,
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            details: Details {
+                key: reply.key,
+                field: reply.field,
+                operation: reply.operation,
+                limit: reply.limit,
+                retryable,
+            },
+        };
+        let mut response = (reply.status, axum::Json(envelope)).into_response();
+        if let ApiError::Unauthorized { bearer: true, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn log_server_error(error: &Error, operation: &str) {
+    let mut chain = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    match error {
+        Error::Internal(_) => tracing::error!(operation, "{error}{chain}"),
+        _ => tracing::warn!(operation, "{error}{chain}"),
+    }
+}
+
+/// Answers unknown routes with the envelope instead of an empty `404`.
+pub async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// Answers a known route called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

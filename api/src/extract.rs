@@ -1,0 +1,266 @@
+//! Request extractors: who is calling (service token, tenant header), and
+//! bodies and path segments read under our limits and answered with our
+//! envelope when they are malformed, never a framework's text.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{HeaderMap, header, request::Parts};
+use cache_shared::keys::TenantId;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying a platform service's credential.
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+/// Header naming the tenant an internal caller acts for.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The accepted internal service tokens, kept only as SHA-256 digests and
+/// compared in constant time so that neither content nor length leaks.
+#[derive(Clone, Default)]
+pub struct ServiceTokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ServiceTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceTokens({} configured)", self.digests.len())
+    }
+}
+
+impl ServiceTokens {
+    /// Parses the comma-separated `INTERNAL_SERVICE_TOKEN` list (several
+    /// tokens allow rotation); blanks around commas are ignored.
+    pub fn from_list(list: &str) -> Self {
+        Self {
+            digests: list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Compare with every token, without stopping early.
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, known| {
+                found | known.ct_eq(&digest)
+            })
+            .into()
+    }
+}
+
+/// A caller of the internal plane, authenticated by `X-Service-Token`, acting
+/// for the `X-Tenant-Id` tenant or, without that header, for the platform.
+#[derive(Debug, Clone)]
+pub struct InternalCaller {
+    pub tenant: TenantId,
+    /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
+    pub named_tenant: bool,
+}
+
+impl FromRequestParts<AppState> for InternalCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(SERVICE_TOKEN_HEADER)
+            .ok_or(ApiError::Unauthorized {
+                message: "missing X-Service-Token",
+                bearer: false,
+            })?;
+        if !state.service_tokens.accepts(token.as_bytes()) {
+            return Err(ApiError::Unauthorized {
+                message: "unknown service token",
+                bearer: false,
+            });
+        }
+        match parts.headers.get(TENANT_HEADER) {
+            None => Ok(Self {
+                tenant: TenantId::platform(),
+                named_tenant: false,
+            }),
+            Some(raw) => {
+                let raw = raw.to_str().map_err(|_| {
+                    ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII")
+                })?;
+                Ok(Self {
+                    tenant: TenantId::parse(raw, "X-Tenant-Id")?,
+                    named_tenant: true,
+                })
+            }
+        }
+    }
+}
+
+/// One path parameter, percent-decoded, with decoding failures in our envelope.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::bad_request(
+                "key",
+                "the path segment is not valid percent-encoded UTF-8",
+            )),
+            Err(other) => {
+                // Only reachable when a route lacks its parameter: a bug.
+                Err(cache_shared::Error::internal(other.body_text()).into())
+            }
+        }
+    }
+}
+
+/// A JSON body read under `MAX_BODY_BYTES` (chunked or not) and deserialized
+/// with the path of any bad field in the error.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        check_json_content_type(req.headers())?;
+        let bytes = read_body(req, state.settings.max_body_bytes).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Refuses bodies declared as anything but JSON; a missing type is taken as JSON.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json, got '{essence}'"
+        )))
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes whether or not a
+/// `Content-Length` announced them.
+///
+/// # Errors
+///
+/// `413` over the limit, `400` when the body cannot be read.
+pub async fn read_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::from(cache_shared::Error::PayloadTooLarge {
+            message: format!("request body is larger than {limit} bytes"),
+            limit,
+        })
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(err) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                source = cause.source();
+            }
+            Err(ApiError::bad_request(
+                "body",
+                "the request body could not be read",
+            ))
+        }
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request("body", format!("body is not valid JSON: {inner}"));
+        }
+        let field = field_name(&path, &inner.to_string());
+        ApiError::bad_request(field.clone(), format!("{field}: {inner}"))
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad_request("body", format!("body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// The field a deserialization error is about: its path, completed with the
+/// name serde puts in "missing field `x`" and "unknown field `x`" messages.
+fn field_name(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix)?.split('`').next());
+    match (parent, named) {
+        (parent, Some(name)) if parent == name || parent.ends_with(&format!(".{name}")) => {
+            parent.to_owned()
+        }
+        ("", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        ("", None) => "body".to_owned(),
+        (parent, None) => parent.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rotated_token_is_accepted_and_nothing_else() {
+        let tokens = ServiceTokens::from_list("old-secret, new-secret ,");
+        assert!(tokens.accepts(b"old-secret"));
+        assert!(tokens.accepts(b"new-secret"));
+        assert!(!tokens.accepts(b"new-secre"));
+        assert!(!tokens.accepts(b""));
+        assert!(!ServiceTokens::from_list(" , ").accepts(b""));
+    }
+
+    #[test]
+    fn errors_name_the_field_they_are_about() {
+        assert_eq!(field_name(".", "missing field `key` at line 1"), "key");
+        assert_eq!(
+            field_name("items[2]", "unknown field `tll`, expected"),
+            "items[2].tll"
+        );
+        assert_eq!(field_name("ttl", "invalid type: string"), "ttl");
+        assert_eq!(field_name("tll", "unknown field `tll`, expected"), "tll");
+        assert_eq!(field_name(".", "invalid type: sequence"), "body");
+    }
+}

@@ -1,0 +1,216 @@
+//! `cache-api`: the HTTP face of cache-service. It answers cache reads and
+//! writes synchronously and never runs heavy work on a request.
+//!
+//! [`router`] builds the routes; [`serve`] runs them on a listener until a
+//! shutdown future resolves, so tests bind port 0 and stop the server at will.
+
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use cache_shared::cache::{Cache, CacheLimits};
+use cache_shared::live_stats::LiveStats;
+use cache_shared::redis::RedisStore;
+use cache_shared::ttl::Expiry;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
+use crate::extract::ServiceTokens;
+use crate::state::AppState;
+
+/// Runs the command the command line chose.
+///
+/// # Errors
+///
+/// Start-up failures (bad configuration, port in use, migration errors).
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_server(cli.serve).await,
+        Some(Command::Serve(args)) => run_server(*args).await,
+        Some(Command::Migrate(args)) => migrate(args).await,
+    }
+}
+
+async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
+    init_telemetry(&args.telemetry)?;
+    let state = build_state(&args)?;
+    if state.service_tokens.is_empty() {
+        tracing::warn!("INTERNAL_SERVICE_TOKEN is empty: the internal plane refuses every caller");
+    }
+    let addr = SocketAddr::new(args.http.bind_address, args.http.service_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding SERVICE_PORT {addr}"))?;
+    tracing::info!(%addr, redis_client = state.cache.redis().mode(), "cache-api listening");
+    serve(listener, state, cache_shared::shutdown::signal()).await?;
+    tracing::info!("cache-api stopped");
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    init_telemetry(&args.telemetry)?;
+    cache_shared::db::create_database_if_missing(&args.database.database_url)
+        .await
+        .context("creating the database of DATABASE_URL")?;
+    let pool = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
+    cache_shared::db::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations to DATABASE_URL")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+fn init_telemetry(settings: &cache_shared::config::TelemetrySettings) -> anyhow::Result<()> {
+    cache_shared::telemetry::init(settings)
+        .map_err(|e| anyhow::anyhow!("setting up logging (RUST_LOG): {e}"))
+}
+
+/// Builds the shared state from settings without touching the network: the
+/// api starts while Redis or Postgres is down and answers `503` until they are up.
+///
+/// # Errors
+///
+/// When `REDIS_URL` or `DATABASE_URL` cannot be parsed.
+pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    let redis = RedisStore::new(&args.redis).context("parsing REDIS_URL")?;
+    let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
+    let max_value_bytes = usize::try_from(args.cache.max_value_bytes).context("MAX_VALUE_BYTES")?;
+    let limits = CacheLimits {
+        default_ttl: match args.cache.cache_default_ttl {
+            0 => Expiry::Never,
+            seconds => Expiry::Seconds(seconds),
+        },
+        max_value_bytes,
+        compression_min_bytes: args.cache.compression_min_bytes,
+    };
+    Ok(AppState {
+        cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
+        db,
+        service_tokens: Arc::new(ServiceTokens::from_list(&args.http.internal_service_token)),
+        settings: Arc::new(args.http.clone()),
+        started_at: Instant::now(),
+    })
+}
+
+/// All routes with their middleware. Routing comes before authentication:
+/// unknown paths are `404` and wrong methods `405` with or without credentials.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(routes::health::router())
+        .merge(routes::internal::router())
+        .merge(routes::sessions::router())
+        .merge(routes::permissions::router())
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), request_id = id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, UlidRequestId))
+        .with_state(state)
+}
+
+/// Gives a request without `X-Request-Id` a fresh ULID.
+#[derive(Debug, Clone, Copy)]
+struct UlidRequestId;
+
+impl MakeRequestId for UlidRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        ulid::Ulid::new()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Serves `state`'s router on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish (up to `SHUTDOWN_TIMEOUT_MS`).
+///
+/// Connections are served by hyper directly so that a client must send its
+/// headers within `HEADER_READ_TIMEOUT_MS`: a slow client cannot pin a connection.
+///
+/// # Errors
+///
+/// When the listener fails for good.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let header_timeout = state.settings.header_read_timeout();
+    let grace = state.settings.shutdown_timeout();
+    let app = router(state);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = watched.await {
+                tracing::debug!(err = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+    }
+    Ok(())
+}

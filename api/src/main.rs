@@ -1,0 +1,19 @@
+//! `cache-api`: parse the command line, then serve or migrate.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cache_api::cli::Cli::parse();
+    match cache_api::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line.
+            eprintln!("error: {err:#}");
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

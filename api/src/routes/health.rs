@@ -1,0 +1,152 @@
+//! Health, readiness, ping and the internal metrics report.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cache_shared::Error;
+use cache_shared::health::{self, HealthReport, Status};
+use serde::Serialize;
+
+use crate::error::{ApiError, SERVICE_NAME};
+use crate::extract::InternalCaller;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health_open))
+        .route("/api/v1/cache/health", get(health_open))
+        .route("/internal/cache/health", get(health_internal))
+        .route("/ready", get(ready))
+        .route("/api/v1/cache/ping", get(ping))
+        .route("/internal/cache/metrics", get(metrics))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthView {
+    service: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    #[serde(flatten)]
+    report: HealthReport,
+}
+
+/// `200` when Redis answers (`ok`, or `degraded` without Postgres or a
+/// worker), `503` with `down` when it does not.
+async fn health_open(State(state): State<AppState>) -> Response {
+    let report = health::probe(state.cache.redis(), &state.db).await;
+    let status = if report.status == Status::Down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let view = HealthView {
+        service: SERVICE_NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        report,
+    };
+    (status, Json(view)).into_response()
+}
+
+async fn health_internal(state: State<AppState>, _caller: InternalCaller) -> Response {
+    health_open(state).await
+}
+
+#[derive(Debug, Serialize)]
+struct Ready {
+    status: &'static str,
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let report = health::probe(state.cache.redis(), &state.db).await;
+    if !report.redis_up() {
+        return Err(Error::CacheUnavailable("redis is not answering".into()).into());
+    }
+    if !report.postgres_up() {
+        return Err(Error::StoreUnavailable("postgres is not answering".into()).into());
+    }
+    Ok(Json(Ready { status: "ready" }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Pong {
+    pong: bool,
+    redis_latency_ms: f64,
+}
+
+async fn ping(State(state): State<AppState>) -> Result<Json<Pong>, ApiError> {
+    let latency = state
+        .cache
+        .redis()
+        .ping()
+        .await
+        .map_err(ApiError::op("ping"))?;
+    Ok(Json(Pong {
+        pong: true,
+        redis_latency_ms: latency.as_secs_f64() * 1000.0,
+    }))
+}
+
+/// The service design's metrics report.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricsReport {
+    /// Percent of reads that found their key since start; `null` before any read.
+    hit_rate: Option<f64>,
+    /// Redis `used_memory` in MiB.
+    memory_usage: f64,
+    memory_usage_bytes: u64,
+    /// Clients connected to Redis.
+    connection_count: u64,
+    /// This api instance's cache operations per second over the last minute.
+    operations_per_second: f64,
+    hits: u64,
+    misses: u64,
+    total_keys: u64,
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+) -> Result<Json<MetricsReport>, ApiError> {
+    let op = ApiError::op("metrics");
+    let redis = state.cache.redis();
+    let (memory, clients, keyspace) = tokio::try_join!(
+        redis.info("memory"),
+        redis.info("clients"),
+        redis.info("keyspace")
+    )
+    .map_err(&op)?;
+    let number = |map: &std::collections::HashMap<String, String>, field: &str| {
+        map.get(field)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let used = number(&memory, "used_memory");
+    // keyspace lines look like `db0:keys=12,expires=3,avg_ttl=0`.
+    let total_keys = keyspace
+        .values()
+        .filter_map(|v| {
+            v.split(',')
+                .next()?
+                .strip_prefix("keys=")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let (hits, misses) = state.cache.stats().lookups();
+    Ok(Json(MetricsReport {
+        hit_rate: state.cache.stats().hit_rate_percent(),
+        memory_usage: used as f64 / (1024.0 * 1024.0),
+        memory_usage_bytes: used,
+        connection_count: number(&clients, "connected_clients"),
+        operations_per_second: state.cache.stats().operations_per_second(),
+        hits,
+        misses,
+        total_keys,
+    }))
+}

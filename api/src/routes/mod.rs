@@ -1,0 +1,7 @@
+//! Routers by area; each exposes `router()` and keeps its handlers thin:
+//! extract, call one operation, shape the answer.
+
+pub mod health;
+pub mod internal;
+pub mod permissions;
+pub mod sessions;

@@ -1,0 +1,159 @@
+//! Cached permission results on the internal plane (API.md §4), in the
+//! platform namespace whatever `X-Tenant-Id` says.
+
+use axum::extract::{Query, State};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use cache_shared::codec::Value;
+use cache_shared::permissions::{self, PermissionKey, Selector, validate_part};
+use cache_shared::ttl::Expiry;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+use crate::extract::{InternalCaller, JsonBody};
+use crate::state::AppState;
+use crate::views::KeyTtl;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/internal/cache/permission/set", post(set_permission))
+        .route("/internal/cache/permission", post(set_permission))
+        .route("/internal/cache/permission/get", get(get_permission))
+        .route("/internal/cache/permission/invalidate", delete(invalidate))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    key: String,
+    result: Box<RawValue>,
+    ttl: Option<Expiry>,
+}
+
+async fn set_permission(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+    JsonBody(body): JsonBody<SetBody>,
+) -> Result<Json<KeyTtl>, ApiError> {
+    let op = ApiError::op("permission.set");
+    let key = PermissionKey::parse(&body.key, "key").map_err(&op)?;
+    let ttl = permissions::set(
+        &state.cache,
+        &key,
+        &Value::from_raw_json(&body.result),
+        body.ttl,
+    )
+    .await
+    .map_err(&op)?;
+    Ok(Json(KeyTtl { key: body.key, ttl }))
+}
+
+/// Either `key`, or all four parts of one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Lookup {
+    key: Option<String>,
+    user_id: Option<String>,
+    tenant_id: Option<String>,
+    resource: Option<String>,
+    action: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PermissionView {
+    key: String,
+    result: Box<RawValue>,
+    ttl: i64,
+}
+
+async fn get_permission(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+    query: Result<Query<Lookup>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PermissionView>, ApiError> {
+    let op = ApiError::op("permission.get");
+    let Query(lookup) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let key = match lookup {
+        Lookup {
+            key: Some(key),
+            user_id: None,
+            tenant_id: None,
+            resource: None,
+            action: None,
+        } => PermissionKey::parse(&key, "key"),
+        Lookup {
+            key: None,
+            user_id: Some(user),
+            tenant_id: Some(tenant),
+            resource: Some(resource),
+            action: Some(action),
+        } => PermissionKey::from_parts(&user, &tenant, &resource, &action),
+        _ => Err(cache_shared::Error::validation(
+            "key",
+            "give either key, or userId, tenantId, resource and action",
+        )),
+    }
+    .map_err(&op)?;
+    let found = permissions::get(&state.cache, &key).await.map_err(&op)?;
+    let result = found
+        .result
+        .to_raw_json()
+        .and_then(|raw| {
+            raw.ok_or_else(|| cache_shared::Error::internal("permission result is not JSON"))
+        })
+        .map_err(&op)?;
+    Ok(Json(PermissionView {
+        key: found.key,
+        result,
+        ttl: found.ttl,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct InvalidateQuery {
+    key: Option<String>,
+    user_id: Option<String>,
+    tenant_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Invalidated {
+    invalidated: u64,
+}
+
+async fn invalidate(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+    query: Result<Query<InvalidateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Invalidated>, ApiError> {
+    let op = ApiError::op("permission.invalidate");
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let selector = match (query.key, query.user_id, query.tenant_id) {
+        (Some(key), None, None) => Selector::Key(PermissionKey::parse(&key, "key").map_err(&op)?),
+        (None, Some(user_id), None) => {
+            validate_part(&user_id, "userId").map_err(&op)?;
+            Selector::User(user_id)
+        }
+        (None, None, Some(tenant_id)) => {
+            validate_part(&tenant_id, "tenantId").map_err(&op)?;
+            Selector::Tenant(tenant_id)
+        }
+        (None, Some(user_id), Some(tenant_id)) => {
+            validate_part(&user_id, "userId").map_err(&op)?;
+            validate_part(&tenant_id, "tenantId").map_err(&op)?;
+            Selector::UserInTenant { user_id, tenant_id }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "key",
+                "give key alone, or userId and/or tenantId",
+            ));
+        }
+    };
+    let invalidated = permissions::invalidate(&state.cache, &selector)
+        .await
+        .map_err(&op)?;
+    Ok(Json(Invalidated { invalidated }))
+}

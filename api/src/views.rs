@@ -1,0 +1,96 @@
+//! Response bodies shared by the internal and the public plane.
+
+use base64::Engine;
+use cache_shared::Error;
+use cache_shared::cache::Entry;
+use cache_shared::codec::Value;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A value in a JSON answer: itself when it is JSON, base64 text when it was
+/// stored as raw bytes (then `encoding: "base64"` accompanies it).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ValueView {
+    Json(Box<RawValue>),
+    Base64(String),
+}
+
+impl ValueView {
+    /// # Errors
+    ///
+    /// [`Error::Internal`] when stored JSON no longer parses.
+    pub fn new(value: &Value) -> Result<(Self, Option<&'static str>), Error> {
+        Ok(match value {
+            Value::Json(_) => match value.to_raw_json()? {
+                Some(raw) => (Self::Json(raw), None),
+                None => return Err(Error::internal("json value without json text")),
+            },
+            Value::Bytes(bytes) => (
+                Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                Some("base64"),
+            ),
+        })
+    }
+}
+
+/// `{"key","value","ttl"}` (+ `"encoding"` for raw bytes).
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    pub key: String,
+    pub value: ValueView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    pub ttl: i64,
+}
+
+impl EntryView {
+    /// # Errors
+    ///
+    /// As [`ValueView::new`].
+    pub fn new(key: String, entry: &Entry) -> Result<Self, Error> {
+        let (value, encoding) = ValueView::new(&entry.value)?;
+        Ok(Self {
+            key,
+            value,
+            encoding,
+            ttl: entry.ttl,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyTtl {
+    pub key: String,
+    pub ttl: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    pub key: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Updated {
+    pub key: String,
+    pub updated: bool,
+}
+
+/// `{"count","exists":{"k":bool}}`; `count` is the number of distinct keys found.
+#[derive(Debug, Serialize)]
+pub struct ExistsView {
+    pub count: usize,
+    pub exists: std::collections::BTreeMap<String, bool>,
+}
+
+impl ExistsView {
+    pub fn new(keys: Vec<String>, found: Vec<bool>) -> Self {
+        let exists: std::collections::BTreeMap<String, bool> =
+            keys.into_iter().zip(found).collect();
+        Self {
+            count: exists.values().filter(|&&e| e).count(),
+            exists,
+        }
+    }
+}

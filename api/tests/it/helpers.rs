@@ -1,0 +1,274 @@
+//! Test harness: an api on a free port against the real Redis and Postgres,
+//! a unique tenant per test, a raw Redis connection for asserting stored
+//! bytes, and private redis-server processes for fault tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cache_api::cli::{Cli, ServeArgs};
+use clap::Parser;
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Both accepted internal tokens (rotation).
+pub const TOKEN_A: &str = "test-token-a";
+pub const TOKEN_B: &str = "test-token-b";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// A tenant id unique to this test.
+    pub tenant: String,
+    pub redis_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A unique id for tenants, users, sessions of one test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber_init();
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    cache_shared::telemetry::init(&cache_shared::config::TelemetrySettings {
+        log_format: cache_shared::config::LogFormat::Human,
+        rust_log: "debug".into(),
+    })
+}
+
+/// Settings as `cache-api` would read them, plus `extra` command-line flags.
+pub fn settings(extra: &[&str]) -> ServeArgs {
+    let tokens = format!("{TOKEN_A},{TOKEN_B}");
+    let mut argv = vec!["cache-api"];
+    if !extra.contains(&"--internal-service-token") {
+        argv.extend(["--internal-service-token", &tokens]);
+    }
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv)
+        .expect("test settings parse")
+        .serve
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(settings(&[])).await
+}
+
+pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
+    init_logs();
+    let redis_url = args.redis.redis_url.clone();
+    let state = cache_api::build_state(&args).expect("state builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(cache_api::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        tenant: unique("t"),
+        redis_url,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request on the internal plane with token A and this test's tenant.
+    pub fn internal(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("X-Service-Token", TOKEN_A)
+            .header("X-Tenant-Id", &self.tenant)
+    }
+
+    pub async fn set(&self, key: &str, value: Value) -> reqwest::Response {
+        self.internal(reqwest::Method::POST, "/internal/cache/set")
+            .json(&serde_json::json!({"key": key, "value": value}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, key: &str) -> reqwest::Response {
+        self.internal(
+            reqwest::Method::GET,
+            &format!("/internal/cache/get/{}", encode(key)),
+        )
+        .send()
+        .await
+        .expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.internal(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A plain connection to the Redis the app uses, for asserting what is stored.
+    pub async fn raw_redis(&self) -> MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server ended cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Percent-encodes a key as one path segment.
+pub fn encode(key: &str) -> String {
+    let mut out = String::new();
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Asserts the error envelope of API.md §3 and returns its body.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["service"], "cache-service");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let ts = body["timestamp"].as_str().expect("timestamp");
+    assert!(
+        chrono_like_millis_utc(ts),
+        "timestamp {ts} is not RFC 3339 UTC with milliseconds"
+    );
+    let retryable = matches!(status, 500 | 503 | 429);
+    assert_eq!(
+        body["details"]["retryable"], retryable,
+        "retryable in {body}"
+    );
+    body
+}
+
+fn chrono_like_millis_utc(ts: &str) -> bool {
+    // 2026-11-26T10:00:00.000Z
+    ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.' && ts.as_bytes()[10] == b'T'
+}
+
+/// A redis-server of this test's own on a free port, killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let mut redis = Self { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        wait_until(Duration::from_secs(10), || async {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server and waits for the process to be gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `condition` until it holds, failing the test after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !condition().await {
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests of `cache-api` against the real Redis and PostgreSQL.
+//! Each test uses its own tenant (and its own users and sessions), so tests
+//! run in parallel and never flush anything.
+
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod cache;
+mod faults;
+mod helpers;
+mod permissions;
+mod server;
+mod sessions;
+mod validation;

@@ -1,0 +1,98 @@
+//! Job definitions of cache-service: the job types callers may start, and (as
+//! they land) one module per type with its payload, its explicitly named
+//! queue and its handler. The api enqueues; the worker runs handlers.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A kind of job that callers can start over HTTP (API.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    Flush,
+    Preload,
+    Compress,
+    MemoryAnalysis,
+    SessionCleanup,
+    CollectStats,
+    Backup,
+    Restore,
+}
+
+impl JobType {
+    pub const ALL: [JobType; 8] = [
+        JobType::Flush,
+        JobType::Preload,
+        JobType::Compress,
+        JobType::MemoryAnalysis,
+        JobType::SessionCleanup,
+        JobType::CollectStats,
+        JobType::Backup,
+        JobType::Restore,
+    ];
+
+    /// The name used in the API, in the `jobs` table and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Flush => "flush",
+            JobType::Preload => "preload",
+            JobType::Compress => "compress",
+            JobType::MemoryAnalysis => "memory_analysis",
+            JobType::SessionCleanup => "session_cleanup",
+            JobType::CollectStats => "collect_stats",
+            JobType::Backup => "backup",
+            JobType::Restore => "restore",
+        }
+    }
+
+    /// The queue of this type. Named explicitly, never derived from a Rust
+    /// type name, so that renaming code never strands queued jobs.
+    pub fn queue_name(self) -> String {
+        format!("cache-service:jobs:{}", self.as_str())
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job type name that is not one of [`JobType::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownJobType(pub String);
+
+impl fmt::Display for UnknownJobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown job type '{}'", self.0)
+    }
+}
+
+impl std::error::Error for UnknownJobType {}
+
+impl FromStr for JobType {
+    type Err = UnknownJobType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownJobType(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_queues_are_distinct() {
+        let mut queues = std::collections::HashSet::new();
+        for t in JobType::ALL {
+            assert_eq!(t.as_str().parse::<JobType>(), Ok(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+            assert!(queues.insert(t.queue_name()));
+        }
+        assert!("stats_rollup".parse::<JobType>().is_err());
+    }
+}
