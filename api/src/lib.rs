@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::live_stats::LiveStats;
 use cache_shared::redis::RedisStore;
 use cache_shared::ttl::Expiry;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -36,7 +36,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
 use crate::extract::ServiceTokens;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// Runs the command the command line chose.
 ///
@@ -104,13 +104,13 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         max_value_bytes,
         compression_min_bytes: args.cache.compression_min_bytes,
     };
-    Ok(AppState {
+    Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
         db,
-        service_tokens: Arc::new(ServiceTokens::from_list(&args.http.internal_service_token)),
-        settings: Arc::new(args.http.clone()),
+        service_tokens: ServiceTokens::from_list(&args.http.internal_service_token),
+        settings: args.http.clone(),
         started_at: Instant::now(),
-    })
+    }))
 }
 
 /// All routes with their middleware. Routing comes before authentication:
@@ -132,7 +132,9 @@ pub fn router(state: AppState) -> Router {
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), request_id = id)
+                // Debug level: a span per request costs measurable throughput,
+                // so it exists only when debug logging is on.
+                tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = id)
             }),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -146,11 +148,9 @@ struct UlidRequestId;
 
 impl MakeRequestId for UlidRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        ulid::Ulid::new()
-            .to_string()
-            .parse()
-            .ok()
-            .map(RequestId::new)
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let text = ulid::Ulid::new().array_to_str(&mut buf);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
     }
 }
 
@@ -171,12 +171,10 @@ pub async fn serve(
     let header_timeout = state.settings.header_read_timeout();
     let grace = state.settings.shutdown_timeout();
     let app = router(state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -197,9 +195,7 @@ pub async fn serve(
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = watched.await {

@@ -1,6 +1,7 @@
 //! What every handler can reach: the cache operations, the database pool and
-//! the request limits.
+//! the request limits. One `Arc`, so handing it to a request is one atomic add.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,10 +12,27 @@ use crate::cli::HttpSettings;
 use crate::extract::ServiceTokens;
 
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
     pub cache: Cache,
     pub db: PgPool,
-    pub service_tokens: Arc<ServiceTokens>,
-    pub settings: Arc<HttpSettings>,
+    pub service_tokens: ServiceTokens,
+    pub settings: HttpSettings,
     pub started_at: Instant,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }

@@ -27,8 +27,8 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_CLIENT", value_enum, default_value = "multiplexed")]
     pub redis_client: RedisClientMode,
 
-    /// Shared connections in `multiplexed` mode.
-    #[arg(long, env = "REDIS_MULTIPLEXED_CONNECTIONS", default_value_t = 2,
+    /// Shared connections in `multiplexed` mode (one pipelines best on two cores).
+    #[arg(long, env = "REDIS_MULTIPLEXED_CONNECTIONS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub redis_multiplexed_connections: u16,
 
@@ -73,7 +73,7 @@ pub struct DatabaseSettings {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/cache_service"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/cache_service"
     )]
     pub database_url: String,
 
