@@ -173,6 +173,7 @@ pub async fn serve(
     let app = router(state);
     let mut builder = http1::Builder::new();
     builder
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
 
