@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use cache_shared::config::{CacheSettings, DatabaseSettings, RedisSettings, TelemetrySettings};
+use cache_shared::config::{
+    CacheSettings, DatabaseSettings, RedisSettings, Secret, TelemetrySettings,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -80,9 +82,10 @@ pub struct HttpSettings {
         long,
         env = "INTERNAL_SERVICE_TOKEN",
         default_value = "",
-        hide_env_values = true
+        hide_env_values = true,
+        hide_default_value = true
     )]
-    pub internal_service_token: String,
+    pub internal_service_token: Secret,
 }
 
 impl HttpSettings {

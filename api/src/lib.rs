@@ -107,7 +107,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
         db,
-        service_tokens: ServiceTokens::from_list(&args.http.internal_service_token),
+        service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         settings: args.http.clone(),
         started_at: Instant::now(),
     }))

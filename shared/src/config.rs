@@ -20,7 +20,8 @@ pub enum RedisClientMode {
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
     /// Redis server URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
+          value_parser = parse_redis_url)]
     pub redis_url: String,
 
     /// How requests share connections: `multiplexed` or `pool`.
@@ -73,7 +74,9 @@ pub struct DatabaseSettings {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/cache_service"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/cache_service",
+        value_parser = parse_database_url,
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -125,6 +128,50 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
 
     /// Log filter in `tracing` syntax, e.g. `info,cache_api=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub rust_log: String,
+}
+
+/// A text setting whose value never appears in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    deadpool_redis::redis::Client::open(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a Redis URL: {e}"))
+}
+
+fn parse_database_url(value: &str) -> Result<String, String> {
+    let postgres = value.starts_with("postgres://") || value.starts_with("postgresql://");
+    match value.parse::<sqlx::postgres::PgConnectOptions>() {
+        Ok(_) if postgres => Ok(value.to_owned()),
+        _ => Err("not a PostgreSQL URL (postgres://user:password@host:port/database)".into()),
+    }
+}
+
+fn parse_log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a log filter: {e}"))
 }

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cache;
+mod cli;
 mod faults;
 mod helpers;
 mod permissions;
