@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, RedisSettings, Secret, TelemetrySettings,
+    CacheSettings, DatabaseSettings, QueueArgs, RedisSettings, Secret, TelemetrySettings,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -40,6 +40,8 @@ pub struct ServeArgs {
     pub cache: CacheSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
+    #[command(flatten)]
+    pub queue: QueueArgs,
     #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]

@@ -20,10 +20,10 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
+use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::live_stats::LiveStats;
 use cache_shared::redis::RedisStore;
-use cache_shared::ttl::Expiry;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -95,18 +95,21 @@ fn init_telemetry(settings: &cache_shared::config::TelemetrySettings) -> anyhow:
 pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let redis = RedisStore::new(&args.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
-    let max_value_bytes = usize::try_from(args.cache.max_value_bytes).context("MAX_VALUE_BYTES")?;
-    let limits = CacheLimits {
-        default_ttl: match args.cache.cache_default_ttl {
-            0 => Expiry::Never,
-            seconds => Expiry::Seconds(seconds),
-        },
-        max_value_bytes,
-        compression_min_bytes: args.cache.compression_min_bytes,
-    };
+    let limits = CacheLimits::from_settings(&args.cache);
+    let queue_conn =
+        cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())
+            .context("parsing REDIS_URL")?;
+    let jobs = JobQueue::new(
+        queue_conn,
+        QueueSettings::from_args(&args.queue),
+        db.clone(),
+        limits.max_value_bytes,
+        args.redis.command_timeout(),
+    );
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
         db,
+        jobs,
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         settings: args.http.clone(),
         started_at: Instant::now(),
@@ -122,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::internal::router())
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
+        .merge(routes::jobs::router())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
+use cache_jobs::queue::JobQueue;
 use cache_shared::cache::Cache;
 use sqlx::PgPool;
 
@@ -18,6 +19,7 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub cache: Cache,
     pub db: PgPool,
+    pub jobs: JobQueue,
     pub service_tokens: ServiceTokens,
     pub settings: HttpSettings,
     pub started_at: Instant,

@@ -94,3 +94,77 @@ impl ExistsView {
         }
     }
 }
+
+/// `202` answer of every job-starting endpoint.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobAccepted {
+    pub job_id: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub status: String,
+    pub status_url: String,
+}
+
+impl JobAccepted {
+    /// A repeated idempotent request reports the job's current status.
+    pub fn new(record: &cache_shared::db::jobs::JobRecord, status_url: String) -> Self {
+        Self {
+            job_id: record.id.clone(),
+            job_type: record.job_type.clone(),
+            status: record.status.clone(),
+            status_url,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Progress {
+    pub done: i64,
+    pub total: Option<i64>,
+}
+
+/// A job as `GET /api/v1/jobs/{id}` shows it (API.md §6).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant_id: String,
+    pub status: String,
+    pub progress: Progress,
+    pub attempts: i32,
+    pub params: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl From<cache_shared::db::jobs::JobRecord> for JobView {
+    fn from(r: cache_shared::db::jobs::JobRecord) -> Self {
+        Self {
+            job_id: r.id,
+            job_type: r.job_type,
+            tenant_id: r.tenant_id,
+            status: r.status,
+            progress: Progress {
+                done: r.progress_done,
+                total: r.progress_total,
+            },
+            attempts: r.attempts,
+            params: r.params,
+            result: r.result,
+            error: r.error,
+            created_at: timestamp(r.created_at),
+            started_at: r.started_at.map(timestamp),
+            finished_at: r.finished_at.map(timestamp),
+        }
+    }
+}

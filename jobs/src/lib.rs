@@ -1,9 +1,30 @@
-//! Job definitions of cache-service: the job types callers may start, and (as
-//! they land) one module per type with its payload, its explicitly named
-//! queue and its handler. The api enqueues; the worker runs handlers.
+//! Job definitions of cache-service: one module per job type with its
+//! parameters and handler, the payloads that travel on explicitly named
+//! queues ([`payloads`]), the enqueue side the api calls ([`queue::JobQueue`])
+//! and the runner that records every delivery's outcome ([`runner`]).
+//! The api enqueues; only the worker runs handlers.
+
+pub mod collect_stats;
+pub mod context;
+pub mod error;
+pub mod flush;
+pub mod payloads;
+pub mod preload;
+pub mod progress;
+pub mod queue;
+pub mod runner;
+pub mod session_cleanup;
 
 use std::fmt;
 use std::str::FromStr;
+
+/// How a run ended when it did not fail; the JSON is the job's `result`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(serde_json::Value),
+    /// Cancellation was requested and honoured between batches.
+    Cancelled(serde_json::Value),
+}
 
 /// A kind of job that callers can start over HTTP (API.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -45,10 +66,10 @@ impl JobType {
         }
     }
 
-    /// The queue of this type. Named explicitly, never derived from a Rust
-    /// type name, so that renaming code never strands queued jobs.
-    pub fn queue_name(self) -> String {
-        format!("cache-service:jobs:{}", self.as_str())
+    /// The queue of this type under `prefix`. Named explicitly, never derived
+    /// from a Rust type name, so that renaming code never strands queued jobs.
+    pub fn queue_name(self, prefix: &str) -> String {
+        format!("{prefix}:jobs:{}", self.as_str())
     }
 }
 
@@ -91,7 +112,7 @@ mod tests {
         for t in JobType::ALL {
             assert_eq!(t.as_str().parse::<JobType>(), Ok(t));
             assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
-            assert!(queues.insert(t.queue_name()));
+            assert!(queues.insert(t.queue_name("cache-service")));
         }
         assert!("stats_rollup".parse::<JobType>().is_err());
     }

@@ -26,6 +26,20 @@ pub struct CacheLimits {
     pub compression_min_bytes: usize,
 }
 
+impl CacheLimits {
+    pub fn from_settings(settings: &crate::config::CacheSettings) -> Self {
+        Self {
+            default_ttl: match settings.cache_default_ttl {
+                0 => Expiry::Never,
+                seconds => Expiry::Seconds(seconds),
+            },
+            // Bounded to 512 MiB by the setting's parser, so it fits any usize we run on.
+            max_value_bytes: usize::try_from(settings.max_value_bytes).unwrap_or(usize::MAX),
+            compression_min_bytes: settings.compression_min_bytes,
+        }
+    }
+}
+
 /// A stored value with its remaining TTL (`-1`: no expiry).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {

@@ -114,6 +114,23 @@ pub struct CacheSettings {
     pub max_value_bytes: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Prefix of the job queues' Redis keys (`{prefix}:jobs:{type}`).
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "cache-service")]
+    pub queue_prefix: String,
+
+    /// Seconds between a worker's heartbeats on the queues.
+    #[arg(long, env = "QUEUE_HEARTBEAT_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub queue_heartbeat_seconds: u64,
+
+    /// Missed heartbeats after which a dead worker's jobs go to another worker.
+    #[arg(long, env = "QUEUE_MISSED_HEARTBEATS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub queue_missed_heartbeats: u64,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

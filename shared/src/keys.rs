@@ -59,6 +59,20 @@ impl TenantId {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A tenant id read back from our own records (a job's tenant): the
+    /// caller rules plus the platform namespace, which only the service assigns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] when the record holds something else.
+    pub fn from_record(raw: &str) -> Result<Self, Error> {
+        if raw == PLATFORM_TENANT {
+            Ok(Self::platform())
+        } else {
+            Self::parse(raw, "tenantId")
+        }
+    }
+
     /// The platform namespace, used when an internal caller names no tenant.
     pub fn platform() -> Self {
         Self(PLATFORM_TENANT.to_owned())
@@ -142,6 +156,12 @@ impl CacheNamespace {
         out
     }
 
+    /// A pattern matching every value of every tenant (and nothing else the
+    /// service keeps in Redis: sessions, permissions, queues).
+    pub fn all_tenants_pattern() -> &'static str {
+        "c:{*}:*"
+    }
+
     /// A pattern matching exactly the keys that start with `literal_prefix`.
     pub fn literal_prefix_pattern(&self, literal_prefix: &str) -> String {
         let mut out = escape_glob(&self.prefix);
@@ -158,9 +178,15 @@ impl CacheNamespace {
 pub struct SessionKeys;
 
 impl SessionKeys {
+    /// Prefix of every session; the session id follows it.
+    pub const SESSION_PREFIX: &'static str = "s:{_platform}:";
+
     pub fn session(session_id: &str) -> String {
-        format!("s:{{{PLATFORM_TENANT}}}:{session_id}")
+        format!("{}{session_id}", Self::SESSION_PREFIX)
     }
+
+    /// A `SCAN` pattern over every session index (user and tenant).
+    pub const INDEX_PATTERN: &'static str = "si:{_platform}:*";
 
     /// Prefix of a user's session index; the user id follows it.
     pub const USER_INDEX_PREFIX: &'static str = "si:{_platform}:u:";

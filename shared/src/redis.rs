@@ -45,6 +45,22 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Server-wide figures of Redis at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerFigures {
+    pub used_memory_bytes: u64,
+    /// `0` when no limit is set.
+    pub max_memory_bytes: u64,
+    pub total_keys: u64,
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    pub connected_clients: u64,
+    pub ops_per_second: u64,
+    pub evicted_keys: u64,
+    pub expired_keys: u64,
+}
+
 /// Connection counters for health and the connections report.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -225,6 +241,46 @@ impl RedisStore {
             .collect())
     }
 
+    /// The server-wide figures reports need, from `INFO`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn server_figures(&self) -> Result<ServerFigures, Error> {
+        let (memory, stats, clients, keyspace) = tokio::try_join!(
+            self.info("memory"),
+            self.info("stats"),
+            self.info("clients"),
+            self.info("keyspace"),
+        )?;
+        let number = |map: &std::collections::HashMap<String, String>, field: &str| {
+            map.get(field)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(ServerFigures {
+            used_memory_bytes: number(&memory, "used_memory"),
+            max_memory_bytes: number(&memory, "maxmemory"),
+            // Keyspace lines look like `db0:keys=12,expires=3,avg_ttl=0`.
+            total_keys: keyspace
+                .values()
+                .filter_map(|v| {
+                    v.split(',')
+                        .next()?
+                        .strip_prefix("keys=")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum(),
+            keyspace_hits: number(&stats, "keyspace_hits"),
+            keyspace_misses: number(&stats, "keyspace_misses"),
+            connected_clients: number(&clients, "connected_clients"),
+            ops_per_second: number(&stats, "instantaneous_ops_per_sec"),
+            evicted_keys: number(&stats, "evicted_keys"),
+            expired_keys: number(&stats, "expired_keys"),
+        })
+    }
+
     pub fn connection_stats(&self) -> ConnectionStats {
         let timeouts = self.inner.timeouts.load(Ordering::Relaxed);
         match &self.inner.backend {
@@ -251,6 +307,25 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A connection of its own (for the job queues), reconnecting by itself, with
+/// a response timeout suited to its callers; connects on first use.
+///
+/// # Errors
+///
+/// When the URL cannot be parsed.
+pub fn dedicated_connection(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(settings.redis_url.as_str())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout()))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 fn pool_error(err: PoolError) -> Error {

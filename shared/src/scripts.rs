@@ -131,3 +131,48 @@ return deleted
 ",
     )
 });
+
+/// KEYS: the sessions to revoke. ARGV: user index prefix, tenant index
+/// prefix, user filter (`""`: any), tenant filter (`""`: any), then one
+/// session id per key. Deletes each session that still matches the filters
+/// and its index entries; drops index entries of sessions already gone.
+/// Returns how many sessions were revoked.
+pub static SESSION_REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local revoked = 0
+for i, key in ipairs(KEYS) do
+  local id = ARGV[4 + i]
+  local f = redis.call('HMGET', key, 'u', 't')
+  if f[1] then
+    if (ARGV[3] == '' or f[1] == ARGV[3]) and (ARGV[4] == '' or f[2] == ARGV[4]) then
+      redis.call('DEL', key)
+      redis.call('SREM', ARGV[1] .. f[1], id)
+      redis.call('SREM', ARGV[2] .. f[2], id)
+      revoked = revoked + 1
+    end
+  else
+    if ARGV[3] ~= '' then redis.call('SREM', ARGV[1] .. ARGV[3], id) end
+    if ARGV[4] ~= '' then redis.call('SREM', ARGV[2] .. ARGV[4], id) end
+  end
+end
+return revoked
+",
+    )
+});
+
+/// KEYS: one session index. ARGV: session key prefix, then session ids.
+/// Removes the ids whose session no longer exists; returns how many.
+pub static SESSION_PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local pruned = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    pruned = pruned + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return pruned
+",
+    )
+});

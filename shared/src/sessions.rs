@@ -10,7 +10,7 @@ use crate::codec::Value;
 use crate::error::Error;
 use crate::keys::{SessionKeys, TenantId, validate_key};
 use crate::live_stats::Op;
-use crate::scripts::{SESSION_DELETE, SESSION_GET, SESSION_SET};
+use crate::scripts::{SESSION_DELETE, SESSION_GET, SESSION_PRUNE, SESSION_REVOKE, SESSION_SET};
 use crate::ttl::{Expiry, from_redis_ttl};
 
 /// TTL of a session stored without one: 15 minutes.
@@ -164,6 +164,115 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
         })
         .await;
     cache.stats().observe(Op::Session, result)
+}
+
+/// Whose sessions a revocation targets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+impl Owner {
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a malformed user or tenant id.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(user) = &self.user_id {
+            validate_user_id(user, "userId")?;
+        }
+        if let Some(tenant) = &self.tenant_id {
+            TenantId::parse(tenant, "tenantId")?;
+        }
+        Ok(())
+    }
+
+    /// The index to read: the user's when given (smaller), else the tenant's.
+    fn index(&self) -> Option<String> {
+        match (&self.user_id, &self.tenant_id) {
+            (Some(user), _) => Some(SessionKeys::user_index(user)),
+            (None, Some(tenant)) => Some(SessionKeys::tenant_index(tenant)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The session ids indexed for `owner` (possibly including expired ones).
+///
+/// # Errors
+///
+/// [`Error::Validation`] when `owner` names nobody, [`Error::CacheUnavailable`].
+pub async fn indexed_ids(cache: &Cache, owner: &Owner) -> Result<Vec<String>, Error> {
+    let index = owner
+        .index()
+        .ok_or_else(|| Error::validation("userId", "userId or tenantId is required"))?;
+    let redis = cache.redis();
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let ids: Vec<String> = deadpool_redis::redis::cmd("SMEMBERS")
+                .arg(&index)
+                .query_async(&mut conn)
+                .await?;
+            Ok(ids)
+        })
+        .await
+}
+
+/// Revokes those of `ids` that still belong to `owner`; returns how many.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn revoke(cache: &Cache, owner: &Owner, ids: &[String]) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut invocation = SESSION_REVOKE.prepare_invoke();
+    for id in ids {
+        invocation.key(SessionKeys::session(id));
+    }
+    invocation
+        .arg(SessionKeys::USER_INDEX_PREFIX)
+        .arg(SessionKeys::TENANT_INDEX_PREFIX)
+        .arg(owner.user_id.as_deref().unwrap_or(""))
+        .arg(owner.tenant_id.as_deref().unwrap_or(""));
+    for id in ids {
+        invocation.arg(id);
+    }
+    let redis = cache.redis();
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let revoked: u64 = invocation.invoke_async(&mut conn).await?;
+            Ok(revoked)
+        })
+        .await
+}
+
+/// Removes from one index the ids whose session has expired; returns how many.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn prune_index(cache: &Cache, index: &str, ids: &[String]) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut invocation = SESSION_PRUNE.prepare_invoke();
+    invocation.key(index).arg(SessionKeys::SESSION_PREFIX);
+    for id in ids {
+        invocation.arg(id);
+    }
+    let redis = cache.redis();
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let pruned: u64 = invocation.invoke_async(&mut conn).await?;
+            Ok(pruned)
+        })
+        .await
 }
 
 impl Session {

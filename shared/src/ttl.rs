@@ -58,6 +58,12 @@ impl Expiry {
     }
 }
 
+impl serde::Serialize for Expiry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.seconds().unwrap_or(0))
+    }
+}
+
 impl<'de> Deserialize<'de> for Expiry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ExpiryVisitor;

@@ -1,15 +1,28 @@
-//! `cache-worker`: the process that runs the service's jobs. It connects to
-//! Redis and PostgreSQL, reports itself alive through heartbeats that `/health`
-//! reads, and stops cleanly on SIGTERM. It never serves requests.
+//! `cache-worker`: the process that runs the service's jobs. It registers one
+//! queue worker per job type (bounded concurrency, unique names, restarted
+//! when its backend fails), reports itself alive through heartbeats that
+//! `/health` reads, and on SIGTERM stops fetching, lets running jobs finish
+//! their batch and exits. It never serves requests.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cache_shared::config::{DatabaseSettings, RedisSettings, TelemetrySettings};
+use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use cache_jobs::context::{JobContext, Pacing};
+use cache_jobs::payloads::{CollectStatsJob, FlushJob, PreloadJob, SessionCleanupJob};
+use cache_jobs::queue::QueueSettings;
+use cache_jobs::runner::{self, Delivery, Job};
+use cache_shared::cache::{Cache, CacheLimits};
+use cache_shared::config::{
+    CacheSettings, DatabaseSettings, QueueArgs, RedisSettings, TelemetrySettings,
+};
 use cache_shared::health::{self, HEARTBEAT_INTERVAL};
+use cache_shared::live_stats::LiveStats;
 use cache_shared::redis::RedisStore;
 use clap::{Args, Parser, Subcommand};
+use deadpool_redis::redis::aio::ConnectionManager;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +59,29 @@ pub struct WorkerSettings {
     /// Prefix of this worker's name in heartbeats (pid and a ULID are appended).
     #[arg(long, env = "WORKER_NAME", default_value = "worker")]
     pub worker_name: String,
+
+    /// Jobs of one type run at the same time by this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_concurrency: u16,
+
+    /// Time running jobs get to finish their batch after SIGTERM, in milliseconds.
+    #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub worker_shutdown_timeout_ms: u64,
+
+    /// Keys per batch of flush, preload and cleanup jobs.
+    #[arg(long, env = "JOB_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub job_batch_size: u64,
+
+    /// Pause between a job's batches in milliseconds, leaving Redis to requests.
+    #[arg(long, env = "JOB_BATCH_PAUSE_MS", default_value_t = 2)]
+    pub job_batch_pause_ms: u64,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub cache: CacheSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
@@ -54,8 +90,28 @@ pub struct WorkerSettings {
     pub telemetry: TelemetrySettings,
 }
 
+impl WorkerSettings {
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings::from_args(&self.queue)
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            batch: usize::try_from(self.job_batch_size).unwrap_or(1000),
+            pause: Duration::from_millis(self.job_batch_pause_ms),
+            ..Pacing::default()
+        }
+    }
+}
+
 /// How long start-up waits for Redis and PostgreSQL before giving up.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often an idle queue worker looks for new jobs.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Deadline of the queue's own Redis calls (fetching, acknowledging).
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the worker until `shutdown` resolves.
 ///
@@ -64,7 +120,7 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// When Redis or PostgreSQL cannot be reached at start-up.
 pub async fn run(
     settings: WorkerSettings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let redis = RedisStore::new(&settings.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&settings.database).context("parsing DATABASE_URL")?;
@@ -77,9 +133,97 @@ pub async fn run(
             .map(|_| ())
     })
     .await?;
-    tracing::info!(worker = %name, "cache-worker ready");
 
-    tokio::pin!(shutdown);
+    let ctx = JobContext {
+        cache: Cache::new(
+            redis.clone(),
+            CacheLimits::from_settings(&settings.cache),
+            Arc::new(LiveStats::default()),
+        ),
+        db: db.clone(),
+        pacing: settings.pacing(),
+    };
+    let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
+        .context("parsing REDIS_URL")?;
+    let queues = settings.queue_settings();
+    let concurrency = usize::from(settings.worker_concurrency);
+
+    let monitor = Monitor::new();
+    let monitor = register::<FlushJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<PreloadJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<SessionCleanupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<CollectStatsJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = monitor
+        .should_restart(|worker, err| {
+            tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, "queue worker stopped; restarting");
+            true
+        })
+        .shutdown_timeout(Duration::from_millis(settings.worker_shutdown_timeout_ms));
+
+    let (stop_heartbeat, heartbeat_stopped) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        redis.clone(),
+        name.clone(),
+        heartbeat_stopped,
+    ));
+    tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");
+
+    let result = monitor
+        .run_with_signal(async {
+            shutdown.await;
+            Ok(())
+        })
+        .await;
+
+    let _ = stop_heartbeat.send(true);
+    if let Err(err) = heartbeat.await {
+        tracing::warn!(%err, "heartbeat task ended abnormally");
+    }
+    if let Err(err) = health::sign_off(&redis, &name).await {
+        tracing::warn!(%err, "could not remove the heartbeat at shutdown");
+    }
+    db.close().await;
+    result.context("running the queue workers")?;
+    tracing::info!(worker = %name, "cache-worker stopped");
+    Ok(())
+}
+
+/// Registers a queue worker for `J`; the factory runs again on every restart,
+/// each time under a fresh name (apalis refuses a name seen recently).
+fn register<J: Job>(
+    monitor: Monitor,
+    queues: &QueueSettings,
+    conn: &ConnectionManager,
+    ctx: &JobContext,
+    concurrency: usize,
+    process_name: &str,
+) -> Monitor {
+    let storage = queues.storage::<J>(conn.clone());
+    let ctx = ctx.clone();
+    let prefix = format!("{process_name}-{}", J::TYPE);
+    monitor.register(move |_restarts| {
+        WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
+            .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+            .data(ctx.clone())
+            .concurrency(concurrency)
+            .build(handle::<J>)
+    })
+}
+
+/// One delivery: the runner records the outcome; only a record that could not
+/// be written asks the queue to deliver again.
+async fn handle<J: Job>(job: J, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
+    match runner::execute(&ctx, &job).await {
+        Delivery::Done => Ok(()),
+        Delivery::Redeliver(reason) => Err(reason.into()),
+    }
+}
+
+async fn heartbeat_loop(
+    redis: RedisStore,
+    name: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tokio::select! {
@@ -88,15 +232,9 @@ pub async fn run(
                     tracing::warn!(%err, "heartbeat failed; retrying next tick");
                 }
             }
-            () = &mut shutdown => break,
+            _ = stop.changed() => return,
         }
     }
-    if let Err(err) = health::sign_off(&redis, &name).await {
-        tracing::warn!(%err, "could not remove the heartbeat at shutdown");
-    }
-    db.close().await;
-    tracing::info!(worker = %name, "cache-worker stopped");
-    Ok(())
 }
 
 /// A name unique to this process: a restarted worker must never collide with

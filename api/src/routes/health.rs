@@ -113,37 +113,20 @@ async fn metrics(
     State(state): State<AppState>,
     _caller: InternalCaller,
 ) -> Result<Json<MetricsReport>, ApiError> {
-    let op = ApiError::op("metrics");
-    let redis = state.cache.redis();
-    let (memory, clients, keyspace) = tokio::try_join!(
-        redis.info("memory"),
-        redis.info("clients"),
-        redis.info("keyspace")
-    )
-    .map_err(&op)?;
-    let number = |map: &std::collections::HashMap<String, String>, field: &str| {
-        map.get(field)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let used = number(&memory, "used_memory");
-    // keyspace lines look like `db0:keys=12,expires=3,avg_ttl=0`.
-    let total_keys = keyspace
-        .values()
-        .filter_map(|v| {
-            v.split(',')
-                .next()?
-                .strip_prefix("keys=")?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let figures = state
+        .cache
+        .redis()
+        .server_figures()
+        .await
+        .map_err(ApiError::op("metrics"))?;
+    let used = figures.used_memory_bytes;
+    let total_keys = figures.total_keys;
     let (hits, misses) = state.cache.stats().lookups();
     Ok(Json(MetricsReport {
         hit_rate: state.cache.stats().hit_rate_percent(),
         memory_usage: used as f64 / (1024.0 * 1024.0),
         memory_usage_bytes: used,
-        connection_count: number(&clients, "connected_clients"),
+        connection_count: figures.connected_clients,
         operations_per_second: state.cache.stats().operations_per_second(),
         hits,
         misses,

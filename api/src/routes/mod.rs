@@ -3,5 +3,6 @@
 
 pub mod health;
 pub mod internal;
+pub mod jobs;
 pub mod permissions;
 pub mod sessions;

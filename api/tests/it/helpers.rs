@@ -24,6 +24,9 @@ pub struct TestApp {
     /// A tenant id unique to this test.
     pub tenant: String,
     pub redis_url: String,
+    /// The queue prefix of this test's jobs (also given to its workers).
+    pub queue_prefix: String,
+    pub state: cache_api::state::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -49,7 +52,8 @@ fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sy
 /// Settings as `cache-api` would read them, plus `extra` command-line flags.
 pub fn settings(extra: &[&str]) -> ServeArgs {
     let tokens = format!("{TOKEN_A},{TOKEN_B}");
-    let mut argv = vec!["cache-api"];
+    let queue_prefix = unique("test-queue");
+    let mut argv = vec!["cache-api", "--queue-prefix", &queue_prefix];
     if !extra.contains(&"--internal-service-token") {
         argv.extend(["--internal-service-token", &tokens]);
     }
@@ -63,16 +67,39 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(settings(&[])).await
 }
 
+/// Brings the test database's schema up to date once per test process
+/// (creating the database if needed). Tests share it and keep apart by tenant.
+async fn migrate_once(args: &ServeArgs) {
+    static MIGRATED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    MIGRATED
+        .get_or_init(|| async {
+            let url = &args.database.database_url;
+            cache_shared::db::create_database_if_missing(url)
+                .await
+                .expect("create the test database");
+            let pool = cache_shared::db::lazy_pool(&args.database).expect("database url");
+            cache_shared::db::MIGRATOR
+                .run(&pool)
+                .await
+                .expect("migrate the test database");
+        })
+        .await;
+}
+
 pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
     init_logs();
+    if args.database.database_url == settings(&[]).database.database_url {
+        migrate_once(&args).await;
+    }
     let redis_url = args.redis.redis_url.clone();
+    let queue_prefix = args.queue.queue_prefix.clone();
     let state = cache_api::build_state(&args).expect("state builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a free port");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(cache_api::serve(listener, state, async {
+    let server = tokio::spawn(cache_api::serve(listener, state.clone(), async {
         let _ = rx.await;
     }));
     TestApp {
@@ -80,6 +107,8 @@ pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
         client: reqwest::Client::new(),
         tenant: unique("t"),
         redis_url,
+        queue_prefix,
+        state,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -148,6 +177,84 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A worker of this test's queues, stopped (gracefully) on drop or `stop`.
+pub struct TestWorker {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts an in-process worker draining this app's queues.
+    pub fn spawn_worker(&self) -> TestWorker {
+        let settings = cache_worker::Cli::try_parse_from([
+            "cache-worker",
+            "--queue-prefix",
+            &self.queue_prefix,
+            "--redis-url",
+            &self.redis_url,
+            "--worker-name",
+            "test",
+        ])
+        .expect("worker settings parse")
+        .settings();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cache_worker::run(settings, async {
+            let _ = rx.await;
+        }));
+        TestWorker {
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Polls a job's status URL until it is finished; returns the job.
+    pub async fn wait_for_job(&self, status_url: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let job: Value = self
+                .internal(reqwest::Method::GET, status_url)
+                .send()
+                .await
+                .expect("request sent")
+                .json()
+                .await
+                .expect("job JSON");
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never finished: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl TestWorker {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("worker task")
+                .expect("worker ended cleanly");
+        }
+    }
+}
+
+impl Drop for TestWorker {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -9,6 +9,7 @@ mod cache;
 mod cli;
 mod faults;
 mod helpers;
+mod jobs;
 mod permissions;
 mod server;
 mod sessions;

@@ -1,0 +1,251 @@
+//! Jobs end to end: the api records and enqueues, an in-process worker runs.
+
+use cache_jobs::flush::FlushParams;
+use cache_jobs::queue::{JobSpec, Submission};
+use cache_shared::keys::TenantId;
+use deadpool_redis::redis;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app, unique};
+
+async fn new_session(app: &TestApp, sid: &str, user: &str, tenant: &str) {
+    let response = app
+        .post_json(
+            "/internal/cache/session/set",
+            json!({"sessionId": sid, "userId": user, "tenantId": tenant}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+async fn session_exists(app: &TestApp, sid: &str) -> bool {
+    app.internal(Method::GET, &format!("/internal/cache/session/{sid}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+}
+
+#[tokio::test]
+async fn session_cleanup_revokes_exactly_one_users_sessions() {
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let (alice, bob, tenant) = (unique("alice"), unique("bob"), unique("t"));
+    let alice_sessions: Vec<String> = (0..3).map(|_| unique("s")).collect();
+    for sid in &alice_sessions {
+        new_session(&app, sid, &alice, &tenant).await;
+    }
+    let bobs = unique("s");
+    new_session(&app, &bobs, &bob, &tenant).await;
+
+    let response = app
+        .post_json("/internal/cache/session/cleanup", json!({"userId": alice}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["type"], "session_cleanup");
+    assert_eq!(accepted["status"], "queued");
+    let job_id = accepted["jobId"].as_str().unwrap();
+    assert_eq!(
+        accepted["statusUrl"],
+        format!("/internal/cache/jobs/{job_id}")
+    );
+
+    let job = app
+        .wait_for_job(accepted["statusUrl"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["revoked"], 3);
+    assert_eq!(job["progress"], json!({"done": 3, "total": 3}));
+    assert_eq!(job["attempts"], 1);
+    assert!(job["startedAt"].is_string() && job["finishedAt"].is_string());
+    for sid in &alice_sessions {
+        assert!(!session_exists(&app, sid).await);
+    }
+    assert!(session_exists(&app, &bobs).await);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn collect_stats_reports_the_servers_figures() {
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    app.set("k", json!(1)).await;
+    let accepted: Value = app
+        .post_json("/internal/cache/collect-stats", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = app
+        .wait_for_job(accepted["statusUrl"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["result"]["totalKeys"].as_u64().unwrap() >= 1);
+    assert!(job["result"]["usedMemoryBytes"].as_u64().unwrap() > 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_with_the_first_job() {
+    let app = spawn_app().await;
+    let send = |key: &str| {
+        app.internal(Method::POST, "/internal/cache/collect-stats")
+            .header("Idempotency-Key", key)
+            .send()
+    };
+    let first: Value = send("k-1").await.unwrap().json().await.unwrap();
+    let again = send("k-1").await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["jobId"], again["jobId"]);
+    let other: Value = send("k-2").await.unwrap().json().await.unwrap();
+    assert_ne!(first["jobId"], other["jobId"]);
+    // Another tenant's identical key is its own.
+    let foreign: Value = app
+        .client
+        .post(app.url("/internal/cache/collect-stats"))
+        .header("X-Service-Token", crate::helpers::TOKEN_A)
+        .header("Idempotency-Key", "k-1")
+        .header("X-Tenant-Id", unique("x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first["jobId"], foreign["jobId"]);
+}
+
+#[tokio::test]
+async fn a_job_is_visible_to_its_tenant_and_the_platform_only() {
+    let app = spawn_app().await;
+    let accepted: Value = app
+        .post_json("/internal/cache/collect-stats", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = accepted["statusUrl"].as_str().unwrap();
+    let own: Value = app
+        .internal(Method::GET, url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["tenantId"], json!(app.tenant));
+    assert_eq!(own["status"], "queued");
+    assert_eq!(own["progress"], json!({"done": 0, "total": null}));
+
+    let foreign = app
+        .client
+        .get(app.url(url))
+        .header("X-Service-Token", crate::helpers::TOKEN_A)
+        .header("X-Tenant-Id", unique("other"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(foreign, 404, "NOT_FOUND").await;
+    let platform = app
+        .client
+        .get(app.url(url))
+        .header("X-Service-Token", crate::helpers::TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(platform.status(), 200);
+    let missing = app
+        .internal(
+            Method::GET,
+            "/internal/cache/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn session_cleanup_refuses_a_malformed_owner_and_records_nothing() {
+    let app = spawn_app().await;
+    let response = app
+        .post_json("/internal/cache/session/cleanup", json!({"tenantId": "_x"}))
+        .await;
+    let body = assert_error(response, 400, "VALIDATION_ERROR").await;
+    assert_eq!(body["details"]["field"], "tenantId");
+    let rows: (i64,) = sqlx::query_as("select count(*) from jobs where tenant_id = $1")
+        .bind(&app.tenant)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(rows.0, 0);
+}
+
+#[tokio::test]
+async fn flush_of_one_tenant_leaves_other_tenants_byte_identical() {
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let other = unique("t");
+    let mut raw = app.raw_redis().await;
+    let mut pipe = redis::pipe();
+    for i in 0..2500 {
+        pipe.set(format!("c:{{{}}}:k{i}", app.tenant), format!("J{i}"))
+            .ignore();
+        pipe.set(format!("c:{{{other}}}:k{i}"), format!("J{i}"))
+            .ignore();
+    }
+    let () = pipe.query_async(&mut raw).await.unwrap();
+    let before: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+        .arg(
+            (0..2500)
+                .map(|i| format!("c:{{{other}}}:k{i}"))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let record = app
+        .state
+        .jobs
+        .submit(Submission {
+            tenant: TenantId::parse(&app.tenant, "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams::default()),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let job = app
+        .wait_for_job(&format!("/internal/cache/jobs/{}", record.id))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["deleted"], 2500);
+    assert_eq!(job["progress"]["done"], 2500);
+
+    let left: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+        .arg(
+            (0..2500)
+                .map(|i| format!("c:{{{}}}:k{i}", app.tenant))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(left.iter().all(Option::is_none), "keys left behind");
+    let after: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+        .arg(
+            (0..2500)
+                .map(|i| format!("c:{{{other}}}:k{i}"))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    worker.stop().await;
+}

@@ -1,0 +1,21 @@
+//! `collect_stats`: a snapshot of the Redis server's figures (memory, keys,
+//! hits and misses, clients, throughput) recorded as the job's result.
+
+use serde_json::json;
+
+use crate::Outcome;
+use crate::context::JobContext;
+use crate::error::JobError;
+
+/// # Errors
+///
+/// [`JobError::Retryable`] when Redis does not answer.
+pub async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
+    let figures = ctx.cache.redis().server_figures().await?;
+    let lookups = figures.keyspace_hits + figures.keyspace_misses;
+    let hit_rate = (lookups > 0).then(|| figures.keyspace_hits as f64 * 100.0 / lookups as f64);
+    let mut result = serde_json::to_value(figures)
+        .map_err(|e| JobError::Permanent(format!("serialising figures: {e}")))?;
+    result["hitRate"] = json!(hit_rate);
+    Ok(Outcome::Succeeded(result))
+}

@@ -1,0 +1,35 @@
+//! What every job handler can reach, and the knobs that pace heavy jobs.
+
+use std::time::Duration;
+
+use cache_shared::cache::Cache;
+use sqlx::PgPool;
+
+/// Pacing of batch jobs so that they never starve request traffic.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Keys per `SCAN`/write batch.
+    pub batch: usize,
+    /// Pause between batches, leaving Redis to other tenants.
+    pub pause: Duration,
+    /// Deadline of one batch's Redis work (longer than a request's).
+    pub batch_timeout: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            batch: 1000,
+            pause: Duration::from_millis(2),
+            batch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared state of the worker's handlers.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub cache: Cache,
+    pub db: PgPool,
+    pub pacing: Pacing,
+}

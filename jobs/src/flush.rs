@@ -1,0 +1,160 @@
+//! `flush`: deletes a tenant's keys (all, a namespace, or a glob pattern)
+//! with `SCAN` + `UNLINK` in paced batches. Never `KEYS`; `FLUSHDB` never at
+//! all: even the operator's whole-server flush only removes tenants' cached
+//! values, so queues, sessions and permission entries survive it.
+//! Idempotent: a re-run deletes whatever still matches.
+
+use cache_shared::Error;
+use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
+use deadpool_redis::redis;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::Outcome;
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::progress::{Next, Progress};
+
+/// What to flush, as callers send it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlushParams {
+    /// A glob over the tenant's keys (`*`, `?`, `[..]` act).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// A literal key prefix, e.g. `user:` (no wildcards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Every tenant's values (operators only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_server: bool,
+}
+
+impl FlushParams {
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a malformed pattern or namespace, or a
+    /// combination that makes no sense.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(pattern) = &self.pattern {
+            validate_key(pattern, "pattern")?;
+        }
+        if let Some(namespace) = &self.namespace {
+            validate_key(namespace, "namespace")?;
+        }
+        match (&self.pattern, &self.namespace, self.whole_server) {
+            (Some(_), Some(_), _) => Err(Error::validation(
+                "pattern",
+                "give pattern or namespace, not both",
+            )),
+            (Some(_), _, true) | (_, Some(_), true) => Err(Error::validation(
+                "wholeServer",
+                "wholeServer flushes everything; it takes no pattern or namespace",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn scan_pattern(&self, tenant: &TenantId) -> String {
+        if self.whole_server {
+            return CacheNamespace::all_tenants_pattern().to_owned();
+        }
+        let ns = CacheNamespace::new(tenant);
+        match (&self.pattern, &self.namespace) {
+            (Some(glob), _) => ns.pattern(glob),
+            (None, Some(prefix)) => ns.literal_prefix_pattern(prefix),
+            (None, None) => ns.pattern("*"),
+        }
+    }
+}
+
+/// Runs a flush for `tenant`.
+///
+/// # Errors
+///
+/// [`JobError::Retryable`] when Redis or PostgreSQL blips.
+pub async fn run(
+    ctx: &JobContext,
+    job_id: &str,
+    tenant: &TenantId,
+    params: &FlushParams,
+) -> Result<Outcome, JobError> {
+    params.validate()?;
+    let pattern = params.scan_pattern(tenant);
+    let redis = ctx.cache.redis();
+    let mut progress = Progress::new(&ctx.db, job_id);
+    let mut cursor: u64 = 0;
+    loop {
+        let deleted = redis
+            .timed_for(ctx.pacing.batch_timeout, async {
+                let mut conn = redis.conn().await?;
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(ctx.pacing.batch)
+                    .query_async(&mut conn)
+                    .await?;
+                let deleted: i64 = if keys.is_empty() {
+                    0
+                } else {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut conn)
+                        .await?
+                };
+                cursor = next;
+                Ok(deleted)
+            })
+            .await?;
+        if progress.advance(deleted).await? == Next::Stop {
+            return Ok(Outcome::Cancelled(json!({ "deleted": progress.done() })));
+        }
+        if cursor == 0 {
+            break;
+        }
+        tokio::time::sleep(ctx.pacing.pause).await;
+    }
+    let deleted = progress.done();
+    progress.set_total(deleted);
+    progress.advance(0).await?;
+    Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_parameters_are_checked() {
+        assert!(FlushParams::default().validate().is_ok());
+        let both = FlushParams {
+            pattern: Some("a*".into()),
+            namespace: Some("a".into()),
+            whole_server: false,
+        };
+        assert!(both.validate().is_err());
+        let whole_with_pattern = FlushParams {
+            pattern: Some("*".into()),
+            whole_server: true,
+            ..FlushParams::default()
+        };
+        assert!(whole_with_pattern.validate().is_err());
+    }
+
+    #[test]
+    fn patterns_stay_inside_the_tenant() {
+        let t = TenantId::parse("acme", "t").unwrap();
+        let by_ns = FlushParams {
+            namespace: Some("user*:".into()),
+            ..FlushParams::default()
+        };
+        assert_eq!(by_ns.scan_pattern(&t), "c:{acme}:user\\*:*");
+        let by_glob = FlushParams {
+            pattern: Some("user:*".into()),
+            ..FlushParams::default()
+        };
+        assert_eq!(by_glob.scan_pattern(&t), "c:{acme}:user:*");
+    }
+}

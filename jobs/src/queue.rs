@@ -1,0 +1,225 @@
+//! The enqueue side: what the api calls to start a job. A job is first
+//! recorded in PostgreSQL (the source of truth for its status), then pushed
+//! onto its type's Redis queue under the record's id.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
+use apalis_redis::{Config, RedisStorage};
+use cache_shared::Error;
+use cache_shared::db::jobs::{self, JobRecord, NewJob};
+use cache_shared::keys::TenantId;
+use cache_shared::sessions::Owner;
+use deadpool_redis::redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::JobType;
+use crate::flush::FlushParams;
+use crate::payloads::{CollectStatsJob, FlushJob, PreloadJob, SessionCleanupJob};
+use crate::preload::PreloadParams;
+use crate::runner::Job;
+
+/// Where the queues live and how fast a dead worker's jobs come back.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Prefix of every queue key, e.g. `cache-service` gives `cache-service:jobs:flush`.
+    pub prefix: String,
+    /// How often workers report to the queue.
+    pub heartbeat: Duration,
+    /// Missed heartbeats after which a worker's in-flight jobs are handed to another.
+    pub missed_heartbeats: usize,
+}
+
+impl QueueSettings {
+    pub fn from_args(args: &cache_shared::config::QueueArgs) -> Self {
+        Self {
+            prefix: args.queue_prefix.clone(),
+            heartbeat: Duration::from_secs(args.queue_heartbeat_seconds),
+            // Bounded to 1..=100 by the setting's parser.
+            missed_heartbeats: usize::try_from(args.queue_missed_heartbeats).unwrap_or(2),
+        }
+    }
+
+    /// The apalis storage of `J`'s queue on `conn`.
+    pub fn storage<J: Job>(&self, conn: ConnectionManager) -> RedisStorage<J> {
+        RedisStorage::new(conn).with_config(
+            Config::default()
+                .queue(J::TYPE.queue_name(&self.prefix))
+                .heartbeat_interval(self.heartbeat)
+                .missed_heartbeats(self.missed_heartbeats),
+        )
+    }
+}
+
+/// A job to start, by type, with the parameters its endpoint takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "params", rename_all = "snake_case")]
+pub enum JobSpec {
+    Flush(FlushParams),
+    Preload(PreloadParams),
+    SessionCleanup(Owner),
+    CollectStats {},
+}
+
+impl JobSpec {
+    pub fn job_type(&self) -> JobType {
+        match self {
+            JobSpec::Flush(_) => JobType::Flush,
+            JobSpec::Preload(_) => JobType::Preload,
+            JobSpec::SessionCleanup(_) => JobType::SessionCleanup,
+            JobSpec::CollectStats {} => JobType::CollectStats,
+        }
+    }
+
+    /// Checks the parameters before anything is recorded or enqueued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] or [`Error::PayloadTooLarge`] naming the bad field.
+    pub fn validate(&self, max_value_bytes: usize) -> Result<(), Error> {
+        match self {
+            JobSpec::Flush(params) => params.validate(),
+            JobSpec::Preload(params) => params.validate(max_value_bytes),
+            JobSpec::SessionCleanup(owner) => owner.validate(),
+            JobSpec::CollectStats {} => Ok(()),
+        }
+    }
+
+    fn params_json(&self) -> Result<serde_json::Value, Error> {
+        let tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
+        Ok(tagged
+            .get("params")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({})))
+    }
+}
+
+/// A request to start a job.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub tenant: TenantId,
+    pub spec: JobSpec,
+    /// Who asked (an API key id or a service), for the record.
+    pub created_by: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Records and enqueues jobs.
+#[derive(Clone)]
+pub struct JobQueue {
+    conn: ConnectionManager,
+    settings: QueueSettings,
+    db: PgPool,
+    max_value_bytes: usize,
+    push_timeout: Duration,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobQueue {
+    pub fn new(
+        conn: ConnectionManager,
+        settings: QueueSettings,
+        db: PgPool,
+        max_value_bytes: usize,
+        push_timeout: Duration,
+    ) -> Self {
+        Self {
+            conn,
+            settings,
+            db,
+            max_value_bytes,
+            push_timeout,
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Validates, records and enqueues a job; a repeated idempotency key
+    /// within 24 hours answers with the job it first created.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for bad parameters (nothing recorded),
+    /// [`Error::StoreUnavailable`] or [`Error::CacheUnavailable`] when a
+    /// dependency is down (nothing left behind).
+    pub async fn submit(&self, submission: Submission) -> Result<JobRecord, Error> {
+        submission.spec.validate(self.max_value_bytes)?;
+        let id = ulid::Ulid::new().to_string();
+        let new = NewJob {
+            id: id.clone(),
+            job_type: submission.spec.job_type().as_str().to_owned(),
+            tenant_id: submission.tenant.as_str().to_owned(),
+            params: submission.spec.params_json()?,
+            created_by: submission.created_by,
+        };
+        let (record, created) =
+            jobs::insert(&self.db, &new, submission.idempotency_key.as_deref()).await?;
+        if !created {
+            return Ok(record);
+        }
+        if let Err(err) = self.push(&id, &submission.tenant, submission.spec).await {
+            // Never leave a record for a job no worker will ever see.
+            if let Err(cleanup) = jobs::delete(&self.db, &id).await {
+                tracing::error!(job_id = %id, %cleanup, "could not remove the record of a job that failed to enqueue");
+            }
+            return Err(err);
+        }
+        Ok(record)
+    }
+
+    async fn push(&self, id: &str, tenant: &TenantId, spec: JobSpec) -> Result<(), Error> {
+        let job_id = id.to_owned();
+        let tenant_id = tenant.as_str().to_owned();
+        match spec {
+            JobSpec::Flush(params) => {
+                self.push_job(FlushJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
+            JobSpec::Preload(params) => {
+                self.push_job(PreloadJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
+            JobSpec::SessionCleanup(owner) => {
+                self.push_job(SessionCleanupJob { job_id, owner }).await
+            }
+            JobSpec::CollectStats {} => self.push_job(CollectStatsJob { job_id }).await,
+        }
+    }
+
+    async fn push_job<J: Job>(&self, job: J) -> Result<(), Error> {
+        let task_id = TaskId::from_str(job.job_id())
+            .map_err(|e| Error::internal(format!("job id is not a ULID: {e}")))?;
+        let task = TaskBuilder::new(job).task_id(task_id).build();
+        let mut storage = self.settings.storage::<J>(self.conn.clone());
+        match tokio::time::timeout(self.push_timeout, storage.push_task(task)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(Error::CacheUnavailable(err.to_string().into())),
+            Err(_) => Err(Error::CacheUnavailable(
+                "the queue did not accept the job in time".into(),
+            )),
+        }
+    }
+}

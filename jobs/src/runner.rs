@@ -1,0 +1,113 @@
+//! Runs one delivery of a job: records its start, runs the handler with the
+//! service's retry policy, and records the outcome. The queue delivers at
+//! least once; the record makes repeated deliveries harmless.
+
+use std::future::Future;
+use std::time::Duration;
+
+use cache_shared::db::jobs::{self, JobStatus, Start};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::{JobType, Outcome};
+
+/// Runs of one job in the service's retry policy: the first and 3 retries.
+pub const MAX_RUNS: u32 = 4;
+/// A job whose worker died this many times mid-run is stopped for good.
+pub const MAX_CRASHES: i32 = 3;
+
+/// Delay before retry `n` (1-based): 1 s, 2 s, 4 s, … capped at 10 s.
+pub fn backoff(retry: u32) -> Duration {
+    let seconds = 1u64 << retry.saturating_sub(1).min(4);
+    Duration::from_secs(seconds.min(10))
+}
+
+/// A job payload as it travels on its queue.
+pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
+    const TYPE: JobType;
+
+    /// The id of the job's record (also the queue's task id).
+    fn job_id(&self) -> &str;
+
+    /// Does the work once.
+    fn run(&self, ctx: &JobContext) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+}
+
+/// What the queue should do with a delivery after [`execute`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The record holds the final state (or the job was skipped): done.
+    Done,
+    /// The record could not be written (PostgreSQL is down): deliver again later.
+    Redeliver(String),
+}
+
+/// Runs one delivery of `job`.
+pub async fn execute<J: Job>(ctx: &JobContext, job: &J) -> Delivery {
+    match execute_inner(ctx, job).await {
+        Ok(()) => Delivery::Done,
+        Err(err) => {
+            tracing::warn!(job_id = job.job_id(), job_type = %J::TYPE, %err, "job record not updated; will be redelivered");
+            Delivery::Redeliver(err.to_string())
+        }
+    }
+}
+
+async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_shared::Error> {
+    let id = job.job_id();
+    let crashes = match jobs::start(&ctx.db, id).await? {
+        Start::Skip => {
+            tracing::info!(
+                job_id = id,
+                "job cancelled or finished before it ran; skipping"
+            );
+            return Ok(());
+        }
+        Start::Run { crashes, .. } => crashes,
+    };
+    if crashes >= MAX_CRASHES {
+        let message = format!("stopped after the worker died {crashes} times while running it");
+        tracing::error!(job_id = id, job_type = %J::TYPE, "{message}");
+        return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
+    }
+    let mut run = 1;
+    loop {
+        let outcome = job.run(ctx).await;
+        match outcome {
+            Ok(Outcome::Succeeded(result)) => {
+                return jobs::finish(&ctx.db, id, JobStatus::Succeeded, Some(&result), None).await;
+            }
+            Ok(Outcome::Cancelled(result)) => {
+                return jobs::finish(&ctx.db, id, JobStatus::Cancelled, Some(&result), None).await;
+            }
+            Err(JobError::Permanent(message)) => {
+                tracing::warn!(job_id = id, job_type = %J::TYPE, %message, "job failed");
+                return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
+            }
+            Err(JobError::Retryable(err)) if run < MAX_RUNS => {
+                let delay = backoff(run);
+                tracing::warn!(job_id = id, job_type = %J::TYPE, %err, ?delay, run, "job run failed; retrying");
+                tokio::time::sleep(delay).await;
+                run += 1;
+            }
+            Err(JobError::Retryable(err)) => {
+                let message = format!("gave up after {MAX_RUNS} runs: {err}");
+                tracing::warn!(job_id = id, job_type = %J::TYPE, %message, "job failed");
+                return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_ten() {
+        let delays: Vec<u64> = (1..=6).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+    }
+}

@@ -1,0 +1,349 @@
+//! The `jobs` table: the durable record of every job, its progress and outcome,
+//! and the idempotency keys that map repeated requests to one job.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use sqlx::{FromRow, PgExecutor, PgPool};
+
+use crate::error::Error;
+
+/// How long an `Idempotency-Key` keeps answering with the same job.
+pub const IDEMPOTENCY_WINDOW_HOURS: i32 = 24;
+
+/// A job's lifecycle state (API.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// One row of `jobs`.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRecord {
+    pub id: String,
+    pub job_type: String,
+    pub tenant_id: String,
+    pub params: Json,
+    pub status: String,
+    pub progress_done: i64,
+    pub progress_total: Option<i64>,
+    pub attempts: i32,
+    pub crashes: i32,
+    pub result: Option<Json>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRecord {
+    /// The status column as an enum; the table's check constraint keeps it valid.
+    pub fn status(&self) -> JobStatus {
+        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
+    }
+}
+
+/// What a caller asks to run.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub job_type: String,
+    pub tenant_id: String,
+    pub params: Json,
+    pub created_by: Option<String>,
+}
+
+const COLUMNS: &str = "id, job_type, tenant_id, params, status, progress_done, progress_total, \
+     attempts, crashes, result, error, cancel_requested, created_by, created_at, started_at, \
+     finished_at";
+
+/// Records a new queued job, or, when `idempotency_key` was used by the same
+/// tenant within the window, returns that earlier job instead.
+///
+/// Returns the job and whether it is new.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`] when PostgreSQL is down.
+pub async fn insert(
+    pool: &PgPool,
+    new: &NewJob,
+    idempotency_key: Option<&str>,
+) -> Result<(JobRecord, bool), Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = idempotency_key {
+        // Serialise requests with the same key so that two concurrent ones
+        // cannot both create a job.
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+            .bind(&new.tenant_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let existing: Option<(String,)> = sqlx::query_as(
+            "select job_id from job_idempotency_keys \
+             where tenant_id = $1 and idempotency_key = $2 \
+               and created_at > now() - make_interval(hours => $3)",
+        )
+        .bind(&new.tenant_id)
+        .bind(key)
+        .bind(IDEMPOTENCY_WINDOW_HOURS)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((job_id,)) = existing {
+            let job = get(&mut *tx, &job_id, None)
+                .await?
+                .ok_or_else(|| Error::internal("idempotency key points to a missing job"))?;
+            tx.commit().await?;
+            return Ok((job, false));
+        }
+    }
+    let job: JobRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into jobs (id, job_type, tenant_id, params, created_by) \
+         values ($1, $2, $3, $4, $5) returning {COLUMNS}"
+    )))
+    .bind(&new.id)
+    .bind(&new.job_type)
+    .bind(&new.tenant_id)
+    .bind(&new.params)
+    .bind(&new.created_by)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(key) = idempotency_key {
+        sqlx::query(
+            "insert into job_idempotency_keys (tenant_id, idempotency_key, job_id) \
+             values ($1, $2, $3) \
+             on conflict (tenant_id, idempotency_key) \
+             do update set job_id = excluded.job_id, created_at = now()",
+        )
+        .bind(&new.tenant_id)
+        .bind(key)
+        .bind(&new.id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((job, true))
+}
+
+/// Removes a job that never reached the queue (its enqueue failed).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn delete(exec: impl PgExecutor<'_>, id: &str) -> Result<(), Error> {
+    sqlx::query("delete from jobs where id = $1")
+        .bind(id)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// A job by id; with `tenant`, only if it belongs to that tenant (another
+/// tenant's job reads as absent).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn get(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    tenant: Option<&str>,
+) -> Result<Option<JobRecord>, Error> {
+    let job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from jobs where id = $1 and ($2::text is null or tenant_id = $2)"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(exec)
+    .await?;
+    Ok(job)
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter<'a> {
+    /// `None`: every tenant (the platform's view).
+    pub tenant: Option<&'a str>,
+    pub job_type: Option<&'a str>,
+    pub status: Option<JobStatus>,
+    pub limit: i64,
+}
+
+/// Jobs newest first.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn list(
+    exec: impl PgExecutor<'_>,
+    filter: &JobFilter<'_>,
+) -> Result<Vec<JobRecord>, Error> {
+    let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from jobs \
+         where ($1::text is null or tenant_id = $1) \
+           and ($2::text is null or job_type = $2) \
+           and ($3::text is null or status = $3) \
+         order by created_at desc, id desc limit $4"
+    )))
+    .bind(filter.tenant)
+    .bind(filter.job_type)
+    .bind(filter.status.map(JobStatus::as_str))
+    .bind(filter.limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(jobs)
+}
+
+/// What a worker learns when it starts (or restarts) a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Run it: this is attempt `attempt`; `crashes` earlier runs died mid-way.
+    Run { attempt: i32, crashes: i32 },
+    /// Cancelled, finished or unknown: nothing to do.
+    Skip,
+}
+
+/// Marks a job running. A job found already `running` was started by a
+/// worker that died without finishing: that run counts as a crash.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn start(exec: impl PgExecutor<'_>, id: &str) -> Result<Start, Error> {
+    let row: Option<(i32, i32)> = sqlx::query_as(
+        "update jobs set \
+             crashes = crashes + case when status = 'running' then 1 else 0 end, \
+             status = 'running', attempts = attempts + 1, \
+             started_at = coalesce(started_at, now()), updated_at = now() \
+         where id = $1 and status in ('queued', 'running') and not cancel_requested \
+         returning attempts, crashes",
+    )
+    .bind(id)
+    .fetch_optional(exec)
+    .await?;
+    Ok(match row {
+        Some((attempt, crashes)) => Start::Run { attempt, crashes },
+        None => Start::Skip,
+    })
+}
+
+/// Records progress; returns whether cancellation was requested meanwhile.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn progress(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    done: i64,
+    total: Option<i64>,
+) -> Result<bool, Error> {
+    let cancel: Option<(bool,)> = sqlx::query_as(
+        "update jobs set progress_done = $2, progress_total = coalesce($3, progress_total), \
+             updated_at = now() \
+         where id = $1 returning cancel_requested",
+    )
+    .bind(id)
+    .bind(done)
+    .bind(total)
+    .fetch_optional(exec)
+    .await?;
+    Ok(cancel.is_none_or(|(c,)| c))
+}
+
+/// Records a job's final state.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn finish(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    status: JobStatus,
+    result: Option<&Json>,
+    error: Option<&str>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "update jobs set status = $2, result = coalesce($3, result), error = $4, \
+             finished_at = now(), updated_at = now() \
+         where id = $1",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(result)
+    .bind(error)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Cancels a job: a queued one at once, a running one at its next batch.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] when absent (or another tenant's), [`Error::Conflict`]
+/// when already finished, [`Error::StoreUnavailable`].
+pub async fn cancel(pool: &PgPool, id: &str, tenant: Option<&str>) -> Result<JobRecord, Error> {
+    let updated: Option<JobRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update jobs set \
+             status = case when status = 'queued' then 'cancelled' else status end, \
+             finished_at = case when status = 'queued' then now() else finished_at end, \
+             cancel_requested = true, updated_at = now() \
+         where id = $1 and ($2::text is null or tenant_id = $2) \
+           and status in ('queued', 'running') \
+         returning {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(job) = updated {
+        return Ok(job);
+    }
+    match get(pool, id, tenant).await? {
+        Some(job) => Err(Error::Conflict(format!(
+            "job {id} already {}",
+            job.status().as_str()
+        ))),
+        None => Err(Error::NotFound {
+            what: format!("job '{id}'"),
+        }),
+    }
+}
