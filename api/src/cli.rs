@@ -4,9 +4,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use cache_shared::api_keys::Role;
 use cache_shared::config::{
     CacheSettings, DatabaseSettings, QueueArgs, RedisSettings, Secret, TelemetrySettings,
 };
+use cache_shared::keys::TenantId;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -30,6 +32,64 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations to DATABASE_URL and exit.
     Migrate(MigrateArgs),
+    /// Create, list and revoke API keys of the public plane.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key alone is the last line of output (shown only once).
+    Create {
+        /// Tenant the key acts for (not a reserved id beginning with '_').
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: String,
+        /// reader, writer, admin or operator.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A label to recognise the key by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Days until the key stops working (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        expires_in_days: Option<u32>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never the keys themselves), newest first.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: Option<String>,
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; it stops working within API_KEY_CACHE_SECONDS.
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        id: String,
+    },
+}
+
+fn parse_tenant(value: &str) -> Result<String, String> {
+    TenantId::parse(value, "tenant")
+        .map(|t| t.as_str().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_role(value: &str) -> Result<Role, String> {
+    Role::parse(value, "role").map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -88,9 +148,18 @@ pub struct HttpSettings {
         hide_default_value = true
     )]
     pub internal_service_token: Secret,
+
+    /// Seconds an API key lookup is remembered; a revocation takes effect within this time.
+    #[arg(long, env = "API_KEY_CACHE_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub api_key_cache_seconds: u64,
 }
 
 impl HttpSettings {
+    pub fn api_key_cache(&self) -> Duration {
+        Duration::from_secs(self.api_key_cache_seconds)
+    }
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }

@@ -4,9 +4,11 @@
 //! [`router`] builds the routes; [`serve`] runs them on a listener until a
 //! shutdown future resolves, so tests bind port 0 and stop the server at will.
 
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod keys_cli;
 pub mod routes;
 pub mod state;
 pub mod views;
@@ -48,6 +50,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => run_server(cli.serve).await,
         Some(Command::Serve(args)) => run_server(*args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
+        Some(Command::Keys(args)) => {
+            init_telemetry(&args.telemetry)?;
+            keys_cli::run(args).await
+        }
     }
 }
 
@@ -110,6 +116,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
         db,
         jobs,
+        key_cache: auth::KeyCache::new(args.http.api_key_cache()),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         settings: args.http.clone(),
         started_at: Instant::now(),
@@ -126,6 +133,18 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
         .merge(routes::jobs::router())
+        .merge(
+            // The public plane: authorised after routing, so unknown paths are
+            // 404 and wrong methods 405 with or without credentials.
+            Router::new()
+                .merge(routes::public::router())
+                .merge(routes::jobs::public_router())
+                .merge(routes::admin_keys::router())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authorize,
+                )),
+        )
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

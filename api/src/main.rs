@@ -17,7 +17,6 @@ async fn main() -> ExitCode {
         Err(err) => {
             // `{:#}` prints the whole context chain on one line.
             eprintln!("error: {err:#}");
-            tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
     }

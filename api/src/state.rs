@@ -9,6 +9,7 @@ use cache_jobs::queue::JobQueue;
 use cache_shared::cache::Cache;
 use sqlx::PgPool;
 
+use crate::auth::KeyCache;
 use crate::cli::HttpSettings;
 use crate::extract::ServiceTokens;
 
@@ -20,6 +21,7 @@ pub struct Shared {
     pub cache: Cache,
     pub db: PgPool,
     pub jobs: JobQueue,
+    pub key_cache: KeyCache,
     pub service_tokens: ServiceTokens,
     pub settings: HttpSettings,
     pub started_at: Instant,

@@ -53,6 +53,27 @@ impl QueueSettings {
     }
 }
 
+/// Jobs waiting in one queue.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeDepth {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Waiting to run (due now or scheduled for a retry).
+    pub waiting: u64,
+    /// Given up by the queue after its own retries.
+    pub dead: u64,
+}
+
+/// Depth of every queue.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    pub waiting: u64,
+    pub dead: u64,
+    pub queues: Vec<TypeDepth>,
+}
+
 /// A job to start, by type, with the parameters its endpoint takes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", content = "params", rename_all = "snake_case")]
@@ -180,6 +201,38 @@ impl JobQueue {
             return Err(err);
         }
         Ok(record)
+    }
+
+    /// Jobs waiting and dead in every queue (from the queues' own keys).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn depth(&self) -> Result<QueueDepth, Error> {
+        let mut pipe = deadpool_redis::redis::pipe();
+        for job_type in JobType::ALL {
+            let config = Config::default().queue(job_type.queue_name(&self.settings.prefix));
+            pipe.llen(config.active_jobs_list())
+                .zcard(config.scheduled_jobs_set())
+                .scard(config.dead_jobs_set());
+        }
+        let mut conn = self.conn.clone();
+        let counts: Vec<u64> = tokio::time::timeout(self.push_timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| Error::CacheUnavailable("the queues did not answer in time".into()))??;
+        let mut depth = QueueDepth::default();
+        for (job_type, c) in JobType::ALL.iter().zip(counts.chunks(3)) {
+            let waiting = c.first().copied().unwrap_or(0) + c.get(1).copied().unwrap_or(0);
+            let dead = c.get(2).copied().unwrap_or(0);
+            depth.waiting += waiting;
+            depth.dead += dead;
+            depth.queues.push(TypeDepth {
+                job_type: job_type.as_str().to_owned(),
+                waiting,
+                dead,
+            });
+        }
+        Ok(depth)
     }
 
     async fn push(&self, id: &str, tenant: &TenantId, spec: JobSpec) -> Result<(), Error> {

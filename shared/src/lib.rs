@@ -3,6 +3,7 @@
 //! cache, session and permission operations built on them. No HTTP framework
 //! and no queue library live here.
 
+pub mod api_keys;
 pub mod cache;
 pub mod codec;
 pub mod config;

@@ -2,16 +2,20 @@
 //! and the status of a job. Jobs started here belong to the `X-Tenant-Id`
 //! tenant, or to the platform without it.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cache_jobs::JobType;
 use cache_jobs::queue::{JobSpec, Submission};
 use cache_shared::Error;
-use cache_shared::db::jobs;
+use cache_shared::api_keys::Role;
+use cache_shared::db::jobs::{self, JobFilter, JobStatus};
 use cache_shared::sessions::Owner;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{InternalCaller, JsonBody, PathParam};
 use crate::state::AppState;
@@ -111,5 +115,137 @@ async fn job_status(
             what: format!("job '{id}'"),
         })
         .map_err(&op)?;
+    Ok(Json(JobView::from(record)))
+}
+
+/// Path of a job's status on the public plane.
+pub fn public_status_url(id: &str) -> String {
+    format!("/api/v1/jobs/{id}")
+}
+
+/// `/api/v1/jobs`: jobs of the caller's tenant.
+pub fn public_router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", post(create_job).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job).delete(cancel_job))
+}
+
+async fn create_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(spec): JsonBody<JobSpec>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    if let JobSpec::Flush(params) = &spec
+        && params.whole_server
+        && caller.role != Role::Operator
+    {
+        return Err(ApiError::Forbidden(
+            "only an operator may flush the whole server".into(),
+        ));
+    }
+    let record = state
+        .jobs
+        .submit(Submission {
+            tenant: caller.tenant.clone(),
+            spec,
+            created_by: Some(caller.key_id.clone()),
+            idempotency_key: idempotency_key(&headers)?,
+        })
+        .await
+        .map_err(ApiError::op("job.submit"))?;
+    let url = public_status_url(&record.id);
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(rename = "type")]
+    job_type: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    /// Consumed by the authorization layer.
+    #[allow(dead_code)]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct JobList {
+    jobs: Vec<JobView>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("limit", "limit must be an integer from 1 to 500")
+            })?,
+    };
+    let job_type = match query.job_type.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<JobType>()
+                .map_err(|e| ApiError::bad_request("type", e.to_string()))?,
+        ),
+    };
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "status",
+                "status must be queued, running, succeeded, failed or cancelled",
+            )
+        })?),
+    };
+    let jobs = jobs::list(
+        state.jobs.db(),
+        &JobFilter {
+            tenant: Some(caller.tenant.as_str()),
+            job_type: job_type.map(JobType::as_str),
+            status,
+            limit,
+        },
+    )
+    .await
+    .map_err(ApiError::op("job.list"))?;
+    Ok(Json(JobList {
+        jobs: jobs.into_iter().map(JobView::from).collect(),
+    }))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam,
+) -> Result<Json<JobView>, ApiError> {
+    let op = ApiError::op("job.get");
+    let record = jobs::get(state.jobs.db(), &id, Some(caller.tenant.as_str()))
+        .await
+        .map_err(&op)?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("job '{id}'"),
+        })
+        .map_err(&op)?;
+    Ok(Json(JobView::from(record)))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam,
+) -> Result<Json<JobView>, ApiError> {
+    let record = jobs::cancel(state.jobs.db(), &id, Some(caller.tenant.as_str()))
+        .await
+        .map_err(ApiError::op("job.cancel"))?;
     Ok(Json(JobView::from(record)))
 }

@@ -1,8 +1,10 @@
 //! Routers by area; each exposes `router()` and keeps its handlers thin:
 //! extract, call one operation, shape the answer.
 
+pub mod admin_keys;
 pub mod health;
 pub mod internal;
 pub mod jobs;
 pub mod permissions;
+pub mod public;
 pub mod sessions;

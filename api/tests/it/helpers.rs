@@ -184,6 +184,32 @@ impl Drop for TestApp {
     }
 }
 
+impl TestApp {
+    /// Creates an API key of `role` for `tenant` straight in the database.
+    pub async fn key_for(&self, tenant: &str, role: cache_shared::api_keys::Role) -> String {
+        let key = cache_shared::api_keys::generate().expect("random key");
+        cache_shared::db::api_keys::insert(&self.state.db, &key, tenant, role, Some("test"), None)
+            .await
+            .expect("store the key");
+        key.secret
+    }
+
+    /// An API key of `role` for this test's tenant.
+    pub async fn key(&self, role: cache_shared::api_keys::Role) -> String {
+        self.key_for(&self.tenant, role).await
+    }
+
+    /// A request on the public plane with `key`.
+    pub fn public(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(key)
+    }
+}
+
 /// A worker of this test's queues, stopped (gracefully) on drop or `stop`.
 pub struct TestWorker {
     shutdown: Option<oneshot::Sender<()>>,

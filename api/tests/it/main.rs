@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod jobs;
 mod permissions;
+mod public;
 mod server;
 mod sessions;
 mod validation;

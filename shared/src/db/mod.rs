@@ -2,6 +2,7 @@
 //! functions per table. Queries are runtime-checked (`query_as` + `FromRow`)
 //! so that a fresh clone builds without a database; tests cover the SQL.
 
+pub mod api_keys;
 pub mod jobs;
 
 use sqlx::PgPool;

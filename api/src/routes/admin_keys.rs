@@ -1,0 +1,153 @@
+//! `/api/v1/admin/keys`: API keys over HTTP, for operators (API.md §1).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use cache_shared::Error;
+use cache_shared::api_keys::{self, Role};
+use cache_shared::db::api_keys::{self as key_rows, ApiKeyRecord};
+use cache_shared::keys::TenantId;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParam};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/keys", get(list).post(create))
+        .route("/api/v1/admin/keys/{id}", delete(revoke))
+}
+
+/// A key as listed: never the key itself.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyView {
+    id: String,
+    tenant: String,
+    role: String,
+    name: Option<String>,
+    revoked: bool,
+    created_at: String,
+    last_used_at: Option<String>,
+    expires_at: Option<String>,
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl From<ApiKeyRecord> for KeyView {
+    fn from(r: ApiKeyRecord) -> Self {
+        Self {
+            revoked: r.revoked_at.is_some(),
+            id: r.id,
+            tenant: r.tenant_id,
+            role: r.role,
+            name: r.name,
+            created_at: timestamp(r.created_at),
+            last_used_at: r.last_used_at.map(timestamp),
+            expires_at: r.expires_at.map(timestamp),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<KeyList>, ApiError> {
+    let keys = key_rows::list(&state.db, None)
+        .await
+        .map_err(ApiError::op("keys.list"))?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(KeyView::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateBody {
+    tenant: String,
+    role: String,
+    name: Option<String>,
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    id: String,
+    /// Shown once; only its digest is stored.
+    key: String,
+    tenant: String,
+    role: String,
+    name: Option<String>,
+    #[serde(rename = "expiresAt")]
+    expires_at: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let op = ApiError::op("keys.create");
+    let tenant = TenantId::parse(&body.tenant, "tenant").map_err(&op)?;
+    let role = Role::parse(&body.role, "role").map_err(&op)?;
+    if body
+        .expires_in_days
+        .is_some_and(|d| !(1..=36_500).contains(&d))
+    {
+        return Err(op(Error::validation(
+            "expiresInDays",
+            "expiresInDays must be from 1 to 36500",
+        )));
+    }
+    if body.name.as_ref().is_some_and(|n| n.len() > 255) {
+        return Err(op(Error::validation(
+            "name",
+            "name must be at most 255 bytes",
+        )));
+    }
+    let key = api_keys::generate().map_err(&op)?;
+    let record = key_rows::insert(
+        &state.db,
+        &key,
+        tenant.as_str(),
+        role,
+        body.name.as_deref(),
+        body.expires_in_days,
+    )
+    .await
+    .map_err(&op)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            id: record.id,
+            key: key.secret,
+            tenant: record.tenant_id,
+            role: record.role,
+            name: record.name,
+            expires_at: record.expires_at.map(timestamp),
+        }),
+    ))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    _caller: Caller,
+    PathParam(id): PathParam,
+) -> Result<Json<KeyView>, ApiError> {
+    let op = ApiError::op("keys.revoke");
+    let record = key_rows::revoke(&state.db, &id)
+        .await
+        .map_err(&op)?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("API key '{id}'"),
+        })
+        .map_err(&op)?;
+    Ok(Json(KeyView::from(record)))
+}

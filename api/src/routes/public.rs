@@ -1,0 +1,313 @@
+//! The tenant-facing cache routes (API.md §5): the same cache operations as
+//! the internal plane, for the caller's tenant, behind [`crate::auth`].
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cache_jobs::flush::FlushParams;
+use cache_jobs::preload::PreloadParams;
+use cache_jobs::queue::{JobSpec, Submission};
+use cache_shared::api_keys::Role;
+use cache_shared::codec::Value;
+use cache_shared::ttl::Expiry;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, OptionalJsonBody, PathParam, read_body};
+use crate::routes::jobs::{idempotency_key, public_status_url};
+use crate::state::AppState;
+use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/cache/keys/{key}",
+            get(get_value).put(put_value).delete(delete_value),
+        )
+        .route("/api/v1/cache/keys/{key}/expire", post(expire))
+        .route("/api/v1/cache/keys/{key}/ttl", get(ttl))
+        .route("/api/v1/cache/keys/{key}/touch", post(touch))
+        .route("/api/v1/cache/keys/exists", post(exists))
+        .route("/api/v1/cache/flush", post(flush))
+        .route("/api/v1/cache/preload", post(preload))
+        .route("/api/v1/cache/status", get(status))
+}
+
+fn wants_bytes(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|part| part.trim().starts_with("application/octet-stream"))
+        })
+}
+
+/// A JSON answer, or with `Accept: application/octet-stream` the value's bytes
+/// (a JSON value's compact text).
+async fn get_value(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    PathParam(key): PathParam,
+) -> Result<Response, ApiError> {
+    let op = ApiError::op("get");
+    let entry = state.cache.get(&caller.tenant, &key).await.map_err(&op)?;
+    if wants_bytes(&headers) {
+        let bytes = match entry.value {
+            Value::Json(text) => bytes::Bytes::from(text),
+            Value::Bytes(bytes) => bytes,
+        };
+        let mut response = Response::new(Body::from(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(response);
+    }
+    Ok(Json(EntryView::new(key, &entry).map_err(&op)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: Box<RawValue>,
+    ttl: Option<Expiry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlQuery {
+    ttl: Option<String>,
+    /// Consumed by the authorization layer.
+    #[allow(dead_code)]
+    tenant: Option<String>,
+}
+
+/// A value to store: JSON (`{"value","ttl"?}`) or raw bytes with `?ttl=`.
+struct PutValue {
+    value: Value,
+    ttl: Option<Expiry>,
+}
+
+impl FromRequest<AppState> for PutValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let raw = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim().starts_with("application/octet-stream"));
+        if !raw {
+            let JsonBody(body) = JsonBody::<PutBody>::from_request(req, state).await?;
+            return Ok(Self {
+                value: Value::from_raw_json(&body.value),
+                ttl: body.ttl,
+            });
+        }
+        let Query(query) = Query::<TtlQuery>::try_from_uri(req.uri())
+            .map_err(|_| ApiError::bad_request("ttl", "ttl must be a whole number of seconds"))?;
+        let ttl = query.ttl.map(|t| Expiry::parse(&t, "ttl")).transpose()?;
+        let bytes = read_body(req, state.settings.max_body_bytes).await?;
+        Ok(Self {
+            value: Value::Bytes(bytes),
+            ttl,
+        })
+    }
+}
+
+async fn put_value(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+    put: PutValue,
+) -> Result<Json<KeyTtl>, ApiError> {
+    let ttl = state
+        .cache
+        .set(&caller.tenant, &key, &put.value, put.ttl)
+        .await
+        .map_err(ApiError::op("set"))?;
+    Ok(Json(KeyTtl { key, ttl }))
+}
+
+async fn delete_value(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+) -> Result<Json<Deleted>, ApiError> {
+    let deleted = state
+        .cache
+        .delete(&caller.tenant, &key)
+        .await
+        .map_err(ApiError::op("delete"))?;
+    Ok(Json(Deleted { key, deleted }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireBody {
+    ttl: Expiry,
+}
+
+async fn expire(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+    JsonBody(body): JsonBody<ExpireBody>,
+) -> Result<Json<Updated>, ApiError> {
+    let updated = state
+        .cache
+        .expire(&caller.tenant, &key, body.ttl)
+        .await
+        .map_err(ApiError::op("expire"))?;
+    Ok(Json(Updated { key, updated }))
+}
+
+async fn ttl(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+) -> Result<Json<KeyTtl>, ApiError> {
+    let op = ApiError::op("ttl");
+    let ttl = state
+        .cache
+        .ttl(&caller.tenant, &key)
+        .await
+        .map_err(&op)?
+        .ok_or_else(|| cache_shared::Error::KeyNotFound { key: key.clone() })
+        .map_err(&op)?;
+    Ok(Json(KeyTtl { key, ttl }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TouchBody {
+    ttl: Option<Expiry>,
+}
+
+#[derive(Debug, Serialize)]
+struct Touched {
+    key: String,
+    touched: bool,
+    ttl: Option<i64>,
+}
+
+async fn touch(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+    OptionalJsonBody(body): OptionalJsonBody<TouchBody>,
+) -> Result<Json<Touched>, ApiError> {
+    let ttl = state
+        .cache
+        .touch(&caller.tenant, &key, body.ttl)
+        .await
+        .map_err(ApiError::op("touch"))?;
+    Ok(Json(Touched {
+        key,
+        touched: ttl.is_some(),
+        ttl,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysBody {
+    keys: Vec<String>,
+}
+
+async fn exists(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<KeysBody>,
+) -> Result<Json<ExistsView>, ApiError> {
+    let found = state
+        .cache
+        .exists(&caller.tenant, &body.keys)
+        .await
+        .map_err(ApiError::op("exists"))?;
+    Ok(Json(ExistsView::new(body.keys, found)))
+}
+
+/// Starts a job for the caller's tenant and answers `202`.
+async fn start_job(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    spec: JobSpec,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    let record = state
+        .jobs
+        .submit(Submission {
+            tenant: caller.tenant.clone(),
+            spec,
+            created_by: Some(caller.key_id.clone()),
+            idempotency_key: idempotency_key(headers)?,
+        })
+        .await
+        .map_err(ApiError::op("job.submit"))?;
+    let url = public_status_url(&record.id);
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
+}
+
+async fn flush(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(params): JsonBody<FlushParams>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    if params.whole_server && caller.role != Role::Operator {
+        return Err(ApiError::Forbidden(
+            "only an operator may flush the whole server".into(),
+        ));
+    }
+    start_job(&state, &caller, &headers, JobSpec::Flush(params)).await
+}
+
+async fn preload(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(params): JsonBody<PreloadParams>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    start_job(&state, &caller, &headers, JobSpec::Preload(params)).await
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusView {
+    service: &'static str,
+    version: &'static str,
+    build: &'static str,
+    uptime_seconds: u64,
+    tenant_id: String,
+    role: Role,
+    queue: cache_jobs::queue::QueueDepth,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<StatusView>, ApiError> {
+    let queue = state.jobs.depth().await.map_err(ApiError::op("status"))?;
+    Ok(Json(StatusView {
+        service: crate::error::SERVICE_NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        tenant_id: caller.tenant.to_string(),
+        role: caller.role,
+        queue,
+    }))
+}
