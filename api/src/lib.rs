@@ -138,6 +138,8 @@ pub fn router(state: AppState) -> Router {
             // 404 and wrong methods 405 with or without credentials.
             Router::new()
                 .merge(routes::public::router())
+                .merge(routes::monitoring::router())
+                .merge(routes::management::router())
                 .merge(routes::jobs::public_router())
                 .merge(routes::admin_keys::router())
                 .route_layer(axum::middleware::from_fn_with_state(

@@ -5,9 +5,11 @@
 //! The api enqueues; only the worker runs handlers.
 
 pub mod collect_stats;
+pub mod compress;
 pub mod context;
 pub mod error;
 pub mod flush;
+pub mod memory_analysis;
 pub mod payloads;
 pub mod preload;
 pub mod progress;

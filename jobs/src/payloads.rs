@@ -6,12 +6,16 @@ use cache_shared::keys::TenantId;
 use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
 
+use crate::compress::CompressParams;
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::flush::FlushParams;
+use crate::memory_analysis::AnalysisParams;
 use crate::preload::PreloadParams;
 use crate::runner::Job;
-use crate::{JobType, Outcome, collect_stats, flush, preload, session_cleanup};
+use crate::{
+    JobType, Outcome, collect_stats, compress, flush, memory_analysis, preload, session_cleanup,
+};
 
 fn tenant(raw: &str) -> Result<TenantId, JobError> {
     TenantId::from_record(raw).map_err(JobError::from)
@@ -91,5 +95,45 @@ impl Job for CollectStatsJob {
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         collect_stats::run(ctx).await
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryAnalysisJob {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub params: AnalysisParams,
+}
+
+impl Job for MemoryAnalysisJob {
+    const TYPE: JobType = JobType::MemoryAnalysis;
+
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
+        memory_analysis::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompressJob {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub params: CompressParams,
+}
+
+impl Job for CompressJob {
+    const TYPE: JobType = JobType::Compress;
+
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
+        compress::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
 }

@@ -16,8 +16,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::JobType;
+use crate::compress::CompressParams;
 use crate::flush::FlushParams;
-use crate::payloads::{CollectStatsJob, FlushJob, PreloadJob, SessionCleanupJob};
+use crate::memory_analysis::AnalysisParams;
+use crate::payloads::{
+    CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, SessionCleanupJob,
+};
 use crate::preload::PreloadParams;
 use crate::runner::Job;
 
@@ -82,6 +86,8 @@ pub enum JobSpec {
     Preload(PreloadParams),
     SessionCleanup(Owner),
     CollectStats {},
+    MemoryAnalysis(AnalysisParams),
+    Compress(CompressParams),
 }
 
 impl JobSpec {
@@ -91,6 +97,8 @@ impl JobSpec {
             JobSpec::Preload(_) => JobType::Preload,
             JobSpec::SessionCleanup(_) => JobType::SessionCleanup,
             JobSpec::CollectStats {} => JobType::CollectStats,
+            JobSpec::MemoryAnalysis(_) => JobType::MemoryAnalysis,
+            JobSpec::Compress(_) => JobType::Compress,
         }
     }
 
@@ -105,6 +113,8 @@ impl JobSpec {
             JobSpec::Preload(params) => params.validate(max_value_bytes),
             JobSpec::SessionCleanup(owner) => owner.validate(),
             JobSpec::CollectStats {} => Ok(()),
+            JobSpec::MemoryAnalysis(params) => params.validate(),
+            JobSpec::Compress(params) => params.validate(),
         }
     }
 
@@ -259,6 +269,22 @@ impl JobQueue {
                 self.push_job(SessionCleanupJob { job_id, owner }).await
             }
             JobSpec::CollectStats {} => self.push_job(CollectStatsJob { job_id }).await,
+            JobSpec::MemoryAnalysis(params) => {
+                self.push_job(MemoryAnalysisJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
+            JobSpec::Compress(params) => {
+                self.push_job(CompressJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use deadpool_redis::redis;
 
@@ -90,11 +91,18 @@ impl Cache {
         &self.stats
     }
 
+    /// Sessions and permission entries count under the platform namespace.
+    pub(crate) fn platform_stats(&self) -> Arc<crate::live_stats::TenantStats> {
+        self.stats.tenant(&TenantId::platform())
+    }
+
     /// # Errors
     ///
     /// [`Error::Validation`] for a bad key, [`Error::KeyNotFound`] on a miss,
     /// [`Error::CacheUnavailable`] when Redis does not answer in time.
     pub async fn get(&self, tenant: &TenantId, key: &str) -> Result<Entry, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::new(tenant).key(key);
         let result = self
@@ -109,12 +117,12 @@ impl Cache {
                 Ok((stored, ttl))
             })
             .await;
-        let (stored, ttl) = self.stats.observe(Op::Get, result)?;
+        let (stored, ttl) = self.stats.observe(Op::Get, &tstats, started, result)?;
         let Some(stored) = stored else {
-            self.stats.record_lookup(false);
+            self.stats.record_lookup(&tstats, key, false);
             return Err(Error::KeyNotFound { key: key.into() });
         };
-        self.stats.record_lookup(true);
+        self.stats.record_lookup(&tstats, key, true);
         Ok(Entry {
             value: self.codec.decode(&stored)?,
             ttl: from_redis_ttl(ttl).unwrap_or(-1),
@@ -134,6 +142,8 @@ impl Cache {
         value: &Value,
         ttl: Option<Expiry>,
     ) -> Result<i64, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         self.check_size(value, "value")?;
         let expiry = ttl.unwrap_or(self.limits.default_ttl);
@@ -151,7 +161,7 @@ impl Cache {
                 Ok(())
             })
             .await;
-        self.stats.observe(Op::Set, result)?;
+        self.stats.observe(Op::Set, &tstats, started, result)?;
         Ok(expiry.reported())
     }
 
@@ -159,6 +169,8 @@ impl Cache {
     ///
     /// [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::new(tenant).key(key);
         let result = self
@@ -172,7 +184,7 @@ impl Cache {
                 Ok(removed > 0)
             })
             .await;
-        self.stats.observe(Op::Delete, result)
+        self.stats.observe(Op::Delete, &tstats, started, result)
     }
 
     /// Values of `keys` in request order, `None` for each miss.
@@ -186,6 +198,8 @@ impl Cache {
         tenant: &TenantId,
         keys: &[String],
     ) -> Result<Vec<Option<Entry>>, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         check_batch(keys.len(), "keys")?;
         for (i, key) in keys.iter().enumerate() {
             validate_key(key, &format!("keys[{i}]"))?;
@@ -213,12 +227,13 @@ impl Cache {
                 Ok((stored, ttls))
             })
             .await;
-        let (stored, ttls) = self.stats.observe(Op::Mget, result)?;
+        let (stored, ttls) = self.stats.observe(Op::Mget, &tstats, started, result)?;
         stored
             .into_iter()
             .zip(ttls)
-            .map(|(stored, ttl)| {
-                self.stats.record_lookup(stored.is_some());
+            .zip(keys)
+            .map(|((stored, ttl), key)| {
+                self.stats.record_lookup(&tstats, key, stored.is_some());
                 stored
                     .map(|bytes| {
                         Ok(Entry {
@@ -238,6 +253,8 @@ impl Cache {
     /// [`Error::Validation`] or [`Error::PayloadTooLarge`] naming the first bad
     /// item (nothing stored), [`Error::CacheUnavailable`].
     pub async fn mset(&self, tenant: &TenantId, items: &[SetItem]) -> Result<usize, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         check_batch(items.len(), "items")?;
         for (i, item) in items.iter().enumerate() {
             validate_key(&item.key, &format!("items[{i}].key"))?;
@@ -268,7 +285,7 @@ impl Cache {
                 Ok(())
             })
             .await;
-        self.stats.observe(Op::Mset, result)?;
+        self.stats.observe(Op::Mset, &tstats, started, result)?;
         Ok(items.len())
     }
 
@@ -278,6 +295,8 @@ impl Cache {
     ///
     /// [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn exists(&self, tenant: &TenantId, keys: &[String]) -> Result<Vec<bool>, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         check_batch(keys.len(), "keys")?;
         for (i, key) in keys.iter().enumerate() {
             validate_key(key, &format!("keys[{i}]"))?;
@@ -302,7 +321,7 @@ impl Cache {
                 Ok(found)
             })
             .await;
-        let found = self.stats.observe(Op::Exists, result)?;
+        let found = self.stats.observe(Op::Exists, &tstats, started, result)?;
         let by_key: std::collections::HashMap<&str, bool> =
             unique.iter().map(|k| k.as_str()).zip(found).collect();
         Ok(keys
@@ -318,6 +337,8 @@ impl Cache {
     ///
     /// [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn expire(&self, tenant: &TenantId, key: &str, ttl: Expiry) -> Result<bool, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::new(tenant).key(key);
         let result = self
@@ -348,7 +369,7 @@ impl Cache {
                 Ok(updated)
             })
             .await;
-        self.stats.observe(Op::Expire, result)
+        self.stats.observe(Op::Expire, &tstats, started, result)
     }
 
     /// Remaining TTL of a key, `None` when it does not exist.
@@ -357,6 +378,8 @@ impl Cache {
     ///
     /// [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn ttl(&self, tenant: &TenantId, key: &str) -> Result<Option<i64>, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::new(tenant).key(key);
         let result = self
@@ -370,7 +393,7 @@ impl Cache {
                 Ok(from_redis_ttl(ttl))
             })
             .await;
-        self.stats.observe(Op::Ttl, result)
+        self.stats.observe(Op::Ttl, &tstats, started, result)
     }
 
     /// Marks a key as used (and resets its TTL when one is given); returns its
@@ -385,6 +408,8 @@ impl Cache {
         key: &str,
         ttl: Option<Expiry>,
     ) -> Result<Option<i64>, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::new(tenant).key(key);
         let result = self
@@ -402,7 +427,80 @@ impl Cache {
                 Ok(from_redis_ttl(remaining))
             })
             .await;
-        self.stats.observe(Op::Touch, result)
+        self.stats.observe(Op::Touch, &tstats, started, result)
+    }
+
+    /// Re-encodes one stored value compressed when that makes it smaller,
+    /// keeping its TTL; a value changed meanwhile is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyNotFound`], [`Error::Validation`], [`Error::CacheUnavailable`].
+    pub async fn compress(&self, tenant: &TenantId, key: &str) -> Result<Compressed, Error> {
+        validate_key(key, "key")?;
+        let redis_key = CacheNamespace::new(tenant).key(key);
+        let stored: Option<Vec<u8>> = self
+            .redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                let stored: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&redis_key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(stored)
+            })
+            .await?;
+        let stored = stored.ok_or_else(|| Error::KeyNotFound { key: key.into() })?;
+        compress_stored(
+            &self.redis,
+            self.codec,
+            &redis_key,
+            &stored,
+            self.redis.command_timeout(),
+        )
+        .await
+    }
+
+    /// Keys of `tenant`, counted by `SCAN` until `budget` is spent; the flag
+    /// says whether the count is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn count_keys(
+        &self,
+        tenant: &TenantId,
+        budget: std::time::Duration,
+    ) -> Result<(u64, bool), Error> {
+        let pattern = CacheNamespace::new(tenant).pattern("*");
+        let deadline = Instant::now() + budget;
+        let mut cursor: u64 = 0;
+        let mut count = 0;
+        loop {
+            let (next, keys): (u64, Vec<redis::Value>) = self
+                .redis
+                .timed(async {
+                    let mut conn = self.redis.conn().await?;
+                    let page: (u64, Vec<redis::Value>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(page)
+                })
+                .await?;
+            count += keys.len() as u64;
+            cursor = next;
+            if cursor == 0 {
+                return Ok((count, true));
+            }
+            if Instant::now() >= deadline {
+                return Ok((count, false));
+            }
+        }
     }
 
     /// Refuses a value over `MAX_VALUE_BYTES` before anything is stored.
@@ -422,6 +520,63 @@ impl Cache {
             });
         }
         Ok(())
+    }
+}
+
+/// The outcome of compressing one stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compressed {
+    /// Stored bytes before and after.
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+    /// Whether the value is stored compressed now.
+    pub compressed: bool,
+}
+
+/// Compresses the value `stored` at `redis_key` if that makes it smaller,
+/// replacing it (TTL kept) only if nobody changed it meanwhile.
+///
+/// # Errors
+///
+/// [`Error::Internal`] for bytes not written by this service,
+/// [`Error::CacheUnavailable`].
+pub async fn compress_stored(
+    redis_store: &RedisStore,
+    codec: Codec,
+    redis_key: &str,
+    stored: &[u8],
+    deadline: std::time::Duration,
+) -> Result<Compressed, Error> {
+    let unchanged = Compressed {
+        bytes_before: stored.len(),
+        bytes_after: stored.len(),
+        compressed: crate::codec::is_compressed(stored),
+    };
+    if unchanged.compressed {
+        return Ok(unchanged);
+    }
+    let packed = codec.encode_compressed(&codec.decode(stored)?);
+    if !crate::codec::is_compressed(&packed) || packed.len() >= stored.len() {
+        return Ok(unchanged);
+    }
+    let mut invocation = crate::scripts::COMPARE_AND_SET.prepare_invoke();
+    invocation.key(redis_key).arg(stored).arg(&packed);
+    let replaced: i64 = redis_store
+        .timed_for(deadline, async {
+            let mut conn = redis_store.conn().await?;
+            let replaced: i64 = invocation.invoke_async(&mut conn).await?;
+            Ok(replaced)
+        })
+        .await?;
+    if replaced == 1 {
+        Ok(Compressed {
+            bytes_before: stored.len(),
+            bytes_after: packed.len(),
+            compressed: true,
+        })
+    } else {
+        Ok(unchanged)
     }
 }
 

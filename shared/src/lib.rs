@@ -14,7 +14,7 @@ pub mod keys;
 pub mod live_stats;
 pub mod permissions;
 pub mod redis;
-mod scripts;
+pub mod scripts;
 pub mod sessions;
 pub mod shutdown;
 pub mod telemetry;

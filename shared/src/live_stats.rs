@@ -1,14 +1,19 @@
-//! In-process counters of cache operations: calls, errors, hits and misses per
-//! operation and a per-second ring for recent throughput. Lock-free and a few
-//! atomic adds per request, so the request path pays next to nothing.
+//! In-process figures of cache operations: per tenant and operation, calls,
+//! errors, hits, misses and a latency histogram; per-second throughput over
+//! the last 15 minutes; and a sampled hot-key detector per tenant. All of it
+//! is atomics and short critical sections, so the request path pays next to
+//! nothing; nothing here talks to Redis or PostgreSQL.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
+use crate::keys::TenantId;
 
 /// Operations counted separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Get,
     Set,
@@ -55,22 +60,306 @@ impl Op {
     }
 }
 
-const WINDOW_SECONDS: usize = 60;
+/// Seconds of per-second throughput kept (the 15-minute rate).
+const WINDOW_SECONDS: usize = 900;
+
+/// Latency buckets: 8 per power of two from 1 µs to about 70 s (a relative
+/// error under 9 %, plenty for percentiles of cache calls).
+const SUB_BUCKETS: u64 = 8;
+const BUCKETS: usize = 27 * SUB_BUCKETS as usize;
+
+/// One in this many reads feeds the hot-key detector.
+const HOTKEY_SAMPLE_EVERY: u64 = 8;
+/// Keys tracked per tenant by the detector.
+const HOTKEY_CAPACITY: usize = 64;
+
+/// A latency histogram with logarithmic buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < SUB_BUCKETS {
+        return us as usize;
+    }
+    let power = 63 - u64::from(us.leading_zeros());
+    let shift = power + 1 - SUB_BUCKETS.trailing_zeros() as u64 - 1;
+    let sub = (us >> shift) - SUB_BUCKETS;
+    ((power - 2) * SUB_BUCKETS + sub) as usize
+}
+
+fn bucket_upper_us(bucket: usize) -> u64 {
+    let bucket = bucket as u64;
+    if bucket < SUB_BUCKETS {
+        return bucket;
+    }
+    let power = bucket / SUB_BUCKETS + 2;
+    let sub = bucket % SUB_BUCKETS;
+    let shift = power - 3;
+    ((SUB_BUCKETS + sub + 1) << shift) - 1
+}
+
+/// Percentiles of a histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Histogram {
+    pub fn record(&self, us: u64) {
+        let bucket = bucket_of(us).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn latency(&self) -> Latency {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return Latency::default();
+        }
+        let max_us = self.max_us.load(Ordering::Relaxed);
+        let at = |q: f64| {
+            let rank = ((q * count as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (bucket, &n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return bucket_upper_us(bucket).min(max_us) as f64 / 1000.0;
+                }
+            }
+            max_us as f64 / 1000.0
+        };
+        Latency {
+            count,
+            mean_ms: self.sum_us.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0,
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: max_us as f64 / 1000.0,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct OpCounters {
     calls: AtomicU64,
     errors: AtomicU64,
+    latency: Histogram,
 }
 
-/// Live operation counters of one process.
+/// A bounded top-K of keys by reads (the space-saving algorithm): the counts
+/// of the keys it reports are over-estimates by at most `error`.
+#[derive(Debug, Default)]
+struct SpaceSaving {
+    counts: HashMap<String, (u64, u64)>,
+}
+
+impl SpaceSaving {
+    fn offer(&mut self, key: &str) {
+        if let Some((count, _)) = self.counts.get_mut(key) {
+            *count += 1;
+            return;
+        }
+        if self.counts.len() < HOTKEY_CAPACITY {
+            self.counts.insert(key.to_owned(), (1, 0));
+            return;
+        }
+        // Replace the least counted key; the newcomer inherits its count as error.
+        let Some((victim, (min, _))) = self
+            .counts
+            .iter()
+            .min_by_key(|(_, (count, _))| *count)
+            .map(|(k, v)| (k.clone(), *v))
+        else {
+            return;
+        };
+        self.counts.remove(&victim);
+        self.counts.insert(key.to_owned(), (min + 1, min));
+    }
+}
+
+/// Minutes of per-minute throughput kept per tenant (the 15-minute rate).
+const TENANT_MINUTES: usize = 16;
+
+/// Figures of one tenant.
+#[derive(Debug)]
+pub struct TenantStats {
+    ops: [OpCounters; Op::ALL.len()],
+    hits: AtomicU64,
+    misses: AtomicU64,
+    reads_seen: AtomicU64,
+    hot: Mutex<SpaceSaving>,
+    minute_stamp: [AtomicU64; TENANT_MINUTES],
+    minute_count: [[AtomicU64; Op::ALL.len()]; TENANT_MINUTES],
+    created: Instant,
+}
+
+impl Default for TenantStats {
+    fn default() -> Self {
+        Self {
+            ops: Default::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            reads_seen: AtomicU64::new(0),
+            hot: Mutex::default(),
+            minute_stamp: std::array::from_fn(|_| AtomicU64::new(0)),
+            minute_count: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            created: Instant::now(),
+        }
+    }
+}
+
+/// A key the detector found hot; counts are sampled estimates.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HotKey {
+    pub key: String,
+    /// Estimated reads since start (sampled one in eight, scaled back).
+    pub estimated_reads: u64,
+    /// How far `estimated_reads` may overstate.
+    pub error_bound: u64,
+}
+
+/// Counters of one operation at a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpSnapshot {
+    #[serde(serialize_with = "op_name")]
+    pub op: Op,
+    pub calls: u64,
+    pub errors: u64,
+    pub latency: Latency,
+}
+
+fn op_name<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(op.name())
+}
+
+impl TenantStats {
+    fn tick(&self, minute: u64, op: Op) {
+        let slot = (minute % TENANT_MINUTES as u64) as usize;
+        if self.minute_stamp[slot].load(Ordering::Relaxed) != minute
+            && self.minute_stamp[slot].swap(minute, Ordering::Relaxed) != minute
+        {
+            for count in &self.minute_count[slot] {
+                count.store(0, Ordering::Relaxed);
+            }
+        }
+        self.minute_count[slot][op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Per-operation rates (ops/s) over the last `minutes` minutes, the
+    /// current minute included.
+    pub fn rates(&self, minutes: u64) -> Vec<(Op, f64)> {
+        self.rates_at(now_seconds() / 60, minutes)
+    }
+
+    fn rates_at(&self, now_minute: u64, minutes: u64) -> Vec<(Op, f64)> {
+        let minutes = minutes.clamp(1, TENANT_MINUTES as u64 - 1);
+        let oldest = now_minute.saturating_sub(minutes - 1);
+        let mut totals = vec![0u64; Op::ALL.len()];
+        for slot in 0..TENANT_MINUTES {
+            let stamp = self.minute_stamp[slot].load(Ordering::Relaxed);
+            if stamp >= oldest && stamp <= now_minute {
+                for (total, count) in totals.iter_mut().zip(&self.minute_count[slot]) {
+                    *total += count.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let seconds = self.created.elapsed().as_secs().clamp(1, minutes * 60);
+        Op::ALL
+            .iter()
+            .copied()
+            .zip(totals.iter().map(|&t| t as f64 / seconds as f64))
+            .collect()
+    }
+
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn snapshot(&self) -> Vec<OpSnapshot> {
+        snapshot(&self.ops)
+    }
+
+    /// The hottest keys, most read first.
+    pub fn hot_keys(&self, limit: usize) -> Vec<HotKey> {
+        let hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<HotKey> = hot
+            .counts
+            .iter()
+            .map(|(key, (count, error))| HotKey {
+                key: key.clone(),
+                estimated_reads: count * HOTKEY_SAMPLE_EVERY,
+                error_bound: error * HOTKEY_SAMPLE_EVERY,
+            })
+            .collect();
+        keys.sort_by(|a, b| {
+            b.estimated_reads
+                .cmp(&a.estimated_reads)
+                .then(a.key.cmp(&b.key))
+        });
+        keys.truncate(limit);
+        keys
+    }
+}
+
+fn snapshot(ops: &[OpCounters; Op::ALL.len()]) -> Vec<OpSnapshot> {
+    Op::ALL
+        .iter()
+        .map(|&op| {
+            let c = &ops[op as usize];
+            OpSnapshot {
+                op,
+                calls: c.calls.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                latency: c.latency.latency(),
+            }
+        })
+        .collect()
+}
+
+/// Live figures of one process.
 #[derive(Debug)]
 pub struct LiveStats {
     ops: [OpCounters; Op::ALL.len()],
     hits: AtomicU64,
     misses: AtomicU64,
-    second_stamp: [AtomicU64; WINDOW_SECONDS],
-    second_count: [AtomicU64; WINDOW_SECONDS],
+    tenants: RwLock<HashMap<String, Arc<TenantStats>>>,
+    second_stamp: Box<[AtomicU64]>,
+    second_count: Box<[[AtomicU64; Op::ALL.len()]]>,
+    started: Instant,
 }
 
 impl Default for LiveStats {
@@ -79,56 +368,95 @@ impl Default for LiveStats {
             ops: Default::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            second_stamp: std::array::from_fn(|_| AtomicU64::new(0)),
-            second_count: std::array::from_fn(|_| AtomicU64::new(0)),
+            tenants: RwLock::new(HashMap::new()),
+            second_stamp: (0..WINDOW_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            second_count: (0..WINDOW_SECONDS)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            started: Instant::now(),
         }
     }
 }
 
-/// Counters of one operation at a point in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpSnapshot {
-    pub op: Op,
-    pub calls: u64,
-    pub errors: u64,
-}
-
 impl LiveStats {
-    /// Counts one call of `op` and its outcome, passing the result through.
+    /// The figures of `tenant`, created on first use.
+    pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantStats> {
+        if let Some(stats) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant.as_str())
+        {
+            return Arc::clone(stats);
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(tenants.entry(tenant.as_str().to_owned()).or_default())
+    }
+
+    /// Counts one call of `op` for `tenant` that began at `started`, passing
+    /// the result through.
     ///
     /// # Errors
     ///
     /// `result`'s own error, unchanged.
-    pub fn observe<T>(&self, op: Op, result: Result<T, Error>) -> Result<T, Error> {
-        let counters = &self.ops[op as usize];
-        counters.calls.fetch_add(1, Ordering::Relaxed);
-        if result.is_err() {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
+    pub fn observe<T>(
+        &self,
+        op: Op,
+        tenant: &TenantStats,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        for counters in [&self.ops[op as usize], &tenant.ops[op as usize]] {
+            counters.calls.fetch_add(1, Ordering::Relaxed);
+            if result.is_err() {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            counters.latency.record(us);
         }
-        self.tick(now_seconds());
+        let now = now_seconds();
+        self.tick(now, op);
+        tenant.tick(now / 60, op);
         result
     }
 
-    /// Counts a read that found (`hit`) or missed its key.
-    pub fn record_lookup(&self, hit: bool) {
-        let counter = if hit { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts a read of `key` that found (`hit`) or missed it.
+    pub fn record_lookup(&self, tenant: &TenantStats, key: &str, hit: bool) {
+        let (global, own) = if hit {
+            (&self.hits, &tenant.hits)
+        } else {
+            (&self.misses, &tenant.misses)
+        };
+        global.fetch_add(1, Ordering::Relaxed);
+        own.fetch_add(1, Ordering::Relaxed);
+        if tenant
+            .reads_seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(HOTKEY_SAMPLE_EVERY)
+        {
+            tenant
+                .hot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .offer(key);
+        }
     }
 
-    fn tick(&self, second: u64) {
+    fn tick(&self, second: u64, op: Op) {
         let slot = (second % WINDOW_SECONDS as u64) as usize;
-        if self.second_stamp[slot].load(Ordering::Relaxed) != second {
-            // First operation of a new second in this slot: whoever wins the
-            // swap resets the count. A racing increment may be lost, which a
-            // rate estimate tolerates.
-            if self.second_stamp[slot].swap(second, Ordering::Relaxed) != second {
-                self.second_count[slot].store(0, Ordering::Relaxed);
+        if self.second_stamp[slot].load(Ordering::Relaxed) != second
+            && self.second_stamp[slot].swap(second, Ordering::Relaxed) != second
+        {
+            // First operation of a new second in this slot resets it; a racing
+            // increment may be lost, which a rate estimate tolerates.
+            for count in &self.second_count[slot] {
+                count.store(0, Ordering::Relaxed);
             }
         }
-        self.second_count[slot].fetch_add(1, Ordering::Relaxed);
+        self.second_count[slot][op as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hits and misses since start.
+    /// Hits and misses since start, all tenants.
     pub fn lookups(&self) -> (u64, u64) {
         (
             self.hits.load(Ordering::Relaxed),
@@ -138,39 +466,50 @@ impl LiveStats {
 
     /// Hit rate in percent since start, `None` before the first read.
     pub fn hit_rate_percent(&self) -> Option<f64> {
-        let (hits, misses) = self.lookups();
-        let total = hits + misses;
-        (total > 0).then(|| hits as f64 * 100.0 / total as f64)
+        hit_rate(self.lookups())
     }
 
     /// Operations per second over the last full minute.
     pub fn operations_per_second(&self) -> f64 {
-        self.rate_at(now_seconds())
+        self.rates_at(now_seconds(), 60).iter().sum()
     }
 
-    fn rate_at(&self, now: u64) -> f64 {
-        // The current second is still filling up: average the 60 seconds before it.
-        let oldest = now.saturating_sub(WINDOW_SECONDS as u64);
-        let total: u64 = (0..WINDOW_SECONDS)
-            .filter(|&slot| {
-                let stamp = self.second_stamp[slot].load(Ordering::Relaxed);
-                stamp >= oldest && stamp < now
-            })
-            .map(|slot| self.second_count[slot].load(Ordering::Relaxed))
-            .sum();
-        total as f64 / WINDOW_SECONDS as f64
+    /// Per-operation rates (ops/s) over the last `seconds` full seconds.
+    pub fn rates(&self, seconds: u64) -> Vec<(Op, f64)> {
+        Op::ALL
+            .iter()
+            .copied()
+            .zip(self.rates_at(now_seconds(), seconds))
+            .collect()
+    }
+
+    fn rates_at(&self, now: u64, seconds: u64) -> Vec<f64> {
+        let seconds = seconds.clamp(1, WINDOW_SECONDS as u64);
+        // The current second is still filling up: average the ones before it.
+        let oldest = now.saturating_sub(seconds);
+        let mut totals = vec![0u64; Op::ALL.len()];
+        for slot in 0..WINDOW_SECONDS {
+            let stamp = self.second_stamp[slot].load(Ordering::Relaxed);
+            if stamp >= oldest && stamp < now {
+                for (total, count) in totals.iter_mut().zip(&self.second_count[slot]) {
+                    *total += count.load(Ordering::Relaxed);
+                }
+            }
+        }
+        // Before the process has lived `seconds`, average over its lifetime.
+        let lived = self.started.elapsed().as_secs().clamp(1, seconds);
+        totals.iter().map(|&t| t as f64 / lived as f64).collect()
     }
 
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
-        Op::ALL
-            .iter()
-            .map(|&op| OpSnapshot {
-                op,
-                calls: self.ops[op as usize].calls.load(Ordering::Relaxed),
-                errors: self.ops[op as usize].errors.load(Ordering::Relaxed),
-            })
-            .collect()
+        snapshot(&self.ops)
     }
+}
+
+/// Hit rate in percent of `(hits, misses)`, `None` without reads.
+pub fn hit_rate((hits, misses): (u64, u64)) -> Option<f64> {
+    let total = hits + misses;
+    (total > 0).then(|| hits as f64 * 100.0 / total as f64)
 }
 
 fn now_seconds() -> u64 {
@@ -183,34 +522,98 @@ fn now_seconds() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn calls_errors_and_lookups_are_counted() {
-        let stats = LiveStats::default();
-        stats.observe(Op::Get, Ok::<_, Error>(())).unwrap();
-        stats
-            .observe(Op::Get, Err::<(), _>(Error::internal("boom")))
-            .unwrap_err();
-        stats.record_lookup(true);
-        stats.record_lookup(true);
-        stats.record_lookup(false);
-        stats.record_lookup(true);
-        let get = stats.snapshot()[Op::Get as usize];
-        assert_eq!((get.calls, get.errors), (2, 1));
-        assert_eq!(stats.hit_rate_percent(), Some(75.0));
+    fn tenant() -> TenantId {
+        TenantId::parse("acme", "t").unwrap()
     }
 
     #[test]
-    fn rate_counts_only_the_last_minute_before_now() {
+    fn calls_errors_and_lookups_are_counted_globally_and_per_tenant() {
+        let stats = LiveStats::default();
+        let acme = stats.tenant(&tenant());
+        let started = Instant::now();
+        stats
+            .observe(Op::Get, &acme, started, Ok::<_, Error>(()))
+            .unwrap();
+        stats
+            .observe(
+                Op::Get,
+                &acme,
+                started,
+                Err::<(), _>(Error::internal("boom")),
+            )
+            .unwrap_err();
+        for hit in [true, true, false, true] {
+            stats.record_lookup(&acme, "k", hit);
+        }
+        let get = stats.snapshot()[Op::Get as usize];
+        assert_eq!((get.calls, get.errors, get.latency.count), (2, 1, 2));
+        assert_eq!(acme.snapshot()[Op::Get as usize].calls, 2);
+        assert_eq!(stats.hit_rate_percent(), Some(75.0));
+        assert_eq!(hit_rate(acme.lookups()), Some(75.0));
+        let other = stats.tenant(&TenantId::parse("other", "t").unwrap());
+        assert_eq!(other.lookups(), (0, 0));
+    }
+
+    #[test]
+    fn percentiles_follow_a_known_sequence() {
+        let h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(us);
+        }
+        let l = h.latency();
+        assert_eq!(l.count, 1000);
+        assert_eq!(l.max_ms, 1.0);
+        // Buckets are 8 per power of two: within 12.5 % above the true value.
+        for (got, exact) in [(l.p50_ms, 0.5), (l.p95_ms, 0.95), (l.p99_ms, 0.99)] {
+            assert!(got >= exact && got <= exact * 1.125, "{got} vs {exact}");
+        }
+        assert!((l.mean_ms - 0.5005).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_latency_lands_in_a_bucket_that_contains_it() {
+        for us in [0, 1, 7, 8, 9, 15, 16, 100, 1023, 1024, 999_999, 60_000_000] {
+            let b = bucket_of(us);
+            assert!(b < BUCKETS, "{us}");
+            assert!(bucket_upper_us(b) >= us, "{us} above bucket {b}");
+            if b > 0 {
+                assert!(bucket_upper_us(b - 1) < us, "{us} belongs lower than {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn hammered_keys_surface_as_hot() {
+        let stats = LiveStats::default();
+        let acme = stats.tenant(&tenant());
+        for i in 0..20_000u32 {
+            let key = if i % 4 == 0 {
+                "hot".to_owned()
+            } else {
+                format!("cold:{i}")
+            };
+            stats.record_lookup(&acme, &key, true);
+        }
+        let hot = acme.hot_keys(3);
+        assert_eq!(hot[0].key, "hot");
+        assert!(hot[0].estimated_reads >= 4_000, "{hot:?}");
+    }
+
+    #[test]
+    fn rates_count_only_the_window_before_now() {
         let stats = LiveStats::default();
         for _ in 0..120 {
-            stats.tick(1_000);
+            stats.tick(1_000, Op::Get);
         }
         for _ in 0..60 {
-            stats.tick(1_030);
+            stats.tick(1_030, Op::Set);
         }
-        stats.tick(1_031);
-        assert_eq!(stats.rate_at(1_031), 3.0);
-        // Thirty seconds later the ticks of second 1000 have left the window.
-        assert_eq!(stats.rate_at(1_061), 61.0 / 60.0);
+        stats.tick(1_031, Op::Get);
+        let rates = stats.rates_at(1_031, 60);
+        let lived = stats.started.elapsed().as_secs().clamp(1, 60) as f64;
+        assert_eq!(rates[Op::Get as usize], 120.0 / lived);
+        assert_eq!(rates[Op::Set as usize], 60.0 / lived);
+        assert_eq!(stats.rates_at(1_032, 1)[Op::Get as usize], 1.0);
+        assert_eq!(stats.rates_at(1_100, 60)[Op::Get as usize], 0.0);
     }
 }

@@ -128,6 +128,7 @@ pub async fn set(
     result: &Value,
     ttl: Option<Expiry>,
 ) -> Result<i64, Error> {
+    let started = std::time::Instant::now();
     cache.check_size(result, "result")?;
     let expiry = ttl.unwrap_or(DEFAULT_PERMISSION_TTL);
     let mut invocation = PERMISSION_SET.prepare_invoke();
@@ -146,7 +147,9 @@ pub async fn set(
             Ok(())
         })
         .await;
-    cache.stats().observe(Op::Permission, outcome)?;
+    cache
+        .stats()
+        .observe(Op::Permission, &cache.platform_stats(), started, outcome)?;
     Ok(expiry.reported())
 }
 
@@ -154,6 +157,7 @@ pub async fn set(
 ///
 /// [`Error::KeyNotFound`] when absent, [`Error::CacheUnavailable`].
 pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error> {
+    let started = std::time::Instant::now();
     let entry = PermissionKeys::entry(key.as_str());
     let redis = cache.redis();
     let outcome = redis
@@ -167,8 +171,13 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
             Ok(found)
         })
         .await;
-    let (stored, ttl) = cache.stats().observe(Op::Permission, outcome)?;
-    cache.stats().record_lookup(stored.is_some());
+    let (stored, ttl) =
+        cache
+            .stats()
+            .observe(Op::Permission, &cache.platform_stats(), started, outcome)?;
+    cache
+        .stats()
+        .record_lookup(&cache.platform_stats(), key.as_str(), stored.is_some());
     let stored = stored.ok_or_else(|| Error::KeyNotFound {
         key: key.as_str().to_owned(),
     })?;
@@ -185,6 +194,7 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
 ///
 /// [`Error::CacheUnavailable`].
 pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error> {
+    let started = std::time::Instant::now();
     let mut invocation = PERMISSION_INVALIDATE.prepare_invoke();
     match selector {
         Selector::Key(_) => &mut invocation,
@@ -209,7 +219,9 @@ pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error
             Ok(deleted)
         })
         .await;
-    cache.stats().observe(Op::Permission, outcome)
+    cache
+        .stats()
+        .observe(Op::Permission, &cache.platform_stats(), started, outcome)
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ pub struct RedisStore {
 
 struct Inner {
     backend: Backend,
-    command_timeout: Duration,
+    /// Milliseconds; an operator may change it at run time.
+    command_timeout_ms: AtomicU64,
     timeouts: AtomicU64,
 }
 
@@ -40,7 +41,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("mode", &self.mode())
-            .field("command_timeout", &self.inner.command_timeout)
+            .field("command_timeout", &self.command_timeout())
             .finish()
     }
 }
@@ -130,7 +131,7 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
-                command_timeout: settings.command_timeout(),
+                command_timeout_ms: AtomicU64::new(settings.redis_command_timeout_ms),
                 timeouts: AtomicU64::new(0),
             }),
         })
@@ -144,7 +145,87 @@ impl RedisStore {
     }
 
     pub fn command_timeout(&self) -> Duration {
-        self.inner.command_timeout
+        Duration::from_millis(self.inner.command_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the pool size (pool mode) and the per-request deadline at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for out-of-range values or a pool size in multiplexed mode.
+    pub fn reconfigure(
+        &self,
+        max_size: Option<usize>,
+        command_timeout: Option<Duration>,
+    ) -> Result<ConnectionStats, Error> {
+        if let Some(timeout) = command_timeout {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            if !(1..=60_000).contains(&ms) {
+                return Err(Error::validation(
+                    "commandTimeoutMs",
+                    "commandTimeoutMs must be from 1 to 60000",
+                ));
+            }
+        }
+        if let Some(size) = max_size {
+            let Backend::Pool(pool) = &self.inner.backend else {
+                return Err(Error::validation(
+                    "maxSize",
+                    "maxSize applies to REDIS_CLIENT=pool; multiplexed mode shares a fixed set of connections",
+                ));
+            };
+            if !(1..=1024).contains(&size) {
+                return Err(Error::validation(
+                    "maxSize",
+                    "maxSize must be from 1 to 1024",
+                ));
+            }
+            pool.resize(size);
+        }
+        if let Some(timeout) = command_timeout {
+            self.inner.command_timeout_ms.store(
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        Ok(self.connection_stats())
+    }
+
+    /// `CONFIG GET` of one parameter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn config_get(&self, parameter: &str) -> Result<Option<String>, Error> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let pairs: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(parameter)
+                .query_async(&mut conn)
+                .await?;
+            Ok(pairs.into_iter().nth(1))
+        })
+        .await
+    }
+
+    /// `CONFIG SET` of one parameter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`]; [`Error::Internal`] when Redis refuses the value.
+    pub async fn config_set(&self, parameter: &str, value: &str) -> Result<(), Error> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(parameter)
+                .arg(value)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A connection for one unit of work. Call it inside [`RedisStore::timed`]
@@ -169,7 +250,7 @@ impl RedisStore {
     ///
     /// The work's own error, or [`Error::CacheUnavailable`] when the deadline passes.
     pub async fn timed<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        self.timed_for(self.inner.command_timeout, work).await
+        self.timed_for(self.command_timeout(), work).await
     }
 
     /// [`RedisStore::timed`] with an explicit deadline, for longer job steps.

@@ -176,3 +176,18 @@ return pruned
 ",
     )
 });
+
+/// KEYS: one key. ARGV: the bytes expected there, the bytes to store.
+/// Replaces the value, keeping its TTL, only if it is still the expected one;
+/// returns 1 when replaced.
+pub static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+",
+    )
+});

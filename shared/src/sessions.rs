@@ -63,6 +63,7 @@ pub fn validate_user_id(user_id: &str, field: &str) -> Result<(), Error> {
 ///
 /// [`Error::Validation`], [`Error::PayloadTooLarge`], [`Error::CacheUnavailable`].
 pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
+    let started = std::time::Instant::now();
     validate_key(&new.session_id, "sessionId")?;
     validate_user_id(&new.user_id, "userId")?;
     TenantId::parse(&new.tenant_id, "tenantId")?;
@@ -94,7 +95,9 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
             Ok(())
         })
         .await;
-    cache.stats().observe(Op::Session, result)?;
+    cache
+        .stats()
+        .observe(Op::Session, &cache.platform_stats(), started, result)?;
     Ok(Session {
         session_id: new.session_id,
         user_id: new.user_id,
@@ -110,6 +113,7 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
 ///
 /// [`Error::KeyNotFound`] when absent, [`Error::Validation`], [`Error::CacheUnavailable`].
 pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session, Error> {
+    let started = std::time::Instant::now();
     validate_key(session_id, "sessionId")?;
     let mut invocation = SESSION_GET.prepare_invoke();
     invocation
@@ -127,8 +131,12 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
             Ok(found)
         })
         .await;
-    let found = cache.stats().observe(Op::Session, result)?;
-    cache.stats().record_lookup(found.is_some());
+    let found = cache
+        .stats()
+        .observe(Op::Session, &cache.platform_stats(), started, result)?;
+    cache
+        .stats()
+        .record_lookup(&cache.platform_stats(), session_id, found.is_some());
     let (user_id, tenant_id, _stored_ttl, data, remaining) =
         found.ok_or_else(|| Error::KeyNotFound {
             key: session_id.to_owned(),
@@ -148,6 +156,7 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
 ///
 /// [`Error::Validation`], [`Error::CacheUnavailable`].
 pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
+    let started = std::time::Instant::now();
     validate_key(session_id, "sessionId")?;
     let mut invocation = SESSION_DELETE.prepare_invoke();
     invocation
@@ -163,7 +172,9 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
             Ok(deleted == 1)
         })
         .await;
-    cache.stats().observe(Op::Session, result)
+    cache
+        .stats()
+        .observe(Op::Session, &cache.platform_stats(), started, result)
 }
 
 /// Whose sessions a revocation targets.

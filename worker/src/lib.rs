@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use cache_jobs::context::{JobContext, Pacing};
-use cache_jobs::payloads::{CollectStatsJob, FlushJob, PreloadJob, SessionCleanupJob};
+use cache_jobs::payloads::{
+    CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, SessionCleanupJob,
+};
 use cache_jobs::queue::QueueSettings;
 use cache_jobs::runner::{self, Delivery, Job};
 use cache_shared::cache::{Cache, CacheLimits};
@@ -153,6 +155,8 @@ pub async fn run(
     let monitor = register::<PreloadJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<SessionCleanupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<CollectStatsJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<MemoryAnalysisJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<CompressJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = monitor
         .should_restart(|worker, err| {
             tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, "queue worker stopped; restarting");

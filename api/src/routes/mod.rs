@@ -5,6 +5,8 @@ pub mod admin_keys;
 pub mod health;
 pub mod internal;
 pub mod jobs;
+pub mod management;
+pub mod monitoring;
 pub mod permissions;
 pub mod public;
 pub mod sessions;

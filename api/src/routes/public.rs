@@ -237,7 +237,7 @@ async fn exists(
 }
 
 /// Starts a job for the caller's tenant and answers `202`.
-async fn start_job(
+pub(crate) async fn start_job(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,

@@ -10,6 +10,7 @@ mod cli;
 mod faults;
 mod helpers;
 mod jobs;
+mod management;
 mod permissions;
 mod public;
 mod server;

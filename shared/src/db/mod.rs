@@ -2,8 +2,12 @@
 //! functions per table. Queries are runtime-checked (`query_as` + `FromRow`)
 //! so that a fresh clone builds without a database; tests cover the SQL.
 
+pub mod admin_actions;
 pub mod api_keys;
+pub mod hotkeys;
 pub mod jobs;
+pub mod reports;
+pub mod statistics;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;

@@ -1,0 +1,362 @@
+//! Management and performance routes of the public plane (API.md §5): server
+//! and tenant information, the connection pool, eviction policy, memory
+//! analysis reports, compression and the performance report.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cache_jobs::compress::CompressParams;
+use cache_jobs::memory_analysis::AnalysisParams;
+use cache_jobs::queue::JobSpec;
+use cache_shared::Error;
+use cache_shared::api_keys::Role;
+use cache_shared::cache::Compressed;
+use cache_shared::db::{admin_actions, reports};
+use cache_shared::live_stats::hit_rate;
+use cache_shared::redis::ConnectionStats;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, OptionalJsonBody, PathParam};
+use crate::routes::public::start_job;
+use crate::state::AppState;
+use crate::views::JobAccepted;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/cache/info", get(info))
+        .route("/api/v1/cache/memory", get(memory))
+        .route("/api/v1/cache/connections", get(connections))
+        .route("/api/v1/cache/connections/config", put(connections_config))
+        .route(
+            "/api/v1/cache/memory/analyze",
+            get(latest_analysis).post(start_analysis),
+        )
+        .route("/api/v1/cache/compress/{pattern}", post(compress_pattern))
+        .route("/api/v1/cache/keys/{key}/compress", post(compress_key))
+        .route("/api/v1/cache/eviction/policy", post(eviction_policy))
+        .route("/api/v1/cache/performance", get(performance))
+}
+
+/// Time a tenant's key count may take before it is reported as a lower bound.
+const KEY_COUNT_BUDGET: Duration = Duration::from_millis(250);
+
+fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Option<u64> {
+    map.get(field).and_then(|v| v.parse().ok())
+}
+
+/// The operator sees the whole parsed `INFO`; a tenant sees its own key count
+/// and memory estimate plus the server's version and uptime.
+async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let op = ApiError::op("info");
+    let redis = state.cache.redis();
+    if caller.role == Role::Operator {
+        let all = redis.info("everything").await.map_err(&op)?;
+        return Ok(Json(json!({ "scope": "server", "info": all })));
+    }
+    let server = redis.info("server").await.map_err(&op)?;
+    let (keys, complete) = state
+        .cache
+        .count_keys(&caller.tenant, KEY_COUNT_BUDGET)
+        .await
+        .map_err(&op)?;
+    let report = reports::latest(&state.db, caller.tenant.as_str())
+        .await
+        .map_err(&op)?;
+    Ok(Json(json!({
+        "scope": "tenant",
+        "tenantId": caller.tenant.as_str(),
+        "keyCount": keys,
+        "keyCountComplete": complete,
+        "memoryEstimateBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
+        "memoryEstimateFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
+        "redisVersion": server.get("redis_version"),
+        "uptimeSeconds": number(&server, "uptime_in_seconds"),
+    })))
+}
+
+async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let op = ApiError::op("memory");
+    let figures = state.cache.redis().server_figures().await.map_err(&op)?;
+    let server = json!({
+        "usedBytes": figures.used_memory_bytes,
+        "maxBytes": figures.max_memory_bytes,
+        "usedPercent": (figures.max_memory_bytes > 0)
+            .then(|| figures.used_memory_bytes as f64 * 100.0 / figures.max_memory_bytes as f64),
+        "evictedKeys": figures.evicted_keys,
+    });
+    if caller.role == Role::Operator {
+        let details = state.cache.redis().info("memory").await.map_err(&op)?;
+        return Ok(Json(
+            json!({ "scope": "server", "server": server, "info": details }),
+        ));
+    }
+    let report = reports::latest(&state.db, caller.tenant.as_str())
+        .await
+        .map_err(&op)?;
+    Ok(Json(json!({
+        "scope": "tenant",
+        "tenantId": caller.tenant.as_str(),
+        "server": server,
+        "tenantBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
+        "tenantBytesFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
+    })))
+}
+
+async fn connections(State(state): State<AppState>, _caller: Caller) -> Json<ConnectionStats> {
+    Json(state.cache.redis().connection_stats())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PoolConfig {
+    max_size: Option<usize>,
+    command_timeout_ms: Option<u64>,
+}
+
+async fn connections_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<PoolConfig>,
+) -> Result<Json<ConnectionStats>, ApiError> {
+    let op = ApiError::op("connections.config");
+    if body.max_size.is_none() && body.command_timeout_ms.is_none() {
+        return Err(op(Error::validation(
+            "body",
+            "give maxSize and/or commandTimeoutMs",
+        )));
+    }
+    let stats = state
+        .cache
+        .redis()
+        .reconfigure(
+            body.max_size,
+            body.command_timeout_ms.map(Duration::from_millis),
+        )
+        .map_err(&op)?;
+    admin_actions::record(
+        &state.db,
+        &caller.key_id,
+        caller.tenant.as_str(),
+        "connections.config",
+        &json!({ "maxSize": body.max_size, "commandTimeoutMs": body.command_timeout_ms }),
+    )
+    .await
+    .map_err(&op)?;
+    Ok(Json(stats))
+}
+
+/// Redis's eight `maxmemory-policy` values.
+const EVICTION_POLICIES: [&str; 8] = [
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    policy: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyView {
+    policy: String,
+    previous: Option<String>,
+}
+
+async fn eviction_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<PolicyBody>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let op = ApiError::op("eviction.policy");
+    if !EVICTION_POLICIES.contains(&body.policy.as_str()) {
+        return Err(op(Error::validation(
+            "policy",
+            format!("policy must be one of {}", EVICTION_POLICIES.join(", ")),
+        )));
+    }
+    let redis = state.cache.redis();
+    let previous = redis.config_get("maxmemory-policy").await.map_err(&op)?;
+    redis
+        .config_set("maxmemory-policy", &body.policy)
+        .await
+        .map_err(&op)?;
+    admin_actions::record(
+        &state.db,
+        &caller.key_id,
+        caller.tenant.as_str(),
+        "eviction.policy",
+        &json!({ "policy": body.policy, "previous": previous }),
+    )
+    .await
+    .map_err(&op)?;
+    Ok(Json(PolicyView {
+        policy: body.policy,
+        previous,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportView {
+    report_id: String,
+    tenant_id: String,
+    mode: String,
+    created_at: String,
+    report: Value,
+}
+
+async fn latest_analysis(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ReportView>, ApiError> {
+    let op = ApiError::op("memory.analyze");
+    let row = reports::latest(&state.db, caller.tenant.as_str())
+        .await
+        .map_err(&op)?
+        .ok_or_else(|| Error::NotFound {
+            what: "memory analysis report".into(),
+        })
+        .map_err(&op)?;
+    Ok(Json(ReportView {
+        report_id: row.id,
+        tenant_id: row.tenant_id,
+        mode: row.mode,
+        created_at: row
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        report: row.report,
+    }))
+}
+
+async fn start_analysis(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    OptionalJsonBody(params): OptionalJsonBody<AnalysisParams>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    start_job(&state, &caller, &headers, JobSpec::MemoryAnalysis(params)).await
+}
+
+async fn compress_pattern(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    PathParam(pattern): PathParam,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    start_job(
+        &state,
+        &caller,
+        &headers,
+        JobSpec::Compress(CompressParams { pattern }),
+    )
+    .await
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CompressedView {
+    key: String,
+    #[serde(flatten)]
+    outcome: Compressed,
+}
+
+async fn compress_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(key): PathParam,
+) -> Result<Json<CompressedView>, ApiError> {
+    let outcome = state
+        .cache
+        .compress(&caller.tenant, &key)
+        .await
+        .map_err(ApiError::op("compress"))?;
+    Ok(Json(CompressedView { key, outcome }))
+}
+
+/// Operations slower than this at p99 are listed as slow.
+const SLOW_P99_MS: f64 = 10.0;
+
+async fn performance(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let op = ApiError::op("performance");
+    let tenant = state.cache.stats().tenant(&caller.tenant);
+    let ops = tenant.snapshot();
+    let lookups = tenant.lookups();
+    let rate = hit_rate(lookups);
+    let report = reports::latest(&state.db, caller.tenant.as_str())
+        .await
+        .map_err(&op)?;
+    let pool = state.cache.redis().connection_stats();
+    let hot = tenant.hot_keys(10);
+
+    let mut recommendations = Vec::new();
+    if let Some(rate) = rate.filter(|r| *r < 80.0) {
+        recommendations.push(json!({
+            "rule": "low-hit-rate",
+            "message": format!("hit rate is {rate:.1}% (under 80%): preload the hot keys"),
+            "keys": hot.iter().map(|h| h.key.clone()).collect::<Vec<_>>(),
+        }));
+    }
+    if let Some(r) = &report {
+        let large: Vec<&Value> = r.report["compressionCandidates"]["largest"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|k| k["bytes"].as_u64().is_some_and(|b| b > 100 * 1024))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !large.is_empty() {
+            recommendations.push(json!({
+                "rule": "large-uncompressed-values",
+                "message": "values over 100 KB are stored uncompressed: compress them",
+                "keys": large,
+            }));
+        }
+        if let Some(n) = r.report["keysWithoutTtl"].as_u64().filter(|n| *n > 0) {
+            recommendations.push(json!({
+                "rule": "keys-without-ttl",
+                "message": format!("{n} keys have no TTL: set one so the cache stays bounded"),
+            }));
+        }
+    }
+    if pool.waiting > 0 || pool.timeouts > 0 {
+        recommendations.push(json!({
+            "rule": "pool-waits",
+            "message": "requests waited for or timed out on Redis connections: grow the pool or the timeout",
+            "waiting": pool.waiting,
+            "timeouts": pool.timeouts,
+        }));
+    }
+    let slow: Vec<Value> = ops
+        .iter()
+        .filter(|o| o.calls > 0 && o.latency.p99_ms > SLOW_P99_MS)
+        .map(|o| json!({ "operation": o.op.name(), "p99Ms": o.latency.p99_ms, "maxMs": o.latency.max_ms }))
+        .collect();
+    Ok(Json(json!({
+        "tenantId": caller.tenant.as_str(),
+        "hitRate": rate,
+        "hits": lookups.0,
+        "misses": lookups.1,
+        "operations": ops.iter().filter(|o| o.calls > 0).collect::<Vec<_>>(),
+        "slowOperations": slow,
+        "biggestKeys": report.as_ref().map(|r| r.report["biggestKeys"].clone()),
+        "hotKeys": hot,
+        "recommendations": recommendations,
+    })))
+}

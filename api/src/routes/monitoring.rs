@@ -1,0 +1,284 @@
+//! Monitoring of the public plane (API.md §5): live figures of the caller's
+//! tenant from this api instance, and history from the rolled-up tables.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use cache_shared::db::{hotkeys as hotkey_rows, statistics};
+use cache_shared::live_stats::{HotKey, Latency, OpSnapshot, hit_rate};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/cache/stats", get(stats))
+        .route("/api/v1/cache/metrics", get(metrics))
+        .route("/api/v1/cache/latency", get(latency))
+        .route("/api/v1/cache/throughput", get(throughput))
+        .route("/api/v1/cache/hotkeys", get(hotkeys))
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("query", e.body_text()))
+}
+
+fn parse_time(text: &str, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::bad_request(field, format!("{field} must be an RFC 3339 time")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    /// Consumed by the authorization layer.
+    #[allow(dead_code)]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LiveView {
+    hits: u64,
+    misses: u64,
+    /// Percent of reads that found their key; `null` before any read.
+    hit_rate: Option<f64>,
+    operations: Vec<OpSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsView {
+    tenant_id: String,
+    /// Figures of this api instance since it started.
+    live: LiveView,
+    uptime_seconds: u64,
+    /// Rolled-up periods of every instance, when `from` and `to` are given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<statistics::StatisticsRow>>,
+}
+
+fn live(state: &AppState, caller: &Caller) -> LiveView {
+    let tenant = state.cache.stats().tenant(&caller.tenant);
+    let (hits, misses) = tenant.lookups();
+    LiveView {
+        hits,
+        misses,
+        hit_rate: hit_rate((hits, misses)),
+        operations: tenant
+            .snapshot()
+            .into_iter()
+            .filter(|op| op.calls > 0)
+            .collect(),
+    }
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<StatsView>, ApiError> {
+    let q = query(q)?;
+    let history = match (q.from.as_deref(), q.to.as_deref()) {
+        (None, None) => None,
+        (Some(from), Some(to)) => {
+            let (from, to) = (parse_time(from, "from")?, parse_time(to, "to")?);
+            if from >= to {
+                return Err(ApiError::bad_request("from", "from must be before to"));
+            }
+            Some(
+                statistics::history(&state.db, caller.tenant.as_str(), from, to)
+                    .await
+                    .map_err(ApiError::op("stats"))?,
+            )
+        }
+        _ => return Err(ApiError::bad_request("from", "give both from and to")),
+    };
+    Ok(Json(StatsView {
+        tenant_id: caller.tenant.to_string(),
+        live: live(&state, &caller),
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        history,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricsView {
+    tenant_id: String,
+    hit_rate: Option<f64>,
+    hits: u64,
+    misses: u64,
+    /// The tenant's operations per second over the last minute.
+    operations_per_second: f64,
+    errors: u64,
+    calls: u64,
+}
+
+async fn metrics(State(state): State<AppState>, caller: Caller) -> Json<MetricsView> {
+    let tenant = state.cache.stats().tenant(&caller.tenant);
+    let (hits, misses) = tenant.lookups();
+    let snapshot = tenant.snapshot();
+    Json(MetricsView {
+        tenant_id: caller.tenant.to_string(),
+        hit_rate: hit_rate((hits, misses)),
+        hits,
+        misses,
+        operations_per_second: tenant.rates(1).iter().map(|(_, r)| r).sum(),
+        errors: snapshot.iter().map(|o| o.errors).sum(),
+        calls: snapshot.iter().map(|o| o.calls).sum(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct OpLatency {
+    operation: &'static str,
+    #[serde(flatten)]
+    latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LatencyView {
+    tenant_id: String,
+    /// Milliseconds, measured around the Redis work of each call, since start.
+    operations: Vec<OpLatency>,
+}
+
+async fn latency(State(state): State<AppState>, caller: Caller) -> Json<LatencyView> {
+    let tenant = state.cache.stats().tenant(&caller.tenant);
+    Json(LatencyView {
+        tenant_id: caller.tenant.to_string(),
+        operations: tenant
+            .snapshot()
+            .into_iter()
+            .filter(|op| op.calls > 0)
+            .map(|op| OpLatency {
+                operation: op.op.name(),
+                latency: op.latency,
+            })
+            .collect(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OpRates {
+    operation: &'static str,
+    last_1m: f64,
+    last_5m: f64,
+    last_15m: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThroughputView {
+    tenant_id: String,
+    /// Operations per second of this tenant on this api instance.
+    operations: Vec<OpRates>,
+    total: OpRates,
+}
+
+async fn throughput(State(state): State<AppState>, caller: Caller) -> Json<ThroughputView> {
+    let tenant = state.cache.stats().tenant(&caller.tenant);
+    let (m1, m5, m15) = (tenant.rates(1), tenant.rates(5), tenant.rates(15));
+    let operations: Vec<OpRates> = m1
+        .iter()
+        .zip(&m5)
+        .zip(&m15)
+        .map(|(((op, r1), (_, r5)), (_, r15))| OpRates {
+            operation: op.name(),
+            last_1m: *r1,
+            last_5m: *r5,
+            last_15m: *r15,
+        })
+        .collect();
+    let total = OpRates {
+        operation: "all",
+        last_1m: operations.iter().map(|o| o.last_1m).sum(),
+        last_5m: operations.iter().map(|o| o.last_5m).sum(),
+        last_15m: operations.iter().map(|o| o.last_15m).sum(),
+    };
+    Json(ThroughputView {
+        tenant_id: caller.tenant.to_string(),
+        operations: operations
+            .into_iter()
+            .filter(|o| o.last_15m > 0.0)
+            .collect(),
+        total,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HotkeysQuery {
+    limit: Option<String>,
+    /// Minutes of rolled-up history to read instead of the live detector.
+    window: Option<String>,
+    /// Consumed by the authorization layer.
+    #[allow(dead_code)]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HotkeysView {
+    tenant_id: String,
+    /// `live` (this instance, sampled one read in eight) or `history`.
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<HotKey>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<hotkey_rows::HotKeyRow>>,
+}
+
+async fn hotkeys(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<HotkeysQuery>, QueryRejection>,
+) -> Result<Json<HotkeysView>, ApiError> {
+    let q = query(q)?;
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit", "limit must be from 1 to 64"))?,
+    };
+    if let Some(window) = q.window.as_deref() {
+        let minutes = window
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=10_080).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("window", "window must be minutes from 1 to 10080")
+            })?;
+        let since = Utc::now() - chrono::Duration::minutes(minutes);
+        let rows = hotkey_rows::since(&state.db, caller.tenant.as_str(), since, limit as i64)
+            .await
+            .map_err(ApiError::op("hotkeys"))?;
+        return Ok(Json(HotkeysView {
+            tenant_id: caller.tenant.to_string(),
+            source: "history",
+            keys: None,
+            history: Some(rows),
+        }));
+    }
+    let keys = state.cache.stats().tenant(&caller.tenant).hot_keys(limit);
+    Ok(Json(HotkeysView {
+        tenant_id: caller.tenant.to_string(),
+        source: "live",
+        keys: Some(keys),
+        history: None,
+    }))
+}
