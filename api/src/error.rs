@@ -56,17 +56,22 @@ impl From<Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The error envelope of every non-2xx answer (API.md §3).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorEnvelope)]
+pub struct Envelope<'a> {
+    /// e.g. `VALIDATION_ERROR`, `KEY_NOT_FOUND`, `CACHE_UNAVAILABLE`.
     code: &'static str,
     message: String,
+    /// Always `cache-service`.
     service: &'static str,
+    /// RFC 3339, UTC, milliseconds.
     timestamp: String,
     details: Details<'a>,
 }
 
-#[derive(Serialize)]
-struct Details<'a> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Details<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

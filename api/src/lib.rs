@@ -9,6 +9,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod keys_cli;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod views;
@@ -35,6 +36,8 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
 use crate::extract::ServiceTokens;
@@ -127,26 +130,9 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
 /// unknown paths are `404` and wrong methods `405` with or without credentials.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .merge(routes::health::router())
-        .merge(routes::internal::router())
-        .merge(routes::sessions::router())
-        .merge(routes::permissions::router())
-        .merge(routes::jobs::router())
-        .merge(
-            // The public plane: authorised after routing, so unknown paths are
-            // 404 and wrong methods 405 with or without credentials.
-            Router::new()
-                .merge(routes::public::router())
-                .merge(routes::monitoring::router())
-                .merge(routes::management::router())
-                .merge(routes::jobs::public_router())
-                .merge(routes::admin_keys::router())
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::authorize,
-                )),
-        )
+    let (routes, doc) = documented_routes(&state).split_for_parts();
+    routes
+        .merge(openapi::serve(doc))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
@@ -165,6 +151,31 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, UlidRequestId))
         .with_state(state)
+}
+
+/// Every documented route: each comes with its OpenAPI entry, so the
+/// document cannot miss a route.
+pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(routes::health::router())
+        .merge(routes::internal::router())
+        .merge(routes::sessions::router())
+        .merge(routes::permissions::router())
+        .merge(routes::jobs::router())
+        .merge(
+            // The public plane: authorised after routing, so unknown paths are
+            // 404 and wrong methods 405 with or without credentials.
+            OpenApiRouter::new()
+                .merge(routes::public::router())
+                .merge(routes::monitoring::router())
+                .merge(routes::management::router())
+                .merge(routes::jobs::public_router())
+                .merge(routes::admin_keys::router())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authorize,
+                )),
+        )
 }
 
 /// Gives a request without `X-Request-Id` a fresh ULID.

@@ -35,9 +35,11 @@ impl ValueView {
 }
 
 /// `{"key","value","ttl"}` (+ `"encoding"` for raw bytes).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryView {
     pub key: String,
+    /// Any JSON value; base64 text of raw bytes when `encoding` is `base64`.
+    #[schema(value_type = Object)]
     pub value: ValueView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<&'static str>,
@@ -59,28 +61,29 @@ impl EntryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyTtl {
     pub key: String,
     pub ttl: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub key: String,
     pub deleted: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Updated {
     pub key: String,
     pub updated: bool,
 }
 
 /// `{"count","exists":{"k":bool}}`; `count` is the number of distinct keys found.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExistsView {
     pub count: usize,
+    #[schema(value_type = std::collections::HashMap<String, bool>)]
     pub exists: std::collections::BTreeMap<String, bool>,
 }
 
@@ -96,7 +99,7 @@ impl ExistsView {
 }
 
 /// `202` answer of every job-starting endpoint.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobAccepted {
     pub job_id: String,
@@ -118,14 +121,14 @@ impl JobAccepted {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     pub done: i64,
     pub total: Option<i64>,
 }
 
 /// A job as `GET /api/v1/jobs/{id}` shows it (API.md §6).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub job_id: String,
@@ -135,7 +138,9 @@ pub struct JobView {
     pub status: String,
     pub progress: Progress,
     pub attempts: i32,
+    #[schema(value_type = Object)]
     pub params: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub created_at: String,

@@ -14,7 +14,7 @@ use crate::context::JobContext;
 use crate::error::JobError;
 use crate::progress::{Next, Progress};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompressParams {
     /// A glob over the tenant's keys (`*`, `?`, `[..]` act).

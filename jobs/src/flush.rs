@@ -16,7 +16,7 @@ use crate::error::JobError;
 use crate::progress::{Next, Progress};
 
 /// What to flush, as callers send it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlushParams {
     /// A glob over the tenant's keys (`*`, `?`, `[..]` act).

@@ -24,7 +24,7 @@ pub const DEFAULT_SAMPLE: u64 = 10_000;
 const COMPRESSION_CANDIDATE_BYTES: u64 = 1024;
 const TOP: usize = 10;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every key of the tenant.
@@ -34,7 +34,7 @@ pub enum Mode {
     Sampled,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisParams {
     #[serde(default)]

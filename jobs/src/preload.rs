@@ -19,17 +19,19 @@ use crate::progress::{Next, Progress};
 pub const MAX_INLINE_ITEMS: usize = 10_000;
 
 /// One key to write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreloadItem {
     pub key: String,
+    #[schema(value_type = Object)]
     pub value: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u32>)]
     pub ttl: Option<Expiry>,
 }
 
 /// Where the items come from, as callers send it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreloadParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -79,7 +79,7 @@ pub struct QueueDepth {
 }
 
 /// A job to start, by type, with the parameters its endpoint takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "params", rename_all = "snake_case")]
 pub enum JobSpec {
     Flush(FlushParams),

@@ -524,7 +524,7 @@ impl Cache {
 }
 
 /// The outcome of compressing one stored value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Compressed {
     /// Stored bytes before and after.

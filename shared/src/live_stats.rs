@@ -115,7 +115,7 @@ fn bucket_upper_us(bucket: usize) -> u64 {
 }
 
 /// Percentiles of a histogram, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Latency {
     pub count: u64,
@@ -238,7 +238,7 @@ impl Default for TenantStats {
 }
 
 /// A key the detector found hot; counts are sampled estimates.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HotKey {
     pub key: String,
@@ -249,10 +249,11 @@ pub struct HotKey {
 }
 
 /// Counters of one operation at a point in time.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpSnapshot {
     #[serde(serialize_with = "op_name")]
+    #[schema(value_type = String)]
     pub op: Op,
     pub calls: u64,
     pub errors: u64,

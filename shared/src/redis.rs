@@ -63,7 +63,7 @@ pub struct ServerFigures {
 }
 
 /// Connection counters for health and the connections report.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionStats {
     pub mode: &'static str,

@@ -1,9 +1,8 @@
 //! `/api/v1/admin/keys`: API keys over HTTP, for operators (API.md §1).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use cache_shared::Error;
 use cache_shared::api_keys::{self, Role};
 use cache_shared::db::api_keys::{self as key_rows, ApiKeyRecord};
@@ -14,15 +13,17 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/keys", get(list).post(create))
-        .route("/api/v1/admin/keys/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 /// A key as listed: never the key itself.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct KeyView {
     id: String,
@@ -54,11 +55,19 @@ impl From<ApiKeyRecord> for KeyView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct KeyList {
     keys: Vec<KeyView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/keys",
+    tag = "admin",
+    description = "Never the secret.",
+    responses((status = 200, description = "Success", body = KeyList), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<KeyList>, ApiError> {
     let keys = key_rows::list(&state.db, None)
         .await
@@ -68,7 +77,7 @@ async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<Key
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
     tenant: String,
@@ -77,7 +86,7 @@ struct CreateBody {
     expires_in_days: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Created {
     id: String,
     /// Shown once; only its digest is stored.
@@ -89,6 +98,15 @@ struct Created {
     expires_at: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/keys",
+    tag = "admin",
+    description = "The key is in this answer only.",
+    request_body = CreateBody,
+    responses((status = 201, description = "Success", body = Created), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     _caller: Caller,
@@ -136,6 +154,14 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Success", body = KeyView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn revoke(
     State(state): State<AppState>,
     _caller: Caller,

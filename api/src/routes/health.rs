@@ -1,10 +1,9 @@
 //! Health, readiness, ping and the internal metrics report.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use cache_shared::Error;
 use cache_shared::health::{self, HealthReport, Status};
 use serde::Serialize;
@@ -12,29 +11,39 @@ use serde::Serialize;
 use crate::error::{ApiError, SERVICE_NAME};
 use crate::extract::InternalCaller;
 use crate::state::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health_open))
-        .route("/api/v1/cache/health", get(health_open))
-        .route("/internal/cache/health", get(health_internal))
-        .route("/ready", get(ready))
-        .route("/api/v1/cache/ping", get(ping))
-        .route("/internal/cache/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health_open))
+        .routes(routes!(health_v1))
+        .routes(routes!(health_internal))
+        .routes(routes!(ready))
+        .routes(routes!(ping))
+        .routes(routes!(metrics))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct HealthView {
     service: &'static str,
     version: &'static str,
     uptime_seconds: u64,
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     report: HealthReport,
 }
 
 /// `200` when Redis answers (`ok`, or `degraded` without Postgres or a
 /// worker), `503` with `down` when it does not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    description = "200 ok/degraded, 503 down (this body, not the envelope). Also at /api/v1/cache/health.",
+    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
+)]
 async fn health_open(State(state): State<AppState>) -> Response {
     let report = health::probe(state.cache.redis(), &state.db).await;
     let status = if report.status == Status::Down {
@@ -51,15 +60,40 @@ async fn health_open(State(state): State<AppState>) -> Response {
     (status, Json(view)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/health",
+    tag = "health",
+    description = "As GET /health.",
+    responses((status = 200, description = "Success", body = Object), (status = 503, description = "Redis is down", body = Object))
+)]
+async fn health_v1(state: State<AppState>) -> Response {
+    health_open(state).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/internal/cache/health",
+    tag = "health",
+    security(("serviceToken" = [])),
+    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
+)]
 async fn health_internal(state: State<AppState>, _caller: InternalCaller) -> Response {
     health_open(state).await
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Ready {
     status: &'static str,
 }
 
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    description = "503 envelope unless Redis and Postgres answer.",
+    responses((status = 200, description = "Success", body = Ready), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
+)]
 async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let report = health::probe(state.cache.redis(), &state.db).await;
     if !report.redis_up() {
@@ -71,13 +105,19 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     Ok(Json(Ready { status: "ready" }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Pong {
     pong: bool,
     redis_latency_ms: f64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/ping",
+    tag = "health",
+    responses((status = 200, description = "Success", body = Pong), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
+)]
 async fn ping(State(state): State<AppState>) -> Result<Json<Pong>, ApiError> {
     let latency = state
         .cache
@@ -92,7 +132,7 @@ async fn ping(State(state): State<AppState>) -> Result<Json<Pong>, ApiError> {
 }
 
 /// The service design's metrics report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MetricsReport {
     /// Percent of reads that found their key since start; `null` before any read.
@@ -109,6 +149,13 @@ struct MetricsReport {
     total_keys: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/internal/cache/metrics",
+    tag = "health",
+    security(("serviceToken" = [])),
+    responses((status = 200, description = "Success", body = MetricsReport), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
+)]
 async fn metrics(
     State(state): State<AppState>,
     _caller: InternalCaller,

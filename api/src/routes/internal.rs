@@ -1,8 +1,7 @@
 //! The internal cache plane (API.md §4) used by the platform's services.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use cache_shared::cache::SetItem;
 use cache_shared::codec::Value;
 use cache_shared::ttl::Expiry;
@@ -13,18 +12,28 @@ use crate::error::ApiError;
 use crate::extract::{InternalCaller, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::views::{Deleted, EntryView, ExistsView, KeyTtl, Updated, ValueView};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/internal/cache/get/{key}", get(get_value))
-        .route("/internal/cache/set", post(set_value))
-        .route("/internal/cache/delete/{key}", delete(delete_value))
-        .route("/internal/cache/mget", post(mget))
-        .route("/internal/cache/mset", post(mset))
-        .route("/internal/cache/exists", post(exists))
-        .route("/internal/cache/expire", post(expire))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_value))
+        .routes(routes!(set_value))
+        .routes(routes!(delete_value))
+        .routes(routes!(mget))
+        .routes(routes!(mset))
+        .routes(routes!(exists))
+        .routes(routes!(expire))
 }
 
+#[utoipa::path(
+    get,
+    path = "/internal/cache/get/{key}",
+    tag = "internal",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn get_value(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -40,14 +49,25 @@ async fn get_value(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
     key: String,
+    #[schema(value_type = Object)]
     value: Box<RawValue>,
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/set",
+    tag = "internal",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    request_body = SetBody,
+    responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn set_value(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -62,6 +82,14 @@ async fn set_value(
     Ok(Json(KeyTtl { key: body.key, ttl }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/internal/cache/delete/{key}",
+    tag = "internal",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    responses((status = 200, description = "Success", body = Deleted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn delete_value(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -75,17 +103,18 @@ async fn delete_value(
     Ok(Json(Deleted { key, deleted }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeysBody {
     keys: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct MgetItem {
     key: String,
     found: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     value: Option<ValueView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
@@ -93,11 +122,21 @@ struct MgetItem {
     ttl: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct MgetView {
     items: Vec<MgetItem>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/mget",
+    tag = "internal",
+    description = "Values in request order; at most 1000 keys.",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    request_body = KeysBody,
+    responses((status = 200, description = "Success", body = MgetView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn mget(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -136,25 +175,37 @@ async fn mget(
     Ok(Json(MgetView { items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MsetBody {
     items: Vec<MsetItem>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MsetItem {
     key: String,
+    #[schema(value_type = Object)]
     value: Box<RawValue>,
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Stored {
     stored: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/mset",
+    tag = "internal",
+    description = "All or nothing; at most 1000 items.",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    request_body = MsetBody,
+    responses((status = 200, description = "Success", body = Stored), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn mset(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -177,6 +228,15 @@ async fn mset(
     Ok(Json(Stored { stored }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/exists",
+    tag = "internal",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    request_body = KeysBody,
+    responses((status = 200, description = "Success", body = ExistsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn exists(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -190,13 +250,24 @@ async fn exists(
     Ok(Json(ExistsView::new(body.keys, found)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExpireBody {
     key: String,
+    #[schema(value_type = u32)]
     ttl: Expiry,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/expire",
+    tag = "internal",
+    description = "ttl 0 removes the expiry.",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    request_body = ExpireBody,
+    responses((status = 200, description = "Success", body = Updated), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn expire(
     State(state): State<AppState>,
     caller: InternalCaller,

@@ -2,11 +2,10 @@
 //! and the status of a job. Jobs started here belong to the `X-Tenant-Id`
 //! tenant, or to the platform without it.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use cache_jobs::JobType;
 use cache_jobs::queue::{JobSpec, Submission};
 use cache_shared::Error;
@@ -20,12 +19,14 @@ use crate::error::ApiError;
 use crate::extract::{InternalCaller, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::views::{JobAccepted, JobView};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/internal/cache/session/cleanup", post(session_cleanup))
-        .route("/internal/cache/collect-stats", post(collect_stats))
-        .route("/internal/cache/jobs/{id}", get(job_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(session_cleanup))
+        .routes(routes!(collect_stats))
+        .routes(routes!(job_status))
 }
 
 /// Path of a job's status on the internal plane.
@@ -72,13 +73,23 @@ async fn submit(
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CleanupBody {
     user_id: Option<String>,
     tenant_id: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/session/cleanup",
+    tag = "jobs",
+    description = "{} prunes expired index entries; a user and/or tenant revokes their sessions.",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = CleanupBody,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn session_cleanup(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -92,6 +103,14 @@ async fn session_cleanup(
     submit(&state, &caller, &headers, JobSpec::SessionCleanup(owner)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/collect-stats",
+    tag = "jobs",
+    params(("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform"), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn collect_stats(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -101,6 +120,15 @@ async fn collect_stats(
 }
 
 /// A caller with `X-Tenant-Id` sees its tenant's jobs only; the platform sees all.
+#[utoipa::path(
+    get,
+    path = "/internal/cache/jobs/{id}",
+    tag = "jobs",
+    description = "With X-Tenant-Id, only that tenant’s jobs.",
+    params(("id" = String, Path, description = "Job id"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    responses((status = 200, description = "Success", body = JobView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn job_status(
     State(state): State<AppState>,
     caller: InternalCaller,
@@ -124,12 +152,22 @@ pub fn public_status_url(id: &str) -> String {
 }
 
 /// `/api/v1/jobs`: jobs of the caller's tenant.
-pub fn public_router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs", post(create_job).get(list_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job).delete(cancel_job))
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job, list_jobs))
+        .routes(routes!(get_job, cancel_job))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    description = "Any job type by name; params are what its own endpoint takes.",
+    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = JobSpec,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -158,7 +196,8 @@ async fn create_job(
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(rename = "type")]
@@ -170,11 +209,20 @@ struct ListQuery {
     tenant: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct JobList {
     jobs: Vec<JobView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    description = "The tenant’s jobs, newest first.",
+    params(ListQuery),
+    responses((status = 200, description = "Success", body = JobList), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +271,14 @@ async fn list_jobs(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Success", body = JobView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -239,6 +295,15 @@ async fn get_job(
     Ok(Json(JobView::from(record)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    description = "Queued: cancelled now; running: at its next batch; finished: 409.",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Success", body = JobView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,

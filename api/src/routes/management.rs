@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use cache_jobs::compress::CompressParams;
 use cache_jobs::memory_analysis::AnalysisParams;
 use cache_jobs::queue::JobSpec;
@@ -26,21 +25,20 @@ use crate::extract::{JsonBody, OptionalJsonBody, PathParam};
 use crate::routes::public::start_job;
 use crate::state::AppState;
 use crate::views::JobAccepted;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/cache/info", get(info))
-        .route("/api/v1/cache/memory", get(memory))
-        .route("/api/v1/cache/connections", get(connections))
-        .route("/api/v1/cache/connections/config", put(connections_config))
-        .route(
-            "/api/v1/cache/memory/analyze",
-            get(latest_analysis).post(start_analysis),
-        )
-        .route("/api/v1/cache/compress/{pattern}", post(compress_pattern))
-        .route("/api/v1/cache/keys/{key}/compress", post(compress_key))
-        .route("/api/v1/cache/eviction/policy", post(eviction_policy))
-        .route("/api/v1/cache/performance", get(performance))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(info))
+        .routes(routes!(memory))
+        .routes(routes!(connections))
+        .routes(routes!(connections_config))
+        .routes(routes!(latest_analysis, start_analysis))
+        .routes(routes!(compress_pattern))
+        .routes(routes!(compress_key))
+        .routes(routes!(eviction_policy))
+        .routes(routes!(performance))
 }
 
 /// Time a tenant's key count may take before it is reported as a lower bound.
@@ -52,6 +50,15 @@ fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Optio
 
 /// The operator sees the whole parsed `INFO`; a tenant sees its own key count
 /// and memory estimate plus the server's version and uptime.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/info",
+    tag = "management",
+    description = "Operator: the whole parsed INFO; tenant: its key count and memory estimate.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let op = ApiError::op("info");
     let redis = state.cache.redis();
@@ -80,6 +87,14 @@ async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/memory",
+    tag = "management",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let op = ApiError::op("memory");
     let figures = state.cache.redis().server_figures().await.map_err(&op)?;
@@ -108,17 +123,33 @@ async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/connections",
+    tag = "management",
+    responses((status = 200, description = "Success", body = ConnectionStats), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn connections(State(state): State<AppState>, _caller: Caller) -> Json<ConnectionStats> {
     Json(state.cache.redis().connection_stats())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PoolConfig {
     max_size: Option<usize>,
     command_timeout_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/cache/connections/config",
+    tag = "management",
+    description = "Operator: resize the pool (pool mode) and change the per-request timeout.",
+    request_body = PoolConfig,
+    responses((status = 200, description = "Success", body = ConnectionStats), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn connections_config(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,18 +194,27 @@ const EVICTION_POLICIES: [&str; 8] = [
     "volatile-ttl",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyBody {
     policy: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PolicyView {
     policy: String,
     previous: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/eviction/policy",
+    tag = "performance",
+    description = "Operator: one of Redis eight maxmemory-policy values.",
+    request_body = PolicyBody,
+    responses((status = 200, description = "Success", body = PolicyView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn eviction_policy(
     State(state): State<AppState>,
     caller: Caller,
@@ -208,7 +248,7 @@ async fn eviction_policy(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReportView {
     report_id: String,
@@ -218,6 +258,15 @@ struct ReportView {
     report: Value,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/memory/analyze",
+    tag = "management",
+    description = "The latest completed report; 404 when there is none.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = ReportView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn latest_analysis(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,6 +290,15 @@ async fn latest_analysis(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/memory/analyze",
+    tag = "management",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AnalysisParams,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn start_analysis(
     State(state): State<AppState>,
     caller: Caller,
@@ -250,6 +308,14 @@ async fn start_analysis(
     start_job(&state, &caller, &headers, JobSpec::MemoryAnalysis(params)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/compress/{pattern}",
+    tag = "performance",
+    params(("pattern" = String, Path, description = "Glob over the tenant keys"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn compress_pattern(
     State(state): State<AppState>,
     caller: Caller,
@@ -265,7 +331,7 @@ async fn compress_pattern(
     .await
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CompressedView {
     key: String,
@@ -273,6 +339,14 @@ struct CompressedView {
     outcome: Compressed,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/keys/{key}/compress",
+    tag = "performance",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = CompressedView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn compress_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -289,6 +363,15 @@ async fn compress_key(
 /// Operations slower than this at p99 are listed as slow.
 const SLOW_P99_MS: f64 = 10.0;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/performance",
+    tag = "performance",
+    description = "Latency, hit rate, slow operations and recommendations.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn performance(
     State(state): State<AppState>,
     caller: Caller,

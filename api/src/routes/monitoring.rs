@@ -1,10 +1,9 @@
 //! Monitoring of the public plane (API.md §5): live figures of the caller's
 //! tenant from this api instance, and history from the rolled-up tables.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
 use cache_shared::live_stats::{HotKey, Latency, OpSnapshot, hit_rate};
 use chrono::{DateTime, Utc};
@@ -13,14 +12,16 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/cache/stats", get(stats))
-        .route("/api/v1/cache/metrics", get(metrics))
-        .route("/api/v1/cache/latency", get(latency))
-        .route("/api/v1/cache/throughput", get(throughput))
-        .route("/api/v1/cache/hotkeys", get(hotkeys))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stats))
+        .routes(routes!(metrics))
+        .routes(routes!(latency))
+        .routes(routes!(throughput))
+        .routes(routes!(hotkeys))
 }
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -35,7 +36,8 @@ fn parse_time(text: &str, field: &'static str) -> Result<DateTime<Utc>, ApiError
         .map_err(|_| ApiError::bad_request(field, format!("{field} must be an RFC 3339 time")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StatsQuery {
     from: Option<String>,
@@ -45,7 +47,7 @@ struct StatsQuery {
     tenant: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LiveView {
     hits: u64,
@@ -55,7 +57,7 @@ struct LiveView {
     operations: Vec<OpSnapshot>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StatsView {
     tenant_id: String,
@@ -82,6 +84,15 @@ fn live(state: &AppState, caller: &Caller) -> LiveView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/stats",
+    tag = "monitoring",
+    description = "Live figures; with from and to, rolled-up history too.",
+    params(StatsQuery),
+    responses((status = 200, description = "Success", body = StatsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn stats(
     State(state): State<AppState>,
     caller: Caller,
@@ -111,7 +122,7 @@ async fn stats(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MetricsView {
     tenant_id: String,
@@ -124,6 +135,14 @@ struct MetricsView {
     calls: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/metrics",
+    tag = "monitoring",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = MetricsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn metrics(State(state): State<AppState>, caller: Caller) -> Json<MetricsView> {
     let tenant = state.cache.stats().tenant(&caller.tenant);
     let (hits, misses) = tenant.lookups();
@@ -139,14 +158,14 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Json<MetricsV
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct OpLatency {
     operation: &'static str,
     #[serde(flatten)]
     latency: Latency,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LatencyView {
     tenant_id: String,
@@ -154,6 +173,15 @@ struct LatencyView {
     operations: Vec<OpLatency>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/latency",
+    tag = "monitoring",
+    description = "p50/p95/p99/max per operation, in ms.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = LatencyView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn latency(State(state): State<AppState>, caller: Caller) -> Json<LatencyView> {
     let tenant = state.cache.stats().tenant(&caller.tenant);
     Json(LatencyView {
@@ -170,7 +198,7 @@ async fn latency(State(state): State<AppState>, caller: Caller) -> Json<LatencyV
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct OpRates {
     operation: &'static str,
@@ -179,7 +207,7 @@ struct OpRates {
     last_15m: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ThroughputView {
     tenant_id: String,
@@ -188,6 +216,15 @@ struct ThroughputView {
     total: OpRates,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/throughput",
+    tag = "monitoring",
+    description = "Operations per second over 1, 5 and 15 minutes.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = ThroughputView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn throughput(State(state): State<AppState>, caller: Caller) -> Json<ThroughputView> {
     let tenant = state.cache.stats().tenant(&caller.tenant);
     let (m1, m5, m15) = (tenant.rates(1), tenant.rates(5), tenant.rates(15));
@@ -218,7 +255,8 @@ async fn throughput(State(state): State<AppState>, caller: Caller) -> Json<Throu
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HotkeysQuery {
     limit: Option<String>,
@@ -229,7 +267,7 @@ struct HotkeysQuery {
     tenant: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct HotkeysView {
     tenant_id: String,
@@ -241,6 +279,14 @@ struct HotkeysView {
     history: Option<Vec<hotkey_rows::HotKeyRow>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/hotkeys",
+    tag = "performance",
+    params(HotkeysQuery),
+    responses((status = 200, description = "Success", body = HotkeysView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn hotkeys(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,9 +1,8 @@
 //! Cached permission results on the internal plane (API.md §4), in the
 //! platform namespace whatever `X-Tenant-Id` says.
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use cache_shared::codec::Value;
 use cache_shared::permissions::{self, PermissionKey, Selector, validate_part};
 use cache_shared::ttl::Expiry;
@@ -14,23 +13,36 @@ use crate::error::ApiError;
 use crate::extract::{InternalCaller, JsonBody};
 use crate::state::AppState;
 use crate::views::KeyTtl;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/internal/cache/permission/set", post(set_permission))
-        .route("/internal/cache/permission", post(set_permission))
-        .route("/internal/cache/permission/get", get(get_permission))
-        .route("/internal/cache/permission/invalidate", delete(invalidate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_permission))
+        .routes(routes!(set_permission_alias))
+        .routes(routes!(get_permission))
+        .routes(routes!(invalidate))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
     key: String,
+    #[schema(value_type = Object)]
     result: Box<RawValue>,
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/permission/set",
+    tag = "permissions",
+    description = "Also at POST /internal/cache/permission.",
+    request_body = SetBody,
+    responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn set_permission(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -50,7 +62,8 @@ async fn set_permission(
 }
 
 /// Either `key`, or all four parts of one.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Lookup {
     key: Option<String>,
@@ -60,13 +73,23 @@ struct Lookup {
     action: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PermissionView {
     key: String,
+    #[schema(value_type = Object)]
     result: Box<RawValue>,
     ttl: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/internal/cache/permission/get",
+    tag = "permissions",
+    description = "By key, or by userId, tenantId, resource and action.",
+    params(Lookup),
+    responses((status = 200, description = "Success", body = PermissionView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn get_permission(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -110,7 +133,8 @@ async fn get_permission(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct InvalidateQuery {
     key: Option<String>,
@@ -118,11 +142,20 @@ struct InvalidateQuery {
     tenant_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Invalidated {
     invalidated: u64,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/internal/cache/permission/invalidate",
+    tag = "permissions",
+    description = "By key, or by userId and/or tenantId.",
+    params(InvalidateQuery),
+    responses((status = 200, description = "Success", body = Invalidated), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn invalidate(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -156,4 +189,21 @@ async fn invalidate(
         .await
         .map_err(&op)?;
     Ok(Json(Invalidated { invalidated }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/internal/cache/permission",
+    tag = "permissions",
+    description = "Alias of POST /internal/cache/permission/set.",
+    request_body = SetBody,
+    responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
+async fn set_permission_alias(
+    state: State<AppState>,
+    caller: InternalCaller,
+    body: JsonBody<SetBody>,
+) -> Result<Json<KeyTtl>, ApiError> {
+    set_permission(state, caller, body).await
 }

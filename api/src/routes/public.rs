@@ -1,12 +1,11 @@
 //! The tenant-facing cache routes (API.md §5): the same cache operations as
 //! the internal plane, for the caller's tenant, behind [`crate::auth`].
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use cache_jobs::flush::FlushParams;
 use cache_jobs::preload::PreloadParams;
 use cache_jobs::queue::{JobSpec, Submission};
@@ -22,20 +21,19 @@ use crate::extract::{JsonBody, OptionalJsonBody, PathParam, read_body};
 use crate::routes::jobs::{idempotency_key, public_status_url};
 use crate::state::AppState;
 use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/cache/keys/{key}",
-            get(get_value).put(put_value).delete(delete_value),
-        )
-        .route("/api/v1/cache/keys/{key}/expire", post(expire))
-        .route("/api/v1/cache/keys/{key}/ttl", get(ttl))
-        .route("/api/v1/cache/keys/{key}/touch", post(touch))
-        .route("/api/v1/cache/keys/exists", post(exists))
-        .route("/api/v1/cache/flush", post(flush))
-        .route("/api/v1/cache/preload", post(preload))
-        .route("/api/v1/cache/status", get(status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_value, put_value, delete_value))
+        .routes(routes!(expire))
+        .routes(routes!(ttl))
+        .routes(routes!(touch))
+        .routes(routes!(exists))
+        .routes(routes!(flush))
+        .routes(routes!(preload))
+        .routes(routes!(status))
 }
 
 fn wants_bytes(headers: &HeaderMap) -> bool {
@@ -51,6 +49,15 @@ fn wants_bytes(headers: &HeaderMap) -> bool {
 
 /// A JSON answer, or with `Accept: application/octet-stream` the value's bytes
 /// (a JSON value's compact text).
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/keys/{key}",
+    tag = "cache",
+    description = "With Accept: application/octet-stream, the raw bytes (a JSON value as compact text).",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn get_value(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,14 +81,17 @@ async fn get_value(
     Ok(Json(EntryView::new(key, &entry).map_err(&op)?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
+    #[schema(value_type = Object)]
     value: Box<RawValue>,
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TtlQuery {
     ttl: Option<String>,
@@ -123,6 +133,16 @@ impl FromRequest<AppState> for PutValue {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/cache/keys/{key}",
+    tag = "cache",
+    description = "JSON {value, ttl?}, or raw bytes with Content-Type application/octet-stream.",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("ttl" = Option<u32>, Query, description = "TTL for raw-bytes bodies")),
+    request_body = PutBody,
+    responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn put_value(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,6 +157,14 @@ async fn put_value(
     Ok(Json(KeyTtl { key, ttl }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cache/keys/{key}",
+    tag = "cache",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = Deleted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn delete_value(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,12 +178,23 @@ async fn delete_value(
     Ok(Json(Deleted { key, deleted }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExpireBody {
+    #[schema(value_type = u32)]
     ttl: Expiry,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/keys/{key}/expire",
+    tag = "cache",
+    description = "ttl 0 removes the expiry.",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    request_body = ExpireBody,
+    responses((status = 200, description = "Success", body = Updated), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn expire(
     State(state): State<AppState>,
     caller: Caller,
@@ -170,6 +209,15 @@ async fn expire(
     Ok(Json(Updated { key, updated }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/keys/{key}/ttl",
+    tag = "cache",
+    description = "-1: no expiry.",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn ttl(
     State(state): State<AppState>,
     caller: Caller,
@@ -186,19 +234,30 @@ async fn ttl(
     Ok(Json(KeyTtl { key, ttl }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TouchBody {
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Touched {
     key: String,
     touched: bool,
     ttl: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/keys/{key}/touch",
+    tag = "cache",
+    description = "ttl null when the key does not exist.",
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    request_body = TouchBody,
+    responses((status = 200, description = "Success", body = Touched), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn touch(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,12 +276,21 @@ async fn touch(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeysBody {
     keys: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/keys/exists",
+    tag = "cache",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    request_body = KeysBody,
+    responses((status = 200, description = "Success", body = ExistsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn exists(
     State(state): State<AppState>,
     caller: Caller,
@@ -257,6 +325,16 @@ pub(crate) async fn start_job(
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/flush",
+    tag = "management",
+    description = "SCAN + UNLINK of the tenant keys (all, a namespace or a glob) as a job.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = FlushParams,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn flush(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,6 +349,16 @@ async fn flush(
     start_job(&state, &caller, &headers, JobSpec::Flush(params)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/preload",
+    tag = "management",
+    description = "Inline items (up to 10 000), validated before anything is enqueued.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = PreloadParams,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn preload(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,7 +368,7 @@ async fn preload(
     start_job(&state, &caller, &headers, JobSpec::Preload(params)).await
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StatusView {
     service: &'static str,
@@ -288,10 +376,20 @@ struct StatusView {
     build: &'static str,
     uptime_seconds: u64,
     tenant_id: String,
+    #[schema(value_type = String)]
     role: Role,
+    #[schema(value_type = Object)]
     queue: cache_jobs::queue::QueueDepth,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/status",
+    tag = "health",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    responses((status = 200, description = "Success", body = StatusView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
 async fn status(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,9 +1,8 @@
 //! Sessions on the internal plane (API.md §4). They live in the platform
 //! namespace whatever `X-Tenant-Id` says; the caller is still authenticated.
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use cache_shared::codec::Value;
 use cache_shared::sessions::{self, NewSession, Session};
 use cache_shared::ttl::Expiry;
@@ -13,38 +12,37 @@ use serde_json::value::RawValue;
 use crate::error::ApiError;
 use crate::extract::{InternalCaller, JsonBody, PathParam};
 use crate::state::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/internal/cache/session/set", post(set_session))
-        .route("/internal/cache/session", post(set_session))
-        .route("/internal/cache/session/get/{id}", get(get_session))
-        .route(
-            "/internal/cache/session/delete/{id}",
-            axum::routing::delete(delete_session),
-        )
-        .route(
-            "/internal/cache/session/{id}",
-            get(get_session).delete(delete_session),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_session))
+        .routes(routes!(set_session_alias))
+        .routes(routes!(get_session))
+        .routes(routes!(delete_session))
+        .routes(routes!(get_session_alias, delete_session_alias))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SetSessionBody {
     session_id: String,
     user_id: String,
     tenant_id: String,
+    #[schema(value_type = Option<u32>)]
     ttl: Option<Expiry>,
+    #[schema(value_type = Option<Object>)]
     data: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionView {
     session_id: String,
     user_id: String,
     tenant_id: String,
+    #[schema(value_type = Object)]
     data: Box<RawValue>,
     ttl: i64,
 }
@@ -63,6 +61,15 @@ impl TryFrom<Session> for SessionView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cache/session/set",
+    tag = "sessions",
+    description = "Also at POST /internal/cache/session.",
+    request_body = SetSessionBody,
+    responses((status = 200, description = "Success", body = SessionView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn set_session(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -82,13 +89,23 @@ async fn set_session(
     Ok(Json(session))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct GetQuery {
     #[serde(default)]
     touch: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/internal/cache/session/get/{id}",
+    tag = "sessions",
+    description = "Also at GET /internal/cache/session/{id}.",
+    params(("id" = String, Path, description = "Session id"), ("touch" = Option<bool>, Query, description = "Restart the stored TTL")),
+    responses((status = 200, description = "Success", body = SessionView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn get_session(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -104,11 +121,20 @@ async fn get_session(
     Ok(Json(session))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeletedView {
     deleted: bool,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/internal/cache/session/delete/{id}",
+    tag = "sessions",
+    description = "Also at DELETE /internal/cache/session/{id}.",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, description = "Success", body = DeletedView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
 async fn delete_session(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -118,4 +144,56 @@ async fn delete_session(
         .await
         .map_err(ApiError::op("session.delete"))?;
     Ok(Json(DeletedView { deleted }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/internal/cache/session",
+    tag = "sessions",
+    description = "Alias of POST /internal/cache/session/set.",
+    request_body = SetSessionBody,
+    responses((status = 200, description = "Success", body = SessionView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
+async fn set_session_alias(
+    state: State<AppState>,
+    caller: InternalCaller,
+    body: JsonBody<SetSessionBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    set_session(state, caller, body).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/internal/cache/session/{id}",
+    tag = "sessions",
+    description = "Alias of GET /internal/cache/session/get/{id}.",
+    params(("id" = String, Path, description = "Session id"), ("touch" = Option<bool>, Query, description = "Restart the stored TTL")),
+    responses((status = 200, description = "Success", body = SessionView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
+async fn get_session_alias(
+    state: State<AppState>,
+    caller: InternalCaller,
+    id: PathParam,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionView>, ApiError> {
+    get_session(state, caller, id, query).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/internal/cache/session/{id}",
+    tag = "sessions",
+    description = "Alias of DELETE /internal/cache/session/delete/{id}.",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, description = "Success", body = DeletedView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("serviceToken" = []))
+)]
+async fn delete_session_alias(
+    state: State<AppState>,
+    caller: InternalCaller,
+    id: PathParam,
+) -> Result<Json<DeletedView>, ApiError> {
+    delete_session(state, caller, id).await
 }

@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod jobs;
 mod management;
+mod openapi;
 mod permissions;
 mod public;
 mod server;

@@ -5,7 +5,7 @@ use sqlx::{FromRow, PgExecutor};
 
 use crate::error::Error;
 
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
+#[derive(Debug, Clone, FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HotKeyRow {
     pub cache_key: String,
