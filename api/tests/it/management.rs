@@ -272,6 +272,14 @@ async fn live_figures_reflect_the_operations_made() {
     let hot = get(&app, &key, "/api/v1/cache/hotkeys").await;
     assert_eq!(hot["source"], "live");
     assert_eq!(hot["keys"][0]["key"], "hot");
+    // Another tenant sees none of these figures.
+    let stranger = app
+        .key_for(&crate::helpers::unique("t"), Role::Reader)
+        .await;
+    let theirs = get(&app, &stranger, "/api/v1/cache/hotkeys").await;
+    assert_eq!(theirs["keys"], json!([]));
+    let their_stats = get(&app, &stranger, "/api/v1/cache/stats").await;
+    assert_eq!(their_stats["live"]["hits"], 0);
     let metrics = get(&app, &key, "/api/v1/cache/metrics").await;
     assert_eq!(metrics["hits"], 64);
     let performance = get(&app, &key, "/api/v1/cache/performance").await;
@@ -297,4 +305,52 @@ async fn live_figures_reflect_the_operations_made() {
     assert_eq!(info["scope"], "tenant");
     assert_eq!(info["keyCount"], 1);
     assert!(info["redisVersion"].is_string());
+}
+
+#[tokio::test]
+async fn a_tenants_flush_never_reaches_another_tenant() {
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let mine = app.key(Role::Admin).await;
+    let other_tenant = crate::helpers::unique("t");
+    let theirs = app.key_for(&other_tenant, Role::Admin).await;
+    for (key, name) in [
+        (&mine, "shared:1"),
+        (&mine, "shared:2"),
+        (&theirs, "shared:1"),
+    ] {
+        app.public(Method::PUT, &format!("/api/v1/cache/keys/{name}"), key)
+            .json(&json!({"value": name}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let job = wait_job(
+        &app,
+        &mine,
+        app.public(Method::POST, "/api/v1/cache/flush", &mine)
+            .json(&json!({"namespace": "shared:"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(job["result"]["deleted"], 2);
+    let gone = app
+        .public(Method::GET, "/api/v1/cache/keys/shared:1", &mine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let kept = get(&app, &theirs, "/api/v1/cache/keys/shared:1").await;
+    assert_eq!(kept["value"], "shared:1");
+    // Their job is not ours to see.
+    let url = job["jobId"].as_str().unwrap();
+    let hidden = app
+        .public(Method::GET, &format!("/api/v1/jobs/{url}"), &theirs)
+        .send()
+        .await
+        .unwrap();
+    assert_error(hidden, 404, "NOT_FOUND").await;
+    worker.stop().await;
 }
