@@ -1,0 +1,192 @@
+//! Delivery guarantees with real processes: a worker killed with SIGKILL in
+//! the middle of a flush leaves its job to another worker, which finishes it
+//! exactly; and a job that keeps killing its worker is stopped.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_jobs::context::{JobContext, Pacing};
+use cache_jobs::flush::FlushParams;
+use cache_jobs::payloads::FlushJob;
+use cache_jobs::queue::{JobQueue, JobSpec, QueueSettings, Submission};
+use cache_jobs::runner::{self, Delivery, MAX_CRASHES};
+use cache_shared::cache::{Cache, CacheLimits};
+use cache_shared::db::jobs::{self, JobRecord};
+use cache_shared::keys::TenantId;
+use cache_shared::live_stats::LiveStats;
+use cache_shared::redis::RedisStore;
+use cache_worker::{Cli, WorkerSettings};
+use clap::Parser;
+use deadpool_redis::redis;
+
+fn settings(prefix: &str) -> WorkerSettings {
+    Cli::try_parse_from([
+        "cache-worker",
+        "--queue-prefix",
+        prefix,
+        "--queue-heartbeat-seconds",
+        "1",
+        "--queue-missed-heartbeats",
+        "2",
+    ])
+    .unwrap()
+    .settings()
+}
+
+async fn setup(settings: &WorkerSettings) -> (JobQueue, sqlx::PgPool) {
+    cache_shared::db::create_database_if_missing(&settings.database.database_url)
+        .await
+        .unwrap();
+    let db = cache_shared::db::lazy_pool(&settings.database).unwrap();
+    cache_shared::db::MIGRATOR.run(&db).await.unwrap();
+    let conn =
+        cache_shared::redis::dedicated_connection(&settings.redis, Duration::from_secs(5)).unwrap();
+    let queue = JobQueue::new(
+        conn,
+        QueueSettings::from_args(&settings.queue),
+        db.clone(),
+        1 << 20,
+        Duration::from_secs(5),
+    );
+    (queue, db)
+}
+
+fn spawn_worker(prefix: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-worker"))
+        .env("QUEUE_PREFIX", prefix)
+        .env("QUEUE_HEARTBEAT_SECONDS", "1")
+        .env("QUEUE_MISSED_HEARTBEATS", "2")
+        .env("JOB_BATCH_SIZE", "200")
+        .env("JOB_BATCH_PAUSE_MS", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn job(db: &sqlx::PgPool, id: &str) -> JobRecord {
+    jobs::get(db, id, None).await.unwrap().unwrap()
+}
+
+async fn wait_for(
+    db: &sqlx::PgPool,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let record = job(db, id).await;
+        if done(&record) {
+            return record;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
+    let prefix = format!("crash-{}", ulid::Ulid::new());
+    let settings = settings(&prefix);
+    let (queue, db) = setup(&settings).await;
+    let tenant = format!("t-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let client = redis::Client::open(settings.redis.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for chunk in 0..10 {
+        let mut pipe = redis::pipe();
+        for i in 0..10_000 {
+            pipe.set(format!("c:{{{tenant}}}:k{}", chunk * 10_000 + i), "J1")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+
+    let record = queue
+        .submit(Submission {
+            tenant: TenantId::parse(&tenant, "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams::default()),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let mut first = spawn_worker(&prefix);
+    wait_for(&db, &record.id, Duration::from_secs(30), |j| {
+        j.progress_done > 0
+    })
+    .await;
+    first.kill().await.unwrap();
+    let halfway = job(&db, &record.id).await;
+    assert_eq!(halfway.status, "running", "{halfway:?}");
+
+    let mut second = spawn_worker(&prefix);
+    let done = wait_for(&db, &record.id, Duration::from_secs(30), |j| {
+        j.status != "running"
+    })
+    .await;
+    assert_eq!(done.status, "succeeded", "{done:?}");
+    assert_eq!(done.crashes, 1);
+    assert_eq!(done.attempts, 2);
+    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("c:{{{tenant}}}:*"))
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{} keys left", left.len());
+    second.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_its_worker_is_stopped() {
+    let prefix = format!("crash-{}", ulid::Ulid::new());
+    let settings = settings(&prefix);
+    let (queue, db) = setup(&settings).await;
+    let record = queue
+        .submit(Submission {
+            tenant: TenantId::parse("crashy", "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams {
+                namespace: Some(format!("none-such-{}", ulid::Ulid::new())),
+                ..FlushParams::default()
+            }),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    // Deliveries that each died mid-run: the record stays `running`.
+    for _ in 0..MAX_CRASHES {
+        assert!(matches!(
+            jobs::start(&db, &record.id).await.unwrap(),
+            jobs::Start::Run { .. }
+        ));
+    }
+    let ctx = JobContext {
+        cache: Cache::new(
+            RedisStore::new(&settings.redis).unwrap(),
+            CacheLimits::from_settings(&settings.cache),
+            Arc::new(LiveStats::default()),
+        ),
+        db: db.clone(),
+        pacing: Pacing::default(),
+    };
+    let payload = FlushJob {
+        job_id: record.id.clone(),
+        tenant_id: "crashy".into(),
+        params: FlushParams::default(),
+    };
+    assert_eq!(runner::execute(&ctx, &payload).await, Delivery::Done);
+    let stopped = job(&db, &record.id).await;
+    assert_eq!(stopped.status, "failed");
+    assert_eq!(stopped.crashes, MAX_CRASHES);
+    assert!(stopped.error.unwrap().contains("died"));
+}
