@@ -245,6 +245,95 @@ impl JobQueue {
         Ok(depth)
     }
 
+    /// Removes finished jobs' queue data older than `older_than` (PostgreSQL
+    /// keeps their history), the ids the queues' done and dead sets keep for
+    /// them, and the registration data of workers long gone. Safe to run from
+    /// every worker at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn vacuum(&self, older_than: Duration) -> Result<u64, Error> {
+        let mut removed = 0;
+        removed += self.vacuum_type::<FlushJob>(older_than).await?;
+        removed += self.vacuum_type::<PreloadJob>(older_than).await?;
+        removed += self.vacuum_type::<SessionCleanupJob>(older_than).await?;
+        removed += self.vacuum_type::<CollectStatsJob>(older_than).await?;
+        removed += self.vacuum_type::<MemoryAnalysisJob>(older_than).await?;
+        removed += self.vacuum_type::<CompressJob>(older_than).await?;
+        Ok(removed)
+    }
+
+    async fn vacuum_type<J: Job>(&self, older_than: Duration) -> Result<u64, Error> {
+        use apalis_core::backend::Vacuum;
+        use deadpool_redis::redis;
+
+        let unavailable = |e: &dyn std::fmt::Display| Error::CacheUnavailable(e.to_string().into());
+        let mut storage = self.settings.storage::<J>(self.conn.clone());
+        let removed = storage
+            .vacuum_before(older_than)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let config = Config::default().queue(J::TYPE.queue_name(&self.settings.prefix));
+        let mut conn = self.conn.clone();
+        for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(&set)
+                .query_async(&mut conn)
+                .await?;
+            for chunk in ids.chunks(500) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.hexists(config.job_data_hash(), id);
+                }
+                let present: Vec<bool> = pipe.query_async(&mut conn).await?;
+                let gone: Vec<&String> = chunk
+                    .iter()
+                    .zip(present)
+                    .filter_map(|(id, present)| (!present).then_some(id))
+                    .collect();
+                if !gone.is_empty() {
+                    let _: i64 = redis::cmd("SREM")
+                        .arg(&set)
+                        .arg(&gone)
+                        .query_async(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        // Registration data of workers that neither heartbeat nor hold jobs.
+        let metadata_prefix = format!("{}:metadata:", config.workers_set());
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{metadata_prefix}*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            for key in keys {
+                let Some(worker) = key.strip_prefix(&metadata_prefix) else {
+                    continue;
+                };
+                let (score, inflight): (Option<f64>, bool) = redis::pipe()
+                    .zscore(config.workers_set(), worker)
+                    .exists(format!("{}:{worker}", config.inflight_jobs_set()))
+                    .query_async(&mut conn)
+                    .await?;
+                if score.is_none() && !inflight {
+                    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(removed as u64)
+    }
+
     async fn push(&self, id: &str, tenant: &TenantId, spec: JobSpec) -> Result<(), Error> {
         let job_id = id.to_owned();
         let tenant_id = tenant.as_str().to_owned();

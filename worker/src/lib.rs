@@ -14,7 +14,7 @@ use cache_jobs::context::{JobContext, Pacing};
 use cache_jobs::payloads::{
     CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, SessionCleanupJob,
 };
-use cache_jobs::queue::QueueSettings;
+use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_jobs::runner::{self, Delivery, Job};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
@@ -79,6 +79,16 @@ pub struct WorkerSettings {
     /// Pause between a job's batches in milliseconds, leaving Redis to requests.
     #[arg(long, env = "JOB_BATCH_PAUSE_MS", default_value_t = 2)]
     pub job_batch_pause_ms: u64,
+
+    /// Seconds between sweeps of finished jobs' queue data.
+    #[arg(long, env = "QUEUE_VACUUM_INTERVAL_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub queue_vacuum_interval_seconds: u64,
+
+    /// Finished jobs keep their queue data this long (PostgreSQL keeps their history).
+    #[arg(long, env = "QUEUE_KEEP_FINISHED_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub queue_keep_finished_seconds: u64,
 
     #[command(flatten)]
     pub queue: QueueArgs,
@@ -168,6 +178,18 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat_loop(
         redis.clone(),
         name.clone(),
+        heartbeat_stopped.clone(),
+    ));
+    let hygiene = tokio::spawn(vacuum_loop(
+        JobQueue::new(
+            conn.clone(),
+            queues.clone(),
+            db.clone(),
+            ctx.cache.limits().max_value_bytes,
+            QUEUE_TIMEOUT,
+        ),
+        Duration::from_secs(settings.queue_vacuum_interval_seconds),
+        Duration::from_secs(settings.queue_keep_finished_seconds),
         heartbeat_stopped,
     ));
     tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");
@@ -180,8 +202,10 @@ pub async fn run(
         .await;
 
     let _ = stop_heartbeat.send(true);
-    if let Err(err) = heartbeat.await {
-        tracing::warn!(%err, "heartbeat task ended abnormally");
+    for (task, what) in [(heartbeat, "heartbeat"), (hygiene, "queue vacuum")] {
+        if let Err(err) = task.await {
+            tracing::warn!(%err, "{what} task ended abnormally");
+        }
     }
     if let Err(err) = health::sign_off(&redis, &name).await {
         tracing::warn!(%err, "could not remove the heartbeat at shutdown");
@@ -236,6 +260,26 @@ async fn heartbeat_loop(
                     tracing::warn!(%err, "heartbeat failed; retrying next tick");
                 }
             }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sweeps finished jobs' queue data every `interval`, keeping `keep` of it.
+async fn vacuum_loop(
+    queue: JobQueue,
+    interval: Duration,
+    keep: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match queue.vacuum(keep).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "vacuumed finished jobs from the queues"),
+                Err(err) => tracing::warn!(%err, "queue vacuum failed; retrying next round"),
+            },
             _ = stop.changed() => return,
         }
     }

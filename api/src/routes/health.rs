@@ -33,6 +33,9 @@ struct HealthView {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     report: HealthReport,
+    /// Jobs waiting and dead per queue; absent when Redis is down.
+    #[schema(value_type = Option<Object>)]
+    queue: Option<cache_jobs::queue::QueueDepth>,
 }
 
 /// `200` when Redis answers (`ok`, or `degraded` without Postgres or a
@@ -46,6 +49,11 @@ struct HealthView {
 )]
 async fn health_open(State(state): State<AppState>) -> Response {
     let report = health::probe(state.cache.redis(), &state.db).await;
+    let queue = if report.redis_up() {
+        state.jobs.depth().await.ok()
+    } else {
+        None
+    };
     let status = if report.status == Status::Down {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -56,6 +64,7 @@ async fn health_open(State(state): State<AppState>) -> Response {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started_at.elapsed().as_secs(),
         report,
+        queue,
     };
     (status, Json(view)).into_response()
 }

@@ -249,3 +249,61 @@ async fn flush_of_one_tenant_leaves_other_tenants_byte_identical() {
     assert_eq!(before, after);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn vacuuming_drops_finished_queue_data_but_keeps_the_history() {
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let accepted: Value = app
+        .post_json("/internal/cache/collect-stats", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["jobId"].as_str().unwrap().to_owned();
+    let job = app
+        .wait_for_job(accepted["statusUrl"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded");
+    worker.stop().await;
+
+    let config = apalis_redis::Config::default()
+        .queue(cache_jobs::JobType::CollectStats.queue_name(&app.queue_prefix));
+    let mut raw = app.raw_redis().await;
+    let in_queue = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        let (data, done) = (config.job_data_hash(), config.done_jobs_set());
+        let id = id.clone();
+        async move {
+            let (held, listed): (bool, bool) = redis::pipe()
+                .hexists(data, &id)
+                .sismember(done, &id)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            held || listed
+        }
+    };
+    assert!(
+        in_queue(&mut raw).await,
+        "the finished job is still in its queue before vacuuming"
+    );
+    app.state
+        .jobs
+        .vacuum(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        !in_queue(&mut raw).await,
+        "vacuum left the job in its queue"
+    );
+    let history: Value = app
+        .internal(Method::GET, accepted["statusUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["status"], "succeeded");
+}

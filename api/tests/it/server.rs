@@ -35,6 +35,7 @@ async fn health_ready_and_ping_report_the_dependencies() {
     assert_eq!(body["checks"]["redis"]["status"], "up");
     assert!(body["checks"]["redis"]["latencyMs"].as_f64().is_some());
     assert_eq!(body["checks"]["postgres"]["status"], "up");
+    assert!(body["queue"]["waiting"].is_u64(), "{body}");
     let same: Value = app
         .client
         .get(app.url("/api/v1/cache/health"))
