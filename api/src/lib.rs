@@ -170,6 +170,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
                 .merge(routes::monitoring::router())
                 .merge(routes::management::router())
                 .merge(routes::jobs::public_router())
+                .merge(routes::schedules::router())
                 .merge(routes::admin_keys::router())
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),

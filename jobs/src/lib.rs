@@ -15,6 +15,7 @@ pub mod preload;
 pub mod progress;
 pub mod queue;
 pub mod runner;
+pub mod schedule;
 pub mod session_cleanup;
 
 use std::fmt;

@@ -118,6 +118,22 @@ impl JobSpec {
         }
     }
 
+    /// A job from its type name and the JSON text of its parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming `type` or `params`.
+    pub fn from_parts(job_type: &str, params_json: &str) -> Result<Self, Error> {
+        job_type
+            .parse::<JobType>()
+            .map_err(|e| Error::validation("type", e.to_string()))?;
+        // The tag first and through text: raw JSON values inside the
+        // parameters (preload items) only read from text, in that order.
+        let text = format!(r#"{{"type":"{job_type}","params":{params_json}}}"#);
+        serde_json::from_str(&text)
+            .map_err(|e| Error::validation("params", format!("not a valid {job_type} job: {e}")))
+    }
+
     fn params_json(&self) -> Result<serde_json::Value, Error> {
         let tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
         Ok(tagged

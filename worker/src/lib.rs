@@ -180,18 +180,20 @@ pub async fn run(
         name.clone(),
         heartbeat_stopped.clone(),
     ));
+    let job_queue = JobQueue::new(
+        conn.clone(),
+        queues.clone(),
+        db.clone(),
+        ctx.cache.limits().max_value_bytes,
+        QUEUE_TIMEOUT,
+    );
     let hygiene = tokio::spawn(vacuum_loop(
-        JobQueue::new(
-            conn.clone(),
-            queues.clone(),
-            db.clone(),
-            ctx.cache.limits().max_value_bytes,
-            QUEUE_TIMEOUT,
-        ),
+        job_queue.clone(),
         Duration::from_secs(settings.queue_vacuum_interval_seconds),
         Duration::from_secs(settings.queue_keep_finished_seconds),
-        heartbeat_stopped,
+        heartbeat_stopped.clone(),
     ));
+    let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped));
     tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");
 
     let result = monitor
@@ -202,7 +204,11 @@ pub async fn run(
         .await;
 
     let _ = stop_heartbeat.send(true);
-    for (task, what) in [(heartbeat, "heartbeat"), (hygiene, "queue vacuum")] {
+    for (task, what) in [
+        (heartbeat, "heartbeat"),
+        (hygiene, "queue vacuum"),
+        (scheduler, "scheduler"),
+    ] {
         if let Err(err) = task.await {
             tracing::warn!(%err, "{what} task ended abnormally");
         }
@@ -260,6 +266,22 @@ async fn heartbeat_loop(
                     tracing::warn!(%err, "heartbeat failed; retrying next tick");
                 }
             }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Fires due cron ticks every second (each tick once, whatever the number of workers).
+async fn schedule_loop(queue: JobQueue, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match cache_jobs::schedule::fire_due(&queue).await {
+                Ok(0) => {}
+                Ok(fired) => tracing::info!(fired, "scheduled jobs started"),
+                Err(err) => tracing::warn!(%err, "schedules not checked; retrying next second"),
+            },
             _ = stop.changed() => return,
         }
     }

@@ -158,6 +158,15 @@ pub fn public_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job, cancel_job))
 }
 
+/// `POST /api/v1/jobs` body: a job type and what its own endpoint takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRequest {
+    #[serde(rename = "type")]
+    job_type: String,
+    params: Option<Box<serde_json::value::RawValue>>,
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/jobs",
@@ -172,8 +181,13 @@ async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(spec): JsonBody<JobSpec>,
+    JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    let spec = JobSpec::from_parts(
+        &request.job_type,
+        request.params.as_ref().map_or("{}", |p| p.get()),
+    )
+    .map_err(ApiError::op("job.submit"))?;
     if let JobSpec::Flush(params) = &spec
         && params.whole_server
         && caller.role != Role::Operator

@@ -9,4 +9,5 @@ pub mod management;
 pub mod monitoring;
 pub mod permissions;
 pub mod public;
+pub mod schedules;
 pub mod sessions;

@@ -14,6 +14,7 @@ mod management;
 mod openapi;
 mod permissions;
 mod public;
+mod schedules;
 mod server;
 mod sessions;
 mod validation;

@@ -21,6 +21,9 @@ fn body_for(method: &str, route: &str, eviction_policy: &str) -> Option<Value> {
         ("POST", "/api/v1/cache/flush") => Some(json!({"namespace": "none-such:"})),
         ("POST", "/api/v1/cache/preload") => Some(json!({"items": [{"key": "p", "value": 1}]})),
         ("POST", "/api/v1/jobs") => Some(json!({"type": "collect_stats", "params": {}})),
+        ("POST", "/api/v1/schedules") | ("PUT", "/api/v1/schedules/{id}") => Some(
+            json!({"cron": "0 0 1 1 *", "type": "collect_stats", "params": {}, "enabled": false}),
+        ),
         ("POST", "/api/v1/admin/keys") => Some(json!({"tenant": "matrix", "role": "reader"})),
         _ => None,
     }
@@ -505,6 +508,24 @@ async fn a_preload_writes_its_items_and_refuses_bad_ones_up_front() {
         .await
         .unwrap();
     assert_eq!(got["value"], json!({"i": 2499}));
+
+    // The generic endpoint takes the same job, whatever the order of its fields.
+    let generic = app
+        .public(Method::POST, "/api/v1/jobs", &admin)
+        .header("Content-Type", "application/json")
+        .body(r#"{"params": {"items": [{"key": "via-jobs", "value": [1]}]}, "type": "preload"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(generic.status(), 202);
+    let unknown = app
+        .public(Method::POST, "/api/v1/jobs", &admin)
+        .json(&json!({"type": "stats_rollup", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(unknown, 400, "VALIDATION_ERROR").await;
+    assert_eq!(body["details"]["field"], "type");
 
     let bad = app
         .public(Method::POST, "/api/v1/cache/preload", &admin)
