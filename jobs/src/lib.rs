@@ -4,6 +4,7 @@
 //! and the runner that records every delivery's outcome ([`runner`]).
 //! The api enqueues; only the worker runs handlers.
 
+pub mod backup;
 pub mod collect_stats;
 pub mod compress;
 pub mod context;

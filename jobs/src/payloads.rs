@@ -6,6 +6,7 @@ use cache_shared::keys::TenantId;
 use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::{BackupParams, RestoreParams};
 use crate::compress::CompressParams;
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -14,7 +15,8 @@ use crate::memory_analysis::AnalysisParams;
 use crate::preload::PreloadParams;
 use crate::runner::Job;
 use crate::{
-    JobType, Outcome, collect_stats, compress, flush, memory_analysis, preload, session_cleanup,
+    JobType, Outcome, backup, collect_stats, compress, flush, memory_analysis, preload,
+    session_cleanup,
 };
 
 fn tenant(raw: &str) -> Result<TenantId, JobError> {
@@ -135,5 +137,45 @@ impl Job for CompressJob {
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         compress::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJob {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub params: BackupParams,
+}
+
+impl Job for BackupJob {
+    const TYPE: JobType = JobType::Backup;
+
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
+        backup::backup(ctx, &self.job_id, &tenant(&self.tenant_id)?).await
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreJob {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub params: RestoreParams,
+}
+
+impl Job for RestoreJob {
+    const TYPE: JobType = JobType::Restore;
+
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
+        backup::restore(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
 }

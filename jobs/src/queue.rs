@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::JobType;
+use crate::backup::{BackupParams, RestoreParams};
 use crate::compress::CompressParams;
 use crate::flush::FlushParams;
 use crate::memory_analysis::AnalysisParams;
 use crate::payloads::{
-    CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, SessionCleanupJob,
+    BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
+    SessionCleanupJob,
 };
 use crate::preload::PreloadParams;
 use crate::runner::Job;
@@ -88,6 +90,8 @@ pub enum JobSpec {
     CollectStats {},
     MemoryAnalysis(AnalysisParams),
     Compress(CompressParams),
+    Backup(BackupParams),
+    Restore(RestoreParams),
 }
 
 impl JobSpec {
@@ -99,6 +103,8 @@ impl JobSpec {
             JobSpec::CollectStats {} => JobType::CollectStats,
             JobSpec::MemoryAnalysis(_) => JobType::MemoryAnalysis,
             JobSpec::Compress(_) => JobType::Compress,
+            JobSpec::Backup(_) => JobType::Backup,
+            JobSpec::Restore(_) => JobType::Restore,
         }
     }
 
@@ -115,6 +121,8 @@ impl JobSpec {
             JobSpec::CollectStats {} => Ok(()),
             JobSpec::MemoryAnalysis(params) => params.validate(),
             JobSpec::Compress(params) => params.validate(),
+            JobSpec::Backup(_) => Ok(()),
+            JobSpec::Restore(params) => params.validate(),
         }
     }
 
@@ -277,6 +285,8 @@ impl JobQueue {
         removed += self.vacuum_type::<CollectStatsJob>(older_than).await?;
         removed += self.vacuum_type::<MemoryAnalysisJob>(older_than).await?;
         removed += self.vacuum_type::<CompressJob>(older_than).await?;
+        removed += self.vacuum_type::<BackupJob>(older_than).await?;
+        removed += self.vacuum_type::<RestoreJob>(older_than).await?;
         Ok(removed)
     }
 
@@ -384,6 +394,22 @@ impl JobQueue {
             }
             JobSpec::Compress(params) => {
                 self.push_job(CompressJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
+            JobSpec::Backup(params) => {
+                self.push_job(BackupJob {
+                    job_id,
+                    tenant_id,
+                    params,
+                })
+                .await
+            }
+            JobSpec::Restore(params) => {
+                self.push_job(RestoreJob {
                     job_id,
                     tenant_id,
                     params,

@@ -12,7 +12,8 @@ use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use cache_jobs::context::{JobContext, Pacing};
 use cache_jobs::payloads::{
-    CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, SessionCleanupJob,
+    BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
+    SessionCleanupJob,
 };
 use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_jobs::runner::{self, Delivery, Job};
@@ -167,6 +168,8 @@ pub async fn run(
     let monitor = register::<CollectStatsJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<MemoryAnalysisJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<CompressJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<BackupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<RestoreJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = monitor
         .should_restart(|worker, err| {
             tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, "queue worker stopped; restarting");

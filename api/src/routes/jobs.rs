@@ -146,9 +146,14 @@ async fn job_status(
     Ok(Json(JobView::from(record)))
 }
 
-/// Path of a job's status on the public plane.
-pub fn public_status_url(id: &str) -> String {
-    format!("/api/v1/jobs/{id}")
+/// Path of a job's status on the public plane; an operator acting for another
+/// tenant gets the `?tenant=` that reaches it.
+pub fn public_status_url(id: &str, caller: &Caller) -> String {
+    if caller.tenant == caller.key_tenant {
+        format!("/api/v1/jobs/{id}")
+    } else {
+        format!("/api/v1/jobs/{id}?tenant={}", caller.tenant)
+    }
 }
 
 /// `/api/v1/jobs`: jobs of the caller's tenant.
@@ -188,6 +193,20 @@ async fn create_job(
         request.params.as_ref().map_or("{}", |p| p.get()),
     )
     .map_err(ApiError::op("job.submit"))?;
+    if let JobSpec::Restore(params) = &spec {
+        // Another tenant's backup reads as absent, unless an operator restores it.
+        let backup = cache_shared::db::backups::get(state.jobs.db(), &params.backup_id)
+            .await
+            .map_err(ApiError::op("job.submit"))?;
+        let visible = backup.is_some_and(|b| {
+            caller.role == Role::Operator || b.tenant_id == caller.tenant.as_str()
+        });
+        if !visible {
+            return Err(ApiError::op("job.submit")(Error::NotFound {
+                what: format!("backup '{}'", params.backup_id),
+            }));
+        }
+    }
     if let JobSpec::Flush(params) = &spec
         && params.whole_server
         && caller.role != Role::Operator
@@ -206,7 +225,7 @@ async fn create_job(
         })
         .await
         .map_err(ApiError::op("job.submit"))?;
-    let url = public_status_url(&record.id);
+    let url = public_status_url(&record.id, &caller);
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 

@@ -321,7 +321,7 @@ pub(crate) async fn start_job(
         })
         .await
         .map_err(ApiError::op("job.submit"))?;
-    let url = public_status_url(&record.id);
+    let url = public_status_url(&record.id, caller);
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 

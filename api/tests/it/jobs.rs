@@ -307,3 +307,135 @@ async fn vacuuming_drops_finished_queue_data_but_keeps_the_history() {
         .unwrap();
     assert_eq!(history["status"], "succeeded");
 }
+
+#[tokio::test]
+async fn a_backup_restores_into_another_tenant_with_values_and_ttls() {
+    use cache_shared::api_keys::Role;
+
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let source = app.key(Role::Admin).await;
+    for (key, value, ttl) in [
+        ("a", json!({"n": 1}), 600),
+        ("b", json!("text"), 0),
+        ("c", json!([1, 2]), 90),
+    ] {
+        let put = app
+            .public(Method::PUT, &format!("/api/v1/cache/keys/{key}"), &source)
+            .json(&json!({"value": value, "ttl": ttl}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let run = |key: String, body: Value, path: String| {
+        let app = &app;
+        async move {
+            let accepted: Value = app
+                .public(Method::POST, &path, &key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let url = accepted["statusUrl"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{accepted}"))
+                .to_owned();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let job: Value = app
+                    .public(Method::GET, &url, &key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                    return job;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{job}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let backup = run(
+        source.clone(),
+        json!({"type": "backup"}),
+        "/api/v1/jobs".into(),
+    )
+    .await;
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    assert_eq!(backup["result"]["keys"], 3);
+    let backup_id = backup["jobId"].as_str().unwrap().to_owned();
+
+    // Another tenant's admin cannot see it; an operator restores it into that tenant.
+    let target = unique("t");
+    let stranger = app.key_for(&target, Role::Admin).await;
+    let refused = app
+        .public(Method::POST, "/api/v1/jobs", &stranger)
+        .json(&json!({"type": "restore", "params": {"backupId": backup_id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 404, "NOT_FOUND").await;
+    let operator = app.key(Role::Operator).await;
+    let restored = run(
+        operator.clone(),
+        json!({"type": "restore", "params": {"backupId": backup_id}}),
+        format!("/api/v1/jobs?tenant={target}"),
+    )
+    .await;
+    assert_eq!(restored["status"], "succeeded", "{restored}");
+    assert_eq!(restored["result"]["restored"], 3);
+    for (key, value, ttl) in [
+        ("a", json!({"n": 1}), 600),
+        ("b", json!("text"), -1),
+        ("c", json!([1, 2]), 90),
+    ] {
+        let got: Value = app
+            .public(Method::GET, &format!("/api/v1/cache/keys/{key}"), &stranger)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["value"], value, "{key}");
+        let left = got["ttl"].as_i64().unwrap();
+        if ttl < 0 {
+            assert_eq!(left, -1);
+        } else {
+            assert!(
+                (ttl - 2..=ttl).contains(&left),
+                "{key}: ttl {left}, expected about {ttl}"
+            );
+        }
+    }
+    // A second restore keeps what the target has.
+    app.public(Method::PUT, "/api/v1/cache/keys/a", &stranger)
+        .json(&json!({"value": "newer"}))
+        .send()
+        .await
+        .unwrap();
+    let again = run(
+        operator,
+        json!({"type": "restore", "params": {"backupId": backup_id}}),
+        format!("/api/v1/jobs?tenant={target}"),
+    )
+    .await;
+    assert_eq!(again["result"]["kept"], 3);
+    let kept: Value = app
+        .public(Method::GET, "/api/v1/cache/keys/a", &stranger)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["value"], "newer");
+    worker.stop().await;
+}

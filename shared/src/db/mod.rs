@@ -4,6 +4,7 @@
 
 pub mod admin_actions;
 pub mod api_keys;
+pub mod backups;
 pub mod hotkeys;
 pub mod jobs;
 pub mod reports;
