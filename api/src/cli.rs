@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cache_shared::api_keys::Role;
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, QueueArgs, RedisSettings, Secret, TelemetrySettings,
+    CacheSettings, DatabaseSettings, PreloadArgs, QueueArgs, RedisSettings, Secret,
+    TelemetrySettings,
 };
 use cache_shared::keys::TenantId;
 use clap::{Args, Parser, Subcommand};
@@ -102,6 +103,8 @@ pub struct ServeArgs {
     pub redis: RedisSettings,
     #[command(flatten)]
     pub queue: QueueArgs,
+    #[command(flatten)]
+    pub preload: PreloadArgs,
     #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]

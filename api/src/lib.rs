@@ -23,6 +23,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
+use cache_jobs::fetch::AllowList;
 use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::live_stats::LiveStats;
@@ -114,7 +115,8 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         db.clone(),
         limits.max_value_bytes,
         args.redis.command_timeout(),
-    );
+    )
+    .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts));
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
         db,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use cache_shared::cache::Cache;
 use sqlx::PgPool;
 
+use crate::fetch::{AllowList, FetchLimits};
+
 /// Pacing of batch jobs so that they never starve request traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
@@ -26,10 +28,18 @@ impl Default for Pacing {
     }
 }
 
+/// Where preloads may fetch from, and how much.
+#[derive(Debug, Clone)]
+pub struct PreloadSources {
+    pub allow: AllowList,
+    pub limits: FetchLimits,
+}
+
 /// Shared state of the worker's handlers.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub cache: Cache,
     pub db: PgPool,
     pub pacing: Pacing,
+    pub preload: PreloadSources,
 }

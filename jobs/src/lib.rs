@@ -9,6 +9,7 @@ pub mod collect_stats;
 pub mod compress;
 pub mod context;
 pub mod error;
+pub mod fetch;
 pub mod flush;
 pub mod memory_analysis;
 pub mod payloads;
@@ -21,6 +22,9 @@ pub mod session_cleanup;
 
 use std::fmt;
 use std::str::FromStr;
+
+/// Most keys written in one atomic batch (the cache's batch limit).
+pub const MAX_WRITE_BATCH: usize = cache_shared::cache::MAX_BATCH_KEYS;
 
 /// How a run ended when it did not fail; the JSON is the job's `result`.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use crate::JobType;
 use crate::backup::{BackupParams, RestoreParams};
 use crate::compress::CompressParams;
+use crate::fetch::AllowList;
 use crate::flush::FlushParams;
 use crate::memory_analysis::AnalysisParams;
 use crate::payloads::{
@@ -113,10 +114,10 @@ impl JobSpec {
     /// # Errors
     ///
     /// [`Error::Validation`] or [`Error::PayloadTooLarge`] naming the bad field.
-    pub fn validate(&self, max_value_bytes: usize) -> Result<(), Error> {
+    pub fn validate(&self, max_value_bytes: usize, allow: &AllowList) -> Result<(), Error> {
         match self {
             JobSpec::Flush(params) => params.validate(),
-            JobSpec::Preload(params) => params.validate(max_value_bytes),
+            JobSpec::Preload(params) => params.validate(max_value_bytes, allow),
             JobSpec::SessionCleanup(owner) => owner.validate(),
             JobSpec::CollectStats {} => Ok(()),
             JobSpec::MemoryAnalysis(params) => params.validate(),
@@ -168,6 +169,7 @@ pub struct JobQueue {
     settings: QueueSettings,
     db: PgPool,
     max_value_bytes: usize,
+    allow: AllowList,
     push_timeout: Duration,
 }
 
@@ -192,8 +194,25 @@ impl JobQueue {
             settings,
             db,
             max_value_bytes,
+            allow: AllowList::default(),
             push_timeout,
         }
+    }
+
+    /// The hosts preloads may fetch from (none by default).
+    #[must_use]
+    pub fn with_preload_hosts(mut self, allow: AllowList) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// Checks a job's parameters as [`JobQueue::submit`] would.
+    ///
+    /// # Errors
+    ///
+    /// As [`JobSpec::validate`].
+    pub fn validate(&self, spec: &JobSpec) -> Result<(), Error> {
+        spec.validate(self.max_value_bytes, &self.allow)
     }
 
     pub fn db(&self) -> &PgPool {
@@ -213,7 +232,7 @@ impl JobQueue {
     /// [`Error::StoreUnavailable`] or [`Error::CacheUnavailable`] when a
     /// dependency is down (nothing left behind).
     pub async fn submit(&self, submission: Submission) -> Result<JobRecord, Error> {
-        submission.spec.validate(self.max_value_bytes)?;
+        self.validate(&submission.spec)?;
         let id = ulid::Ulid::new().to_string();
         let new = NewJob {
             id: id.clone(),

@@ -131,6 +131,24 @@ pub struct QueueArgs {
     pub queue_missed_heartbeats: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct PreloadArgs {
+    /// Comma-separated `host` or `host:port` entries preloads may fetch from
+    /// (empty: preloading from URLs is off).
+    #[arg(long, env = "PRELOAD_ALLOWED_HOSTS", default_value = "")]
+    pub preload_allowed_hosts: String,
+
+    /// Largest preload download in bytes.
+    #[arg(long, env = "PRELOAD_MAX_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub preload_max_bytes: u64,
+
+    /// Longest a preload download may take, in seconds.
+    #[arg(long, env = "PRELOAD_TIMEOUT_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub preload_timeout_seconds: u64,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use cache_jobs::context::{JobContext, Pacing};
+use cache_jobs::context::{JobContext, Pacing, PreloadSources};
+use cache_jobs::fetch::{AllowList, FetchLimits};
 use cache_jobs::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
@@ -19,7 +20,7 @@ use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_jobs::runner::{self, Delivery, Job};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, QueueArgs, RedisSettings, TelemetrySettings,
+    CacheSettings, DatabaseSettings, PreloadArgs, QueueArgs, RedisSettings, TelemetrySettings,
 };
 use cache_shared::health::{self, HEARTBEAT_INTERVAL};
 use cache_shared::live_stats::LiveStats;
@@ -94,6 +95,8 @@ pub struct WorkerSettings {
     #[command(flatten)]
     pub queue: QueueArgs,
     #[command(flatten)]
+    pub preload: PreloadArgs,
+    #[command(flatten)]
     pub cache: CacheSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
@@ -155,6 +158,13 @@ pub async fn run(
         ),
         db: db.clone(),
         pacing: settings.pacing(),
+        preload: PreloadSources {
+            allow: AllowList::parse(&settings.preload.preload_allowed_hosts),
+            limits: FetchLimits {
+                max_bytes: settings.preload.preload_max_bytes,
+                timeout: Duration::from_secs(settings.preload.preload_timeout_seconds),
+            },
+        },
     };
     let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
         .context("parsing REDIS_URL")?;
@@ -189,7 +199,8 @@ pub async fn run(
         db.clone(),
         ctx.cache.limits().max_value_bytes,
         QUEUE_TIMEOUT,
-    );
+    )
+    .with_preload_hosts(ctx.preload.allow.clone());
     let hygiene = tokio::spawn(vacuum_loop(
         job_queue.clone(),
         Duration::from_secs(settings.queue_vacuum_interval_seconds),

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_jobs::context::{JobContext, Pacing};
+use cache_jobs::context::{JobContext, Pacing, PreloadSources};
+use cache_jobs::fetch::{AllowList, FetchLimits};
 use cache_jobs::flush::FlushParams;
 use cache_jobs::payloads::FlushJob;
 use cache_jobs::queue::{JobQueue, JobSpec, QueueSettings, Submission};
@@ -178,6 +179,13 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
         ),
         db: db.clone(),
         pacing: Pacing::default(),
+        preload: PreloadSources {
+            allow: AllowList::default(),
+            limits: FetchLimits {
+                max_bytes: 1,
+                timeout: Duration::from_secs(1),
+            },
+        },
     };
     let payload = FlushJob {
         job_id: record.id.clone(),

@@ -91,7 +91,7 @@ fn fields(state: &AppState, body: ScheduleBody) -> Result<ScheduleFields, Error>
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
     let cron = CronSpec::parse(&body.cron, &timezone)?;
     let params = body.params.unwrap_or_else(|| serde_json::json!({}));
-    job_spec(&body.job_type, &params)?.validate(state.cache.limits().max_value_bytes)?;
+    state.jobs.validate(&job_spec(&body.job_type, &params)?)?;
     if body.name.as_ref().is_some_and(|n| n.len() > 255) {
         return Err(Error::validation("name", "name must be at most 255 bytes"));
     }

@@ -219,7 +219,12 @@ pub struct TestWorker {
 impl TestApp {
     /// Starts an in-process worker draining this app's queues.
     pub fn spawn_worker(&self) -> TestWorker {
-        let settings = cache_worker::Cli::try_parse_from([
+        self.spawn_worker_with(&[])
+    }
+
+    /// Starts an in-process worker with extra command-line settings.
+    pub fn spawn_worker_with(&self, extra: &[&str]) -> TestWorker {
+        let mut argv = vec![
             "cache-worker",
             "--queue-prefix",
             &self.queue_prefix,
@@ -227,9 +232,11 @@ impl TestApp {
             &self.redis_url,
             "--worker-name",
             "test",
-        ])
-        .expect("worker settings parse")
-        .settings();
+        ];
+        argv.extend_from_slice(extra);
+        let settings = cache_worker::Cli::try_parse_from(argv)
+            .expect("worker settings parse")
+            .settings();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(cache_worker::run(settings, async {
             let _ = rx.await;

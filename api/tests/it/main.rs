@@ -13,6 +13,7 @@ mod jobs;
 mod management;
 mod openapi;
 mod permissions;
+mod preload_url;
 mod public;
 mod schedules;
 mod server;
