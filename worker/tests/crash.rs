@@ -37,12 +37,12 @@ fn settings(prefix: &str) -> WorkerSettings {
     .settings()
 }
 
-async fn setup(settings: &WorkerSettings) -> (JobQueue, sqlx::PgPool) {
-    cache_shared::db::create_database_if_missing(&settings.database.database_url)
-        .await
-        .unwrap();
+async fn setup(settings: &mut WorkerSettings) -> (JobQueue, sqlx::PgPool) {
+    settings.database.database_url =
+        cache_shared::db::testing::fresh_database(&settings.database.database_url)
+            .await
+            .unwrap();
     let db = cache_shared::db::lazy_pool(&settings.database).unwrap();
-    cache_shared::db::MIGRATOR.run(&db).await.unwrap();
     let conn =
         cache_shared::redis::dedicated_connection(&settings.redis, Duration::from_secs(5)).unwrap();
     let queue = JobQueue::new(
@@ -55,9 +55,10 @@ async fn setup(settings: &WorkerSettings) -> (JobQueue, sqlx::PgPool) {
     (queue, db)
 }
 
-fn spawn_worker(prefix: &str) -> tokio::process::Child {
+fn spawn_worker(prefix: &str, database_url: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-worker"))
         .env("QUEUE_PREFIX", prefix)
+        .env("DATABASE_URL", database_url)
         .env("QUEUE_HEARTBEAT_SECONDS", "1")
         .env("QUEUE_MISSED_HEARTBEATS", "2")
         .env("JOB_BATCH_SIZE", "200")
@@ -94,8 +95,8 @@ async fn wait_for(
 #[tokio::test]
 async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
     let prefix = format!("crash-{}", ulid::Ulid::new());
-    let settings = settings(&prefix);
-    let (queue, db) = setup(&settings).await;
+    let mut settings = settings(&prefix);
+    let (queue, db) = setup(&mut settings).await;
     let tenant = format!("t-{}", ulid::Ulid::new().to_string().to_lowercase());
     let client = redis::Client::open(settings.redis.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -117,7 +118,7 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
         })
         .await
         .unwrap();
-    let mut first = spawn_worker(&prefix);
+    let mut first = spawn_worker(&prefix, &settings.database.database_url);
     wait_for(&db, &record.id, Duration::from_secs(30), |j| {
         j.progress_done > 0
     })
@@ -126,7 +127,7 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
     let halfway = job(&db, &record.id).await;
     assert_eq!(halfway.status, "running", "{halfway:?}");
 
-    let mut second = spawn_worker(&prefix);
+    let mut second = spawn_worker(&prefix, &settings.database.database_url);
     let done = wait_for(&db, &record.id, Duration::from_secs(30), |j| {
         j.status != "running"
     })
@@ -150,8 +151,8 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
 #[tokio::test]
 async fn a_job_that_keeps_killing_its_worker_is_stopped() {
     let prefix = format!("crash-{}", ulid::Ulid::new());
-    let settings = settings(&prefix);
-    let (queue, db) = setup(&settings).await;
+    let mut settings = settings(&prefix);
+    let (queue, db) = setup(&mut settings).await;
     let record = queue
         .submit(Submission {
             tenant: TenantId::parse("crashy", "t").unwrap(),

@@ -26,9 +26,13 @@ async fn heartbeats_with_prefix(prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     let prefix = format!("test-{}", ulid::Ulid::new());
-    let settings = Cli::try_parse_from(["cache-worker", "--worker-name", &prefix])
+    let mut settings = Cli::try_parse_from(["cache-worker", "--worker-name", &prefix])
         .unwrap()
         .settings();
+    settings.database.database_url =
+        cache_shared::db::testing::fresh_database(&settings.database.database_url)
+            .await
+            .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(cache_worker::run(settings, async {
         let _ = stopped.await;

@@ -26,6 +26,7 @@ pub struct TestApp {
     pub redis_url: String,
     /// The queue prefix of this test's jobs (also given to its workers).
     pub queue_prefix: String,
+    pub database_url: String,
     pub state: cache_api::state::AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -67,32 +68,28 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(settings(&[])).await
 }
 
-/// Brings the test database's schema up to date once per test process
-/// (creating the database if needed). Tests share it and keep apart by tenant.
-async fn migrate_once(args: &ServeArgs) {
-    static MIGRATED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    MIGRATED
-        .get_or_init(|| async {
-            let url = &args.database.database_url;
-            cache_shared::db::create_database_if_missing(url)
-                .await
-                .expect("create the test database");
-            let pool = cache_shared::db::lazy_pool(&args.database).expect("database url");
-            cache_shared::db::MIGRATOR
-                .run(&pool)
-                .await
-                .expect("migrate the test database");
-        })
-        .await;
+/// The database of this test process: created fresh and migrated once, so
+/// tests never depend on what a development database holds. Tests share it
+/// and keep apart by tenant.
+async fn test_database(base_url: &str) -> String {
+    static URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    URL.get_or_init(|| async {
+        cache_shared::db::testing::fresh_database(base_url)
+            .await
+            .expect("create the test database")
+    })
+    .await
+    .clone()
 }
 
-pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
+pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
     init_logs();
     if args.database.database_url == settings(&[]).database.database_url {
-        migrate_once(&args).await;
+        args.database.database_url = test_database(&args.database.database_url).await;
     }
     let redis_url = args.redis.redis_url.clone();
     let queue_prefix = args.queue.queue_prefix.clone();
+    let database_url = args.database.database_url.clone();
     let state = cache_api::build_state(&args).expect("state builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -108,6 +105,7 @@ pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
         tenant: unique("t"),
         redis_url,
         queue_prefix,
+        database_url,
         state,
         shutdown: Some(tx),
         server: Some(server),
@@ -232,6 +230,8 @@ impl TestApp {
             &self.redis_url,
             "--worker-name",
             "test",
+            "--database-url",
+            &self.database_url,
         ];
         argv.extend_from_slice(extra);
         let settings = cache_worker::Cli::try_parse_from(argv)

@@ -10,6 +10,8 @@ pub mod jobs;
 pub mod reports;
 pub mod schedules;
 pub mod statistics;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
