@@ -135,16 +135,23 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
     assert_eq!(done.status, "succeeded", "{done:?}");
     assert_eq!(done.crashes, 1);
     assert_eq!(done.attempts, 2);
-    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
-        .arg(0)
-        .arg("MATCH")
-        .arg(format!("c:{{{tenant}}}:*"))
-        .arg("COUNT")
-        .arg(1_000_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "{} keys left", left.len());
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, left): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("c:{{{tenant}}}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{} keys left", left.len());
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
     second.kill().await.unwrap();
 }
 

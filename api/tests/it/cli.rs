@@ -37,6 +37,13 @@ fn help_lists_every_environment_variable_with_its_default() {
         "DATABASE_TIMEOUT_MS",
         "LOG_FORMAT",
         "RUST_LOG",
+        "API_KEY_CACHE_SECONDS",
+        "QUEUE_PREFIX",
+        "QUEUE_HEARTBEAT_SECONDS",
+        "QUEUE_MISSED_HEARTBEATS",
+        "PRELOAD_ALLOWED_HOSTS",
+        "PRELOAD_MAX_BYTES",
+        "PRELOAD_TIMEOUT_SECONDS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

@@ -439,3 +439,164 @@ async fn a_backup_restores_into_another_tenant_with_values_and_ttls() {
     assert_eq!(kept["value"], "newer");
     worker.stop().await;
 }
+
+/// Keys of the app's tenant, counted with a full SCAN.
+async fn count_keys(app: &TestApp) -> i64 {
+    let mut raw = app.raw_redis().await;
+    let (mut cursor, mut count) = (0u64, 0i64);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("c:{{{}}}:*", app.tenant))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        count += keys.len() as i64;
+        cursor = next;
+        if cursor == 0 {
+            return count;
+        }
+    }
+}
+
+/// Seeds `n` keys into the app's tenant straight into Redis.
+async fn seed(app: &TestApp, n: usize) {
+    let mut raw = app.raw_redis().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.set(format!("c:{{{}}}:k{i}", app.tenant), "J1")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut raw).await.unwrap();
+    }
+}
+
+async fn submit_flush(app: &TestApp, key: &str) -> String {
+    let accepted: Value = app
+        .public(Method::POST, "/api/v1/cache/flush", key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accepted["status"], "queued");
+    accepted["statusUrl"].as_str().unwrap().to_owned()
+}
+
+/// A worker slow enough to watch: 100 keys per batch, 20 ms apart.
+const SLOW: [&str; 4] = ["--job-batch-size", "100", "--job-batch-pause-ms", "20"];
+
+#[tokio::test]
+async fn a_job_moves_from_queued_through_running_to_succeeded_with_progress() {
+    use cache_shared::api_keys::Role;
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    seed(&app, 3_000).await;
+    let url = submit_flush(&app, &admin).await;
+    let worker = app.spawn_worker_with(&SLOW);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let last = loop {
+        let job: Value = app
+            .public(Method::GET, &url, &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = job["status"].as_str().unwrap().to_owned();
+        let done = job["progress"]["done"].as_i64().unwrap();
+        if seen
+            .last()
+            .is_none_or(|(s, d): &(String, i64)| *s != status || *d != done)
+        {
+            seen.push((status.clone(), done));
+        }
+        if status == "succeeded" {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(last["progress"], json!({"done": 3000, "total": 3000}));
+    let running: Vec<i64> = seen
+        .iter()
+        .filter(|(s, _)| s == "running")
+        .map(|(_, d)| *d)
+        .collect();
+    assert!(
+        running.len() >= 3,
+        "progress was not reported batch by batch: {seen:?}"
+    );
+    assert!(
+        running.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {seen:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_job_stops_at_its_next_batch_when_cancelled() {
+    use cache_shared::api_keys::Role;
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    seed(&app, 20_000).await;
+    let url = submit_flush(&app, &admin).await;
+    let worker = app.spawn_worker_with(&SLOW);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let job: Value = app
+            .public(Method::GET, &url, &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "running" && job["progress"]["done"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let answer: Value = app
+        .public(Method::DELETE, &url, &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["status"], "running",
+        "a running job answers with its current status"
+    );
+    let job = loop {
+        let job: Value = app
+            .public(Method::GET, &url, &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] != "running" {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let deleted = job["result"]["deleted"].as_i64().unwrap();
+    assert!(deleted > 0 && deleted < 20_000, "{job}");
+    // What was not deleted is still there.
+    assert_eq!(count_keys(&app).await, 20_000 - deleted);
+    worker.stop().await;
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Job pipeline benchmark: flush, preload and memory analysis rates, and the
+latency other tenants see while a flush runs, all in one run.
+
+Builds the release api and worker, starts both against the local Redis and
+PostgreSQL, then:
+
+  1. GET latency of tenant B at a fixed rate (oha -q RATE, latency-corrected),
+     without any job running (the baseline);
+  2. seeds KEYS keys into tenant A and flushes them while the same load runs
+     against tenant B: flush keys/s and tenant B's p99 next to the baseline;
+  3. preloads PRELOAD_ITEMS inline items (jobs of 10 000 items, the contract's
+     cap per job, all submitted at once): keys/s from first start to last finish;
+  4. seeds KEYS keys again and runs a sampled memory analysis over them.
+
+Rates come from the jobs' own startedAt/finishedAt. Environment: KEYS
+(1000000), PRELOAD_ITEMS (100000), RATE (2000), LOAD_SECONDS (20).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = int(os.environ.get("KEYS", "1000000"))
+PRELOAD_ITEMS = int(os.environ.get("PRELOAD_ITEMS", "100000"))
+RATE = int(os.environ.get("RATE", "2000"))
+LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "20"))
+TOKEN = "bench-token"
+STAMP = time.strftime("%Y%m%d%H%M%S")
+TENANT_A = f"bench-a-{STAMP}"
+TENANT_B = f"bench-b-{STAMP}"
+TENANT_C = f"bench-c-{STAMP}"
+
+
+def log(msg):
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def request(base, method, path, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def seed(tenant, count):
+    """Writes `count` small keys into a tenant straight into Redis (redis-cli --pipe)."""
+    with tempfile.NamedTemporaryFile("wb", delete=False) as f:
+        for i in range(count):
+            key = f"c:{{{tenant}}}:user:{i}:profile".encode()
+            value = b'J{"n":%d}' % i
+            f.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+        path = f.name
+    with open(path, "rb") as f:
+        subprocess.run(["redis-cli", "--pipe"], stdin=f, check=True, capture_output=True)
+    os.unlink(path)
+
+
+def job_seconds(job):
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
+    return (parse(job["finishedAt"]) - parse(job["startedAt"])).total_seconds()
+
+
+def wait_job(base, key, url):
+    while True:
+        job = request(base, "GET", url, headers={"Authorization": f"Bearer {key}"})
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                sys.exit(f"job ended {job['status']}: {job}")
+            return job
+        time.sleep(0.05)
+
+
+def oha(url, tenant, seconds):
+    return subprocess.Popen(
+        ["oha", "--no-tui", "--output-format", "json", "--latency-correction",
+         "-q", str(RATE), "-z", f"{seconds}s", "-c", "50",
+         "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}", url],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def oha_result(proc):
+    out, _ = proc.communicate()
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return {"p50_ms": pct["p50"] * 1000, "p99_ms": pct["p99"] * 1000,
+            "codes": data.get("statusCodeDistribution", {})}
+
+
+def main():
+    for tool in ("oha", "redis-cli"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is required (bench/README.md)")
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "cache-api", "-p", "cache-worker"],
+                   cwd=ROOT, check=True)
+    api_bin, worker_bin = ROOT / "target/release/cache-api", ROOT / "target/release/cache-worker"
+    port = free_port()
+    env = dict(os.environ, SERVICE_PORT=str(port), BIND_ADDRESS="127.0.0.1",
+               INTERNAL_SERVICE_TOKEN=TOKEN, QUEUE_PREFIX=f"bench-{STAMP}", RUST_LOG="warn")
+    run([str(api_bin), "migrate"], env=env)
+    admin = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_A, "--role", "admin", "--json"], env=env))["key"]
+    admin_c = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_C, "--role", "admin", "--json"], env=env))["key"]
+    api = subprocess.Popen([str(api_bin)], env=env, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(worker_bin)], env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/api/v1/cache/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        request(base, "POST", "/internal/cache/set", {"key": "b", "value": "x" * 98, "ttl": 0},
+                {"X-Service-Token": TOKEN, "X-Tenant-Id": TENANT_B})
+        get_b = f"{base}/internal/cache/get/b"
+        bearer = {"Authorization": f"Bearer {admin}"}
+
+        log(f"baseline: tenant B GETs at {RATE}/s for {LOAD_SECONDS}s")
+        baseline = oha_result(oha(get_b, TENANT_B, LOAD_SECONDS))
+
+        log(f"seeding {KEYS} keys into tenant A")
+        seed(TENANT_A, KEYS)
+        log("flushing tenant A while tenant B is under load")
+        load = oha(get_b, TENANT_B, LOAD_SECONDS)
+        time.sleep(2)
+        accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
+        flush = wait_job(base, admin, accepted["statusUrl"])
+        during = oha_result(load)
+        flush_rate = flush["result"]["deleted"] / job_seconds(flush)
+
+        log(f"preloading {PRELOAD_ITEMS} inline items")
+        urls = []
+        for start in range(0, PRELOAD_ITEMS, 10_000):
+            items = [{"key": f"pre:{i}", "value": {"i": i}} for i in range(start, min(start + 10_000, PRELOAD_ITEMS))]
+            urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer)["statusUrl"])
+        preloads = [wait_job(base, admin, u) for u in urls]
+        first = min(datetime.fromisoformat(j["startedAt"].replace("Z", "+00:00")) for j in preloads)
+        last = max(datetime.fromisoformat(j["finishedAt"].replace("Z", "+00:00")) for j in preloads)
+        loaded = sum(j["result"]["loaded"] for j in preloads)
+        preload_rate = loaded / (last - first).total_seconds()
+
+        log(f"seeding {KEYS} keys into tenant C and analysing them (sampled)")
+        seed(TENANT_C, KEYS)
+        accepted = request(base, "POST", "/api/v1/cache/memory/analyze", {"mode": "sampled"},
+                           {"Authorization": f"Bearer {admin_c}"})
+        analysis = wait_job(base, admin_c, accepted["statusUrl"])
+        # Leave nothing behind in the shared Redis.
+        accepted = request(base, "POST", "/api/v1/cache/flush", {}, {"Authorization": f"Bearer {admin_c}"})
+        wait_job(base, admin_c, accepted["statusUrl"])
+        accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
+        wait_job(base, admin, accepted["statusUrl"])
+    finally:
+        for proc in (api, worker):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print()
+    print(f"cache-service jobs: {KEYS} keys, {PRELOAD_ITEMS} preload items, tenant B at {RATE} req/s")
+    print()
+    print("| figure | value | target |")
+    print("|---|---|---|")
+    print(f"| flush | {flush_rate:,.0f} keys/s ({flush['result']['deleted']} keys in {job_seconds(flush):.2f} s) | ≥ 100 000 keys/s |")
+    print(f"| tenant B p99 without / during flush | {baseline['p99_ms']:.2f} ms / {during['p99_ms']:.2f} ms "
+          f"(× {during['p99_ms'] / baseline['p99_ms']:.2f}) | ≤ × 1.5 |")
+    print(f"| preload | {preload_rate:,.0f} keys/s ({loaded} keys, {len(preloads)} jobs) | ≥ 100 000 keys/s |")
+    print(f"| memory analysis, sampled, of {KEYS} keys | {job_seconds(analysis):.2f} s "
+          f"({analysis['result']['keysAnalysed']} keys analysed) | < 10 s |")
+    print(f"| tenant B answers during the run | {during['codes']} | all 200 |")
+
+
+if __name__ == "__main__":
+    main()
