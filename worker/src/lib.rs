@@ -182,7 +182,11 @@ pub async fn run(
     let monitor = register::<RestoreJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = monitor
         .should_restart(|worker, err| {
-            tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, "queue worker stopped; restarting");
+            let delay = restart_backoff(worker.restarts());
+            tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, ?delay, "queue worker stopped; restarting");
+            // The monitor asks synchronously; waiting here (off the async
+            // threads' work) keeps a dead Redis from a tight restart loop.
+            tokio::task::block_in_place(|| std::thread::sleep(delay));
             true
         })
         .shutdown_timeout(Duration::from_millis(settings.worker_shutdown_timeout_ms));
@@ -301,6 +305,11 @@ async fn schedule_loop(queue: JobQueue, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
+/// Wait before restart `n` of a queue worker: 1 s, 2 s, 4 s, … capped at 30 s.
+fn restart_backoff(restarts: usize) -> Duration {
+    Duration::from_secs(1u64 << restarts.min(5)).min(Duration::from_secs(30))
+}
+
 /// Sweeps finished jobs' queue data every `interval`, keeping `keep` of it.
 async fn vacuum_loop(
     queue: JobQueue,
@@ -347,5 +356,16 @@ where
                     .with_context(|| format!("{what} did not answer within {STARTUP_DEADLINE:?}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_up_to_thirty_seconds() {
+        let delays: Vec<u64> = (0..8).map(|n| restart_backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
     }
 }
