@@ -19,13 +19,31 @@ use crate::progress::{Next, Progress};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BackupParams {}
+pub struct BackupParams {
+    /// Operators only: write the backup to this absolute path on the worker
+    /// (newline-delimited JSON) instead of PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl BackupParams {
+    /// # Errors
+    ///
+    /// [`Error::Validation`] for a path that is not absolute.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.file.as_deref().map_or(Ok(()), validate_path)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestoreParams {
-    /// The id of a completed backup job.
-    pub backup_id: String,
+    /// The id of a completed backup job stored in PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Operators only: a backup file written by a `file` backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Replace keys that exist in the target tenant (default: keep them).
     #[serde(default)]
     pub overwrite: bool,
@@ -34,17 +52,42 @@ pub struct RestoreParams {
 impl RestoreParams {
     /// # Errors
     ///
-    /// [`Error::Validation`] for a malformed backup id.
+    /// [`Error::Validation`] unless exactly one well-formed source is given.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.backup_id.len() != 26 || !self.backup_id.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return Err(Error::validation(
-                "backupId",
-                "backupId must be a backup job id",
-            ));
+        match (&self.backup_id, &self.file) {
+            (Some(id), None) => {
+                if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(Error::validation(
+                        "backupId",
+                        "backupId must be a backup job id",
+                    ));
+                }
+                Ok(())
+            }
+            (None, Some(path)) => validate_path(path),
+            _ => Err(Error::validation("backupId", "give backupId or file")),
         }
-        Ok(())
     }
+}
+
+fn validate_path(path: &str) -> Result<(), Error> {
+    if !path.starts_with('/') || path.contains('\0') || path.split('/').any(|s| s == "..") {
+        return Err(Error::validation(
+            "file",
+            "file must be an absolute path without '..'",
+        ));
+    }
+    Ok(())
+}
+
+/// One line of a backup file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileEntry {
+    key: String,
+    /// The stored bytes, base64.
+    value: String,
+    expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// # Errors
@@ -54,12 +97,26 @@ pub async fn backup(
     ctx: &JobContext,
     job_id: &str,
     tenant: &TenantId,
+    params: &BackupParams,
 ) -> Result<Outcome, JobError> {
+    params.validate()?;
     let ns = CacheNamespace::new(tenant);
     let pattern = ns.pattern("*");
     let redis_store = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
-    backups::begin(&ctx.db, job_id, tenant.as_str()).await?;
+    let mut file = match &params.file {
+        Some(path) => Some(
+            tokio::fs::File::create(path)
+                .await
+                .map(tokio::io::BufWriter::new)
+                .map_err(|e| JobError::Permanent(format!("cannot write {path}: {e}")))?,
+        ),
+        None => {
+            backups::begin(&ctx.db, job_id, tenant.as_str()).await?;
+            None
+        }
+    };
+    let (mut keys_written, mut bytes_written) = (0u64, 0u64);
     let mut cursor: u64 = 0;
     loop {
         let batch: Vec<(String, Option<Vec<u8>>, i64)> = redis_store
@@ -102,7 +159,26 @@ pub async fn backup(
                 })
             })
             .collect();
-        if !entries.is_empty() {
+        if let Some(out) = file.as_mut() {
+            use base64::Engine;
+            use tokio::io::AsyncWriteExt;
+            let mut lines = Vec::new();
+            for entry in &entries {
+                let line = FileEntry {
+                    key: entry.cache_key.clone(),
+                    value: base64::engine::general_purpose::STANDARD.encode(&entry.value),
+                    expires_at: entry.expires_at,
+                };
+                serde_json::to_writer(&mut lines, &line)
+                    .map_err(|e| JobError::Permanent(e.to_string()))?;
+                lines.push(b'\n');
+                bytes_written += entry.value.len() as u64;
+            }
+            keys_written += entries.len() as u64;
+            out.write_all(&lines)
+                .await
+                .map_err(|e| JobError::Permanent(format!("writing the backup file: {e}")))?;
+        } else if !entries.is_empty() {
             backups::add(&ctx.db, job_id, &entries).await?;
         }
         if progress.advance(entries.len() as i64).await? == Next::Stop {
@@ -112,6 +188,17 @@ pub async fn backup(
             break;
         }
         tokio::time::sleep(ctx.pacing.pause).await;
+    }
+    if let (Some(mut out), Some(path)) = (file, &params.file) {
+        use tokio::io::AsyncWriteExt;
+        out.flush()
+            .await
+            .map_err(|e| JobError::Permanent(format!("writing the backup file: {e}")))?;
+        return Ok(Outcome::Succeeded(json!({
+            "file": path,
+            "keys": keys_written,
+            "bytes": bytes_written,
+        })));
     }
     let record = backups::finish(&ctx.db, job_id).await?;
     Ok(Outcome::Succeeded(json!({
@@ -134,62 +221,129 @@ pub async fn restore(
     params: &RestoreParams,
 ) -> Result<Outcome, JobError> {
     params.validate()?;
-    let backup = backups::get(&ctx.db, &params.backup_id)
+    let mut writer = Restorer {
+        ctx,
+        ns: CacheNamespace::new(tenant),
+        overwrite: params.overwrite,
+        progress: Progress::new(&ctx.db, job_id),
+        restored: 0,
+        kept: 0,
+        expired: 0,
+    };
+    if let Some(path) = &params.file {
+        use tokio::io::AsyncBufReadExt;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| JobError::Permanent(format!("cannot read {path}: {e}")))?;
+        let mut lines = tokio::io::BufReader::new(file).lines();
+        let mut batch = Vec::new();
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|e| JobError::Permanent(format!("reading {path}: {e}")))?;
+            if let Some(line) = &line {
+                batch.push(parse_line(line)?);
+            }
+            if batch.len() >= ctx.pacing.batch.max(1) || (line.is_none() && !batch.is_empty()) {
+                if writer.write(&batch).await? == Next::Stop {
+                    return Ok(Outcome::Cancelled(writer.summary(None)));
+                }
+                batch.clear();
+            }
+            if line.is_none() {
+                return Ok(Outcome::Succeeded(writer.summary(None)));
+            }
+        }
+    }
+    let backup_id = params.backup_id.as_deref().unwrap_or_default();
+    let backup = backups::get(&ctx.db, backup_id)
         .await?
-        .ok_or_else(|| JobError::Permanent(format!("no completed backup {}", params.backup_id)))?;
-    let ns = CacheNamespace::new(tenant);
-    let redis_store = ctx.cache.redis();
-    let mut progress = Progress::new(&ctx.db, job_id);
-    progress.set_total(backup.key_count);
-    let (mut restored, mut kept, mut expired) = (0u64, 0u64, 0u64);
+        .ok_or_else(|| JobError::Permanent(format!("no completed backup {backup_id}")))?;
+    writer.progress.set_total(backup.key_count);
     let mut after = String::new();
     loop {
         let page = backups::page(&ctx.db, &backup.id, &after, ctx.pacing.batch as i64).await?;
         let Some(last) = page.last() else { break };
         after = last.cache_key.clone();
+        if writer.write(&page).await? == Next::Stop {
+            return Ok(Outcome::Cancelled(writer.summary(Some(&backup.id))));
+        }
+    }
+    Ok(Outcome::Succeeded(writer.summary(Some(&backup.id))))
+}
+
+fn parse_line(line: &str) -> Result<BackupEntry, JobError> {
+    use base64::Engine;
+    let entry: FileEntry = serde_json::from_str(line)
+        .map_err(|e| JobError::Permanent(format!("not a backup file line: {e}")))?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(entry.value)
+        .map_err(|e| JobError::Permanent(format!("not a backup file line: {e}")))?;
+    Ok(BackupEntry {
+        cache_key: entry.key,
+        value,
+        expires_at: entry.expires_at,
+    })
+}
+
+/// Writes restored entries batch by batch, counting what happened to them.
+struct Restorer<'a> {
+    ctx: &'a JobContext,
+    ns: CacheNamespace,
+    overwrite: bool,
+    progress: Progress<'a>,
+    restored: u64,
+    kept: u64,
+    expired: u64,
+}
+
+impl Restorer<'_> {
+    async fn write(&mut self, entries: &[BackupEntry]) -> Result<Next, JobError> {
         let now = Utc::now();
         let mut pipe = redis::pipe();
         let mut written = 0;
-        for entry in &page {
+        for entry in entries {
             let mut cmd = redis::cmd("SET");
-            cmd.arg(ns.key(&entry.cache_key)).arg(&entry.value);
+            cmd.arg(self.ns.key(&entry.cache_key)).arg(&entry.value);
             if let Some(at) = entry.expires_at {
                 let left = (at - now).num_milliseconds();
                 if left <= 0 {
-                    expired += 1;
+                    self.expired += 1;
                     continue;
                 }
                 cmd.arg("PX").arg(left);
             }
-            if !params.overwrite {
+            if !self.overwrite {
                 cmd.arg("NX");
             }
             pipe.add_command(cmd);
             written += 1;
         }
         if written > 0 {
+            let redis_store = self.ctx.cache.redis();
             let answers: Vec<Option<String>> = redis_store
-                .timed_for(ctx.pacing.batch_timeout, async {
+                .timed_for(self.ctx.pacing.batch_timeout, async {
                     let mut conn = redis_store.conn().await?;
                     let answers: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
                     Ok(answers)
                 })
                 .await?;
             let set = answers.iter().filter(|a| a.is_some()).count() as u64;
-            restored += set;
-            kept += written as u64 - set;
+            self.restored += set;
+            self.kept += written as u64 - set;
         }
-        if progress.advance(page.len() as i64).await? == Next::Stop {
-            return Ok(Outcome::Cancelled(
-                json!({ "restored": restored, "kept": kept, "expired": expired }),
-            ));
-        }
-        tokio::time::sleep(ctx.pacing.pause).await;
+        let next = self.progress.advance(entries.len() as i64).await?;
+        tokio::time::sleep(self.ctx.pacing.pause).await;
+        Ok(next)
     }
-    Ok(Outcome::Succeeded(json!({
-        "backupId": backup.id,
-        "restored": restored,
-        "kept": kept,
-        "expired": expired,
-    })))
+
+    fn summary(&self, backup_id: Option<&str>) -> serde_json::Value {
+        json!({
+            "backupId": backup_id,
+            "restored": self.restored,
+            "kept": self.kept,
+            "expired": self.expired,
+        })
+    }
 }

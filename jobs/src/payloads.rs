@@ -156,7 +156,7 @@ impl Job for BackupJob {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
-        backup::backup(ctx, &self.job_id, &tenant(&self.tenant_id)?).await
+        backup::backup(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
 }
 

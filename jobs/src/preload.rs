@@ -70,7 +70,8 @@ impl PreloadParams {
         }
         if let Some(backup_id) = &self.backup_id {
             return RestoreParams {
-                backup_id: backup_id.clone(),
+                backup_id: Some(backup_id.clone()),
+                file: None,
                 overwrite: true,
             }
             .validate();
@@ -118,7 +119,8 @@ pub async fn run(
     params.validate(max_value_bytes, &ctx.preload.allow)?;
     if let Some(backup_id) = &params.backup_id {
         let restore = RestoreParams {
-            backup_id: backup_id.clone(),
+            backup_id: Some(backup_id.clone()),
+            file: None,
             overwrite: true,
         };
         return crate::backup::restore(ctx, job_id, tenant, &restore).await;

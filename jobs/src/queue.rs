@@ -122,7 +122,7 @@ impl JobSpec {
             JobSpec::CollectStats {} => Ok(()),
             JobSpec::MemoryAnalysis(params) => params.validate(),
             JobSpec::Compress(params) => params.validate(),
-            JobSpec::Backup(_) => Ok(()),
+            JobSpec::Backup(params) => params.validate(),
             JobSpec::Restore(params) => params.validate(),
         }
     }

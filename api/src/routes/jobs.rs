@@ -163,6 +163,46 @@ pub fn public_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job, cancel_job))
 }
 
+/// Checks what a job reads or writes outside the cache: files on the worker
+/// are for operators; another tenant's backup reads as absent unless an
+/// operator asks for it.
+///
+/// # Errors
+///
+/// `403` for a non-operator naming a file, `404` for a backup not visible.
+pub(crate) async fn authorize_sources(
+    state: &AppState,
+    caller: &Caller,
+    spec: &JobSpec,
+) -> Result<(), ApiError> {
+    let op = ApiError::op("job.submit");
+    let (file, backup_id) = match spec {
+        JobSpec::Backup(p) => (p.file.as_deref(), None),
+        JobSpec::Restore(p) => (p.file.as_deref(), p.backup_id.as_deref()),
+        JobSpec::Preload(p) => (None, p.backup_id.as_deref()),
+        _ => (None, None),
+    };
+    if file.is_some() && caller.role != Role::Operator {
+        return Err(ApiError::Forbidden(
+            "only an operator may name a file on the worker".into(),
+        ));
+    }
+    if let Some(id) = backup_id {
+        let backup = cache_shared::db::backups::get(state.jobs.db(), id)
+            .await
+            .map_err(&op)?;
+        let visible = backup.is_some_and(|b| {
+            caller.role == Role::Operator || b.tenant_id == caller.tenant.as_str()
+        });
+        if !visible {
+            return Err(op(Error::NotFound {
+                what: format!("backup '{id}'"),
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/jobs` body: a job type and what its own endpoint takes.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,20 +233,7 @@ async fn create_job(
         request.params.as_ref().map_or("{}", |p| p.get()),
     )
     .map_err(ApiError::op("job.submit"))?;
-    if let JobSpec::Restore(params) = &spec {
-        // Another tenant's backup reads as absent, unless an operator restores it.
-        let backup = cache_shared::db::backups::get(state.jobs.db(), &params.backup_id)
-            .await
-            .map_err(ApiError::op("job.submit"))?;
-        let visible = backup.is_some_and(|b| {
-            caller.role == Role::Operator || b.tenant_id == caller.tenant.as_str()
-        });
-        if !visible {
-            return Err(ApiError::op("job.submit")(Error::NotFound {
-                what: format!("backup '{}'", params.backup_id),
-            }));
-        }
-    }
+    authorize_sources(&state, &caller, &spec).await?;
     if let JobSpec::Flush(params) = &spec
         && params.whole_server
         && caller.role != Role::Operator

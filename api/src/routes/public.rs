@@ -365,7 +365,9 @@ async fn preload(
     headers: HeaderMap,
     JsonBody(params): JsonBody<PreloadParams>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    start_job(&state, &caller, &headers, JobSpec::Preload(params)).await
+    let spec = JobSpec::Preload(params);
+    crate::routes::jobs::authorize_sources(&state, &caller, &spec).await?;
+    start_job(&state, &caller, &headers, spec).await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

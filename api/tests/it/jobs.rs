@@ -600,3 +600,92 @@ async fn a_running_job_stops_at_its_next_batch_when_cancelled() {
     assert_eq!(count_keys(&app).await, 20_000 - deleted);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_operator_backs_up_to_a_file_and_restores_from_it() {
+    use cache_shared::api_keys::Role;
+    let app = spawn_app().await;
+    let worker = app.spawn_worker();
+    let operator = app.key(Role::Operator).await;
+    let admin = app.key(Role::Admin).await;
+    app.public(Method::PUT, "/api/v1/cache/keys/f", &admin)
+        .json(&json!({"value": {"in": "file"}, "ttl": 300}))
+        .send()
+        .await
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("cache-backup-{}.ndjson", unique("f")));
+    let file = path.to_str().unwrap().to_owned();
+    let refused = app
+        .public(Method::POST, "/api/v1/jobs", &admin)
+        .json(&json!({"type": "backup", "params": {"file": file}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 403, "FORBIDDEN").await;
+
+    let wait = |url: String| {
+        let app = &app;
+        let operator = operator.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let job: Value = app
+                    .public(Method::GET, &url, &operator)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
+                    return job;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{job}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let accepted: Value = app
+        .public(Method::POST, "/api/v1/jobs", &operator)
+        .json(&json!({"type": "backup", "params": {"file": file}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let backup = wait(accepted["statusUrl"].as_str().unwrap().to_owned()).await;
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    assert_eq!(backup["result"]["keys"], 1);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+
+    let target = unique("t");
+    let accepted: Value = app
+        .public(
+            Method::POST,
+            &format!("/api/v1/jobs?tenant={target}"),
+            &operator,
+        )
+        .json(&json!({"type": "restore", "params": {"file": file}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let restore = wait(accepted["statusUrl"].as_str().unwrap().to_owned()).await;
+    assert_eq!(restore["result"]["restored"], 1, "{restore}");
+    let theirs = app.key_for(&target, Role::Reader).await;
+    let got: Value = app
+        .public(Method::GET, "/api/v1/cache/keys/f", &theirs)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["value"], json!({"in": "file"}));
+    assert!((298..=300).contains(&got["ttl"].as_i64().unwrap()));
+    std::fs::remove_file(&path).unwrap();
+    worker.stop().await;
+}
