@@ -50,12 +50,9 @@ pub async fn run(
         let values: Vec<(String, Option<Vec<u8>>)> = redis_store
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(ctx.pacing.batch)
+                let (next, keys): (u64, Vec<String>) = ctx
+                    .pacing
+                    .scan(cursor, &pattern)
                     .query_async(&mut conn)
                     .await?;
                 cursor = next;

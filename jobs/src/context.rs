@@ -18,6 +18,19 @@ pub struct Pacing {
     pub batch_timeout: Duration,
 }
 
+impl Pacing {
+    /// One `SCAN` page over `pattern`, a batch wide (never `KEYS`).
+    pub fn scan(&self, cursor: u64, pattern: &str) -> deadpool_redis::redis::Cmd {
+        let mut cmd = deadpool_redis::redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(self.batch);
+        cmd
+    }
+}
+
 impl Default for Pacing {
     fn default() -> Self {
         Self {

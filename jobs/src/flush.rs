@@ -88,12 +88,9 @@ pub async fn run(
         let deleted = redis
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis.conn().await?;
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(ctx.pacing.batch)
+                let (next, keys): (u64, Vec<Vec<u8>>) = ctx
+                    .pacing
+                    .scan(cursor, &pattern)
                     .query_async(&mut conn)
                     .await?;
                 let deleted: i64 = if keys.is_empty() {

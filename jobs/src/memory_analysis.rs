@@ -151,12 +151,9 @@ pub async fn run(
         let batch: Vec<(String, u64, i64, Vec<u8>, u64)> = redis_store
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(ctx.pacing.batch)
+                let (next, keys): (u64, Vec<String>) = ctx
+                    .pacing
+                    .scan(cursor, &pattern)
                     .query_async(&mut conn)
                     .await?;
                 cursor = next;

@@ -45,12 +45,9 @@ async fn prune(ctx: &JobContext, progress: &mut Progress<'_>) -> Result<Outcome,
         let indexes: Vec<String> = redis
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis.conn().await?;
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(SessionKeys::INDEX_PATTERN)
-                    .arg("COUNT")
-                    .arg(ctx.pacing.batch)
+                let (next, keys): (u64, Vec<String>) = ctx
+                    .pacing
+                    .scan(cursor, SessionKeys::INDEX_PATTERN)
                     .query_async(&mut conn)
                     .await?;
                 cursor = next;

@@ -233,27 +233,7 @@ async fn create_job(
         request.params.as_ref().map_or("{}", |p| p.get()),
     )
     .map_err(ApiError::op("job.submit"))?;
-    authorize_sources(&state, &caller, &spec).await?;
-    if let JobSpec::Flush(params) = &spec
-        && params.whole_server
-        && caller.role != Role::Operator
-    {
-        return Err(ApiError::Forbidden(
-            "only an operator may flush the whole server".into(),
-        ));
-    }
-    let record = state
-        .jobs
-        .submit(Submission {
-            tenant: caller.tenant.clone(),
-            spec,
-            created_by: Some(caller.key_id.clone()),
-            idempotency_key: idempotency_key(&headers)?,
-        })
-        .await
-        .map_err(ApiError::op("job.submit"))?;
-    let url = public_status_url(&record.id, &caller);
-    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
+    crate::routes::public::start_job(&state, &caller, &headers, spec).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -311,6 +311,15 @@ pub(crate) async fn start_job(
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    crate::routes::jobs::authorize_sources(state, caller, &spec).await?;
+    if let JobSpec::Flush(params) = &spec
+        && params.whole_server
+        && caller.role != Role::Operator
+    {
+        return Err(ApiError::Forbidden(
+            "only an operator may flush the whole server".into(),
+        ));
+    }
     let record = state
         .jobs
         .submit(Submission {
@@ -341,11 +350,6 @@ async fn flush(
     headers: HeaderMap,
     JsonBody(params): JsonBody<FlushParams>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    if params.whole_server && caller.role != Role::Operator {
-        return Err(ApiError::Forbidden(
-            "only an operator may flush the whole server".into(),
-        ));
-    }
     start_job(&state, &caller, &headers, JobSpec::Flush(params)).await
 }
 
@@ -365,9 +369,7 @@ async fn preload(
     headers: HeaderMap,
     JsonBody(params): JsonBody<PreloadParams>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    let spec = JobSpec::Preload(params);
-    crate::routes::jobs::authorize_sources(&state, &caller, &spec).await?;
-    start_job(&state, &caller, &headers, spec).await
+    start_job(&state, &caller, &headers, JobSpec::Preload(params)).await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
