@@ -23,9 +23,51 @@ use cache_worker::{Cli, WorkerSettings};
 use clap::Parser;
 use deadpool_redis::redis;
 
-fn settings(prefix: &str) -> WorkerSettings {
+/// A redis-server of the test's own, so the flush's pace does not depend on
+/// what else the shared Redis holds; killed on drop.
+struct OwnRedis {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+async fn own_redis() -> OwnRedis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.get_multiplexed_async_connection().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    OwnRedis { url, _child: child }
+}
+
+fn settings(prefix: &str, redis_url: &str) -> WorkerSettings {
     Cli::try_parse_from([
         "cache-worker",
+        "--redis-url",
+        redis_url,
         "--queue-prefix",
         prefix,
         "--queue-heartbeat-seconds",
@@ -55,10 +97,11 @@ async fn setup(settings: &mut WorkerSettings) -> (JobQueue, sqlx::PgPool) {
     (queue, db)
 }
 
-fn spawn_worker(prefix: &str, database_url: &str) -> tokio::process::Child {
+fn spawn_worker(settings: &WorkerSettings) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-worker"))
-        .env("QUEUE_PREFIX", prefix)
-        .env("DATABASE_URL", database_url)
+        .env("QUEUE_PREFIX", &settings.queue.queue_prefix)
+        .env("REDIS_URL", &settings.redis.redis_url)
+        .env("DATABASE_URL", &settings.database.database_url)
         .env("QUEUE_HEARTBEAT_SECONDS", "1")
         .env("QUEUE_MISSED_HEARTBEATS", "2")
         .env("JOB_BATCH_SIZE", "200")
@@ -95,7 +138,8 @@ async fn wait_for(
 #[tokio::test]
 async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
     let prefix = format!("crash-{}", ulid::Ulid::new());
-    let mut settings = settings(&prefix);
+    let own = own_redis().await;
+    let mut settings = settings(&prefix, &own.url);
     let (queue, db) = setup(&mut settings).await;
     let tenant = format!("t-{}", ulid::Ulid::new().to_string().to_lowercase());
     let client = redis::Client::open(settings.redis.redis_url.as_str()).unwrap();
@@ -118,7 +162,7 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
         })
         .await
         .unwrap();
-    let mut first = spawn_worker(&prefix, &settings.database.database_url);
+    let mut first = spawn_worker(&settings);
     wait_for(&db, &record.id, Duration::from_secs(30), |j| {
         j.progress_done > 0
     })
@@ -127,7 +171,7 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
     let halfway = job(&db, &record.id).await;
     assert_eq!(halfway.status, "running", "{halfway:?}");
 
-    let mut second = spawn_worker(&prefix, &settings.database.database_url);
+    let mut second = spawn_worker(&settings);
     let done = wait_for(&db, &record.id, Duration::from_secs(30), |j| {
         j.status != "running"
     })
@@ -158,7 +202,8 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
 #[tokio::test]
 async fn a_job_that_keeps_killing_its_worker_is_stopped() {
     let prefix = format!("crash-{}", ulid::Ulid::new());
-    let mut settings = settings(&prefix);
+    let own = own_redis().await;
+    let mut settings = settings(&prefix, &own.url);
     let (queue, db) = setup(&mut settings).await;
     let record = queue
         .submit(Submission {

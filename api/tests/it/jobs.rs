@@ -495,7 +495,11 @@ const SLOW: [&str; 4] = ["--job-batch-size", "100", "--job-batch-pause-ms", "20"
 #[tokio::test]
 async fn a_job_moves_from_queued_through_running_to_succeeded_with_progress() {
     use cache_shared::api_keys::Role;
-    let app = spawn_app().await;
+    // A Redis of its own: SCAN's pace depends on the whole keyspace.
+    let redis = crate::helpers::PrivateRedis::start().await;
+    let app =
+        crate::helpers::spawn_app_with(crate::helpers::settings(&["--redis-url", &redis.url()]))
+            .await;
     let admin = app.key(Role::Admin).await;
     seed(&app, 3_000).await;
     let url = submit_flush(&app, &admin).await;
@@ -545,7 +549,10 @@ async fn a_job_moves_from_queued_through_running_to_succeeded_with_progress() {
 #[tokio::test]
 async fn a_running_job_stops_at_its_next_batch_when_cancelled() {
     use cache_shared::api_keys::Role;
-    let app = spawn_app().await;
+    let redis = crate::helpers::PrivateRedis::start().await;
+    let app =
+        crate::helpers::spawn_app_with(crate::helpers::settings(&["--redis-url", &redis.url()]))
+            .await;
     let admin = app.key(Role::Admin).await;
     seed(&app, 20_000).await;
     let url = submit_flush(&app, &admin).await;
