@@ -274,6 +274,46 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Polls a job on the public plane until it is finished; returns it.
+    pub async fn wait_public_job(&self, key: &str, status_url: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let job: Value = self
+                .public(reqwest::Method::GET, status_url, key)
+                .send()
+                .await
+                .expect("request sent")
+                .json()
+                .await
+                .expect("job JSON");
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never finished: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a job-starting request, checks the `202` and waits for the job.
+    pub async fn run_public_job(&self, key: &str, request: reqwest::RequestBuilder) -> Value {
+        let accepted = request.send().await.expect("request sent");
+        assert_eq!(accepted.status().as_u16(), 202, "job not accepted");
+        let accepted: Value = accepted.json().await.expect("202 JSON");
+        let url = accepted["statusUrl"]
+            .as_str()
+            .expect("statusUrl")
+            .to_owned();
+        self.wait_public_job(key, &url).await
+    }
+}
+
 impl TestWorker {
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

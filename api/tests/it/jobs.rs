@@ -331,35 +331,8 @@ async fn a_backup_restores_into_another_tenant_with_values_and_ttls() {
     let run = |key: String, body: Value, path: String| {
         let app = &app;
         async move {
-            let accepted: Value = app
-                .public(Method::POST, &path, &key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let url = accepted["statusUrl"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{accepted}"))
-                .to_owned();
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let job: Value = app
-                    .public(Method::GET, &url, &key)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-                    return job;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{job}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            let request = app.public(Method::POST, &path, &key).json(&body);
+            app.run_public_job(&key, request).await
         }
     };
     let backup = run(
@@ -633,24 +606,7 @@ async fn an_operator_backs_up_to_a_file_and_restores_from_it() {
     let wait = |url: String| {
         let app = &app;
         let operator = operator.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let job: Value = app
-                    .public(Method::GET, &url, &operator)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
-                    return job;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{job}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        async move { app.wait_public_job(&operator, &url).await }
     };
     let accepted: Value = app
         .public(Method::POST, "/api/v1/jobs", &operator)

@@ -16,16 +16,8 @@ async fn get(app: &TestApp, key: &str, path: &str) -> Value {
 async fn wait_job(app: &TestApp, key: &str, accepted: reqwest::Response) -> Value {
     assert_eq!(accepted.status(), 202);
     let accepted: Value = accepted.json().await.unwrap();
-    let url = accepted["statusUrl"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let job = get(app, key, &url).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_public_job(key, accepted["statusUrl"].as_str().unwrap())
+        .await
 }
 
 #[tokio::test]

@@ -46,23 +46,8 @@ async fn preload(app: &TestApp, key: &str, url: &str) -> reqwest::Response {
 async fn finished(app: &TestApp, key: &str, accepted: reqwest::Response) -> Value {
     assert_eq!(accepted.status(), 202);
     let accepted: Value = accepted.json().await.unwrap();
-    let url = accepted["statusUrl"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let job: Value = app
-            .public(Method::GET, &url, key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_public_job(key, accepted["statusUrl"].as_str().unwrap())
+        .await
 }
 
 #[tokio::test]

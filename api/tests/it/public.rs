@@ -479,23 +479,9 @@ async fn a_preload_writes_its_items_and_refuses_bad_ones_up_front() {
         .json()
         .await
         .unwrap();
-    let url = accepted["statusUrl"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let job = loop {
-        let job: Value = app
-            .public(Method::GET, url, &admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "succeeded" || job["status"] == "failed" {
-            break job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let job = app
+        .wait_public_job(&admin, accepted["statusUrl"].as_str().unwrap())
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"], json!({"loaded": 2500, "skipped": 0}));
     assert_eq!(job["progress"], json!({"done": 2500, "total": 2500}));
