@@ -199,7 +199,7 @@ impl IntoResponse for ApiError {
             code: reply.code,
             message: reply.message,
             service: SERVICE_NAME,
-            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            timestamp: crate::views::timestamp(chrono::Utc::now()),
             details: Details {
                 key: reply.key,
                 field: reply.field,

@@ -3,7 +3,7 @@
 //! envelope when they are malformed, never a framework's text.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use cache_shared::keys::TenantId;
 use serde::de::DeserializeOwned;
@@ -124,6 +124,20 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
                 Err(cache_shared::Error::internal(other.body_text()).into())
             }
         }
+    }
+}
+
+/// A query string deserialized into `T`, with malformed ones answered in our envelope.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(params)| Self(params))
+            .map_err(|e| ApiError::bad_request("query", e.body_text()))
     }
 }
 

@@ -148,7 +148,8 @@ pub struct JobView {
     pub finished_at: Option<String>,
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+/// Times in answers: RFC 3339, UTC, milliseconds, `Z` (as API.md §3 asks).
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

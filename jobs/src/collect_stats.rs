@@ -12,8 +12,8 @@ use crate::error::JobError;
 /// [`JobError::Retryable`] when Redis does not answer.
 pub async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
     let figures = ctx.cache.redis().server_figures().await?;
-    let lookups = figures.keyspace_hits + figures.keyspace_misses;
-    let hit_rate = (lookups > 0).then(|| figures.keyspace_hits as f64 * 100.0 / lookups as f64);
+    let hit_rate =
+        cache_shared::live_stats::hit_rate((figures.keyspace_hits, figures.keyspace_misses));
     let mut result = serde_json::to_value(figures)
         .map_err(|e| JobError::Permanent(format!("serialising figures: {e}")))?;
     result["hitRate"] = json!(hit_rate);

@@ -13,6 +13,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::views::timestamp;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,10 +35,6 @@ struct KeyView {
     created_at: String,
     last_used_at: Option<String>,
     expires_at: Option<String>,
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<ApiKeyRecord> for KeyView {

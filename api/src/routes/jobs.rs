@@ -3,8 +3,7 @@
 //! tenant, or to the platform without it.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use cache_jobs::JobType;
 use cache_jobs::queue::{JobSpec, Submission};
@@ -16,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody, PathParam};
+use crate::extract::{InternalCaller, JsonBody, PathParam, QueryParams};
 use crate::state::AppState;
 use crate::views::{JobAccepted, JobView};
 use utoipa_axum::router::OpenApiRouter;
@@ -266,9 +265,8 @@ struct JobList {
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let limit = match query.limit.as_deref() {
         None => 50,
         Some(text) => text

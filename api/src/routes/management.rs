@@ -283,9 +283,7 @@ async fn latest_analysis(
         report_id: row.id,
         tenant_id: row.tenant_id,
         mode: row.mode,
-        created_at: row
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        created_at: crate::views::timestamp(row.created_at),
         report: row.report,
     }))
 }

@@ -2,8 +2,7 @@
 //! tenant from this api instance, and history from the rolled-up tables.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
 use cache_shared::live_stats::{HotKey, Latency, OpSnapshot, hit_rate};
 use chrono::{DateTime, Utc};
@@ -11,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::QueryParams;
 use crate::state::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,12 +22,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(latency))
         .routes(routes!(throughput))
         .routes(routes!(hotkeys))
-}
-
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("query", e.body_text()))
 }
 
 fn parse_time(text: &str, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
@@ -96,9 +90,8 @@ fn live(state: &AppState, caller: &Caller) -> LiveView {
 async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<StatsQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
-    let q = query(q)?;
     let history = match (q.from.as_deref(), q.to.as_deref()) {
         (None, None) => None,
         (Some(from), Some(to)) => {
@@ -290,9 +283,8 @@ struct HotkeysView {
 async fn hotkeys(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<HotkeysQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<HotkeysQuery>,
 ) -> Result<Json<HotkeysView>, ApiError> {
-    let q = query(q)?;
     let limit = match q.limit.as_deref() {
         None => 20,
         Some(text) => text

@@ -2,7 +2,7 @@
 //! platform namespace whatever `X-Tenant-Id` says.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use cache_shared::codec::Value;
 use cache_shared::permissions::{self, PermissionKey, Selector, validate_part};
 use cache_shared::ttl::Expiry;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody};
+use crate::extract::{InternalCaller, JsonBody, QueryParams};
 use crate::state::AppState;
 use crate::views::KeyTtl;
 use utoipa_axum::router::OpenApiRouter;
@@ -93,10 +93,9 @@ struct PermissionView {
 async fn get_permission(
     State(state): State<AppState>,
     _caller: InternalCaller,
-    query: Result<Query<Lookup>, axum::extract::rejection::QueryRejection>,
+    QueryParams(lookup): QueryParams<Lookup>,
 ) -> Result<Json<PermissionView>, ApiError> {
     let op = ApiError::op("permission.get");
-    let Query(lookup) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let key = match lookup {
         Lookup {
             key: Some(key),
@@ -159,10 +158,9 @@ struct Invalidated {
 async fn invalidate(
     State(state): State<AppState>,
     _caller: InternalCaller,
-    query: Result<Query<InvalidateQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<InvalidateQuery>,
 ) -> Result<Json<Invalidated>, ApiError> {
     let op = ApiError::op("permission.invalidate");
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     let selector = match (query.key, query.user_id, query.tenant_id) {
         (Some(key), None, None) => Selector::Key(PermissionKey::parse(&key, "key").map_err(&op)?),
         (None, Some(user_id), None) => {

@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
+use crate::views::timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,10 +58,6 @@ struct ScheduleView {
     last_run_at: Option<String>,
     last_job_id: Option<String>,
     created_at: String,
-}
-
-fn timestamp(t: chrono::DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<ScheduleRecord> for ScheduleView {
