@@ -20,12 +20,9 @@ impl ValueView {
     /// # Errors
     ///
     /// [`Error::Internal`] when stored JSON no longer parses.
-    pub fn new(value: &Value) -> Result<(Self, Option<&'static str>), Error> {
+    pub fn new(value: Value) -> Result<(Self, Option<&'static str>), Error> {
         Ok(match value {
-            Value::Json(_) => match value.to_raw_json()? {
-                Some(raw) => (Self::Json(raw), None),
-                None => return Err(Error::internal("json value without json text")),
-            },
+            json @ Value::Json(_) => (Self::Json(json.into_raw_json()?), None),
             Value::Bytes(bytes) => (
                 Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
                 Some("base64"),
@@ -50,8 +47,8 @@ impl EntryView {
     /// # Errors
     ///
     /// As [`ValueView::new`].
-    pub fn new(key: String, entry: &Entry) -> Result<Self, Error> {
-        let (value, encoding) = ValueView::new(&entry.value)?;
+    pub fn new(key: String, entry: Entry) -> Result<Self, Error> {
+        let (value, encoding) = ValueView::new(entry.value)?;
         Ok(Self {
             key,
             value,

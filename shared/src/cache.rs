@@ -104,7 +104,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
             .redis
             .timed(async {
@@ -148,7 +148,7 @@ impl Cache {
         self.check_size(value, "value")?;
         let expiry = ttl.unwrap_or(self.limits.default_ttl);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(CacheNamespace::new(tenant).key(key))
+        cmd.arg(CacheNamespace::key_of(tenant, key))
             .arg(self.codec.encode(value));
         if let Some(seconds) = expiry.seconds() {
             cmd.arg("EX").arg(seconds);
@@ -172,7 +172,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
             .redis
             .timed(async {
@@ -340,7 +340,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
             .redis
             .timed(async {
@@ -381,7 +381,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
             .redis
             .timed(async {
@@ -411,7 +411,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
             .redis
             .timed(async {
@@ -438,7 +438,7 @@ impl Cache {
     /// [`Error::KeyNotFound`], [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn compress(&self, tenant: &TenantId, key: &str) -> Result<Compressed, Error> {
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::new(tenant).key(key);
+        let redis_key = CacheNamespace::key_of(tenant, key);
         let stored: Option<Vec<u8>> = self
             .redis
             .timed(async {

@@ -54,17 +54,18 @@ impl Value {
         Self::Json(compact_json(raw.get()))
     }
 
-    /// The value as JSON for a response; `None` for raw bytes.
+    /// The value as JSON for a response, moved rather than copied.
     ///
     /// # Errors
     ///
-    /// [`Error::Internal`] if stored JSON no longer parses (corrupt data).
-    pub fn to_raw_json(&self) -> Result<Option<Box<RawValue>>, Error> {
+    /// [`Error::Internal`] for raw bytes, or stored JSON that no longer parses
+    /// (corrupt data).
+    pub fn into_raw_json(self) -> Result<Box<RawValue>, Error> {
         match self {
-            Self::Json(text) => RawValue::from_string(text.clone())
-                .map(Some)
-                .map_err(|e| Error::Internal(Box::new(e))),
-            Self::Bytes(_) => Ok(None),
+            Self::Json(text) => {
+                RawValue::from_string(text).map_err(|e| Error::Internal(Box::new(e)))
+            }
+            Self::Bytes(_) => Err(Error::internal("the value is raw bytes, not JSON")),
         }
     }
 }

@@ -142,6 +142,17 @@ impl CacheNamespace {
         out
     }
 
+    /// The Redis key of `key` in `tenant`'s namespace in one allocation, for
+    /// single-key operations on the request path.
+    pub fn key_of(tenant: &TenantId, key: &str) -> String {
+        let mut out = String::with_capacity(5 + tenant.as_str().len() + key.len());
+        out.push_str("c:{");
+        out.push_str(tenant.as_str());
+        out.push_str("}:");
+        out.push_str(key);
+        out
+    }
+
     /// The caller's key back from a Redis key of this namespace.
     pub fn strip<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
         redis_key.strip_prefix(&self.prefix)
@@ -313,6 +324,8 @@ mod tests {
         let t1 = CacheNamespace::new(&TenantId::parse("t1", "t").unwrap());
         let t10 = CacheNamespace::new(&TenantId::parse("t10", "t").unwrap());
         assert_eq!(t1.key("x"), "c:{t1}:x");
+        let t1_id = TenantId::parse("t1", "t").unwrap();
+        assert_eq!(CacheNamespace::key_of(&t1_id, "x"), t1.key("x"));
         assert!(t1.strip(&t10.key("x")).is_none());
         assert!(t10.strip(&t1.key("0:x")).is_none());
         assert!(!matches(&t1.pattern("*"), &t10.key("x")));

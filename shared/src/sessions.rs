@@ -3,8 +3,6 @@
 //! of scanning the keyspace. A session is a hash (`u`, `t`, `ttl`, `d`); the
 //! scripts in [`crate::scripts`] change it and its indexes together.
 
-use serde_json::value::RawValue;
-
 use crate::cache::Cache;
 use crate::codec::Value;
 use crate::error::Error;
@@ -284,17 +282,4 @@ pub async fn prune_index(cache: &Cache, index: &str, ids: &[String]) -> Result<u
             Ok(pruned)
         })
         .await
-}
-
-impl Session {
-    /// The data as JSON for a response.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Internal`] when stored data is not JSON.
-    pub fn data_json(&self) -> Result<Box<RawValue>, Error> {
-        self.data
-            .to_raw_json()?
-            .ok_or_else(|| Error::internal("session data is not JSON"))
-    }
 }

@@ -45,7 +45,7 @@ async fn get_value(
         .await
         .map_err(ApiError::op("get"))?;
     Ok(Json(
-        EntryView::new(key, &entry).map_err(ApiError::op("get"))?,
+        EntryView::new(key, entry).map_err(ApiError::op("get"))?,
     ))
 }
 
@@ -160,7 +160,7 @@ async fn mget(
                 ttl: None,
             }),
             Some(entry) => {
-                let (value, encoding) = ValueView::new(&entry.value)?;
+                let (value, encoding) = ValueView::new(entry.value)?;
                 Ok(MgetItem {
                     key,
                     found: true,

@@ -118,13 +118,7 @@ async fn get_permission(
     }
     .map_err(&op)?;
     let found = permissions::get(&state.cache, &key).await.map_err(&op)?;
-    let result = found
-        .result
-        .to_raw_json()
-        .and_then(|raw| {
-            raw.ok_or_else(|| cache_shared::Error::internal("permission result is not JSON"))
-        })
-        .map_err(&op)?;
+    let result = found.result.into_raw_json().map_err(&op)?;
     Ok(Json(PermissionView {
         key: found.key,
         result,

@@ -78,7 +78,7 @@ async fn get_value(
         );
         return Ok(response);
     }
-    Ok(Json(EntryView::new(key, &entry).map_err(&op)?).into_response())
+    Ok(Json(EntryView::new(key, entry).map_err(&op)?).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

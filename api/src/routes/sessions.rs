@@ -52,7 +52,7 @@ impl TryFrom<Session> for SessionView {
 
     fn try_from(session: Session) -> Result<Self, Self::Error> {
         Ok(Self {
-            data: session.data_json()?,
+            data: session.data.into_raw_json()?,
             session_id: session.session_id,
             user_id: session.user_id,
             tenant_id: session.tenant_id,
