@@ -81,10 +81,6 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn is_platform(&self) -> bool {
-        self.0 == PLATFORM_TENANT
-    }
 }
 
 impl fmt::Display for TenantId {

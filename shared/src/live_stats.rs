@@ -475,15 +475,6 @@ impl LiveStats {
         self.rates_at(now_seconds(), 60).iter().sum()
     }
 
-    /// Per-operation rates (ops/s) over the last `seconds` full seconds.
-    pub fn rates(&self, seconds: u64) -> Vec<(Op, f64)> {
-        Op::ALL
-            .iter()
-            .copied()
-            .zip(self.rates_at(now_seconds(), seconds))
-            .collect()
-    }
-
     fn rates_at(&self, now: u64, seconds: u64) -> Vec<f64> {
         let seconds = seconds.clamp(1, WINDOW_SECONDS as u64);
         // The current second is still filling up: average the ones before it.
