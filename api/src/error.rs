@@ -115,23 +115,23 @@ impl ApiError {
                 let mut reply = match error {
                     Error::Validation { field, message } => Reply {
                         field: Some(field.as_ref()),
-                        ..Reply::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message.clone())
+                        ..Reply::new(StatusCode::BAD_REQUEST, error.code(), message.clone())
                     },
                     Error::KeyNotFound { key } => Reply {
                         key: Some(key.as_str()),
-                        ..Reply::new(StatusCode::NOT_FOUND, "KEY_NOT_FOUND", error.to_string())
+                        ..Reply::new(StatusCode::NOT_FOUND, error.code(), error.to_string())
                     },
                     Error::NotFound { .. } => {
-                        Reply::new(StatusCode::NOT_FOUND, "NOT_FOUND", error.to_string())
+                        Reply::new(StatusCode::NOT_FOUND, error.code(), error.to_string())
                     }
                     Error::Conflict(message) => {
-                        Reply::new(StatusCode::CONFLICT, "CONFLICT", message.clone())
+                        Reply::new(StatusCode::CONFLICT, error.code(), message.clone())
                     }
                     Error::PayloadTooLarge { message, limit } => Reply {
                         limit: Some(*limit),
                         ..Reply::new(
                             StatusCode::PAYLOAD_TOO_LARGE,
-                            "PAYLOAD_TOO_LARGE",
+                            error.code(),
                             message.clone(),
                         )
                     },
@@ -139,7 +139,7 @@ impl ApiError {
                         log_server_error(error, operation);
                         Reply::new(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "CACHE_UNAVAILABLE",
+                            error.code(),
                             "the cache is unavailable; retry shortly",
                         )
                     }
@@ -147,7 +147,7 @@ impl ApiError {
                         log_server_error(error, operation);
                         Reply::new(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "STORE_UNAVAILABLE",
+                            error.code(),
                             "the database is unavailable; retry shortly",
                         )
                     }
@@ -155,7 +155,7 @@ impl ApiError {
                         log_server_error(error, operation);
                         Reply::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            "INTERNAL_ERROR",
+                            error.code(),
                             "internal error",
                         )
                     }

@@ -117,12 +117,14 @@ impl Cache {
                 Ok((stored, ttl))
             })
             .await;
-        let (stored, ttl) = self.stats.observe(Op::Get, &tstats, started, result)?;
+        let (stored, ttl) = self
+            .stats
+            .observe(Op::Get, &tstats, started, Some(key), result)?;
         let Some(stored) = stored else {
-            self.stats.record_lookup(&tstats, key, false);
+            self.stats.record_lookup(&tstats, Op::Get, key, false);
             return Err(Error::KeyNotFound { key: key.into() });
         };
-        self.stats.record_lookup(&tstats, key, true);
+        self.stats.record_lookup(&tstats, Op::Get, key, true);
         Ok(Entry {
             value: self.codec.decode(&stored)?,
             ttl: from_redis_ttl(ttl).unwrap_or(-1),
@@ -147,9 +149,10 @@ impl Cache {
         validate_key(key, "key")?;
         self.check_size(value, "value")?;
         let expiry = ttl.unwrap_or(self.limits.default_ttl);
+        let encoded = self.codec.encode(value);
+        let value_bytes = encoded.len();
         let mut cmd = redis::cmd("SET");
-        cmd.arg(CacheNamespace::key_of(tenant, key))
-            .arg(self.codec.encode(value));
+        cmd.arg(CacheNamespace::key_of(tenant, key)).arg(encoded);
         if let Some(seconds) = expiry.seconds() {
             cmd.arg("EX").arg(seconds);
         }
@@ -161,7 +164,10 @@ impl Cache {
                 Ok(())
             })
             .await;
-        self.stats.observe(Op::Set, &tstats, started, result)?;
+        self.stats
+            .observe(Op::Set, &tstats, started, Some(key), result)?;
+        self.stats
+            .log_write(&tstats, Op::Set, Some(key), Some(value_bytes), started);
         Ok(expiry.reported())
     }
 
@@ -184,7 +190,12 @@ impl Cache {
                 Ok(removed > 0)
             })
             .await;
-        self.stats.observe(Op::Delete, &tstats, started, result)
+        let removed = self
+            .stats
+            .observe(Op::Delete, &tstats, started, Some(key), result)?;
+        self.stats
+            .log_write(&tstats, Op::Delete, Some(key), None, started);
+        Ok(removed)
     }
 
     /// Values of `keys` in request order, `None` for each miss.
@@ -227,13 +238,16 @@ impl Cache {
                 Ok((stored, ttls))
             })
             .await;
-        let (stored, ttls) = self.stats.observe(Op::Mget, &tstats, started, result)?;
+        let (stored, ttls) = self
+            .stats
+            .observe(Op::Mget, &tstats, started, None, result)?;
         stored
             .into_iter()
             .zip(ttls)
             .zip(keys)
             .map(|((stored, ttl), key)| {
-                self.stats.record_lookup(&tstats, key, stored.is_some());
+                self.stats
+                    .record_lookup(&tstats, Op::Mget, key, stored.is_some());
                 stored
                     .map(|bytes| {
                         Ok(Entry {
@@ -266,12 +280,12 @@ impl Cache {
         let ns = CacheNamespace::new(tenant);
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut sizes = Vec::with_capacity(items.len());
         for item in items {
             let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
-            let cmd = pipe
-                .cmd("SET")
-                .arg(ns.key(&item.key))
-                .arg(self.codec.encode(&item.value));
+            let encoded = self.codec.encode(&item.value);
+            sizes.push(encoded.len());
+            let cmd = pipe.cmd("SET").arg(ns.key(&item.key)).arg(encoded);
             if let Some(seconds) = expiry.seconds() {
                 cmd.arg("EX").arg(seconds);
             }
@@ -285,7 +299,12 @@ impl Cache {
                 Ok(())
             })
             .await;
-        self.stats.observe(Op::Mset, &tstats, started, result)?;
+        self.stats
+            .observe(Op::Mset, &tstats, started, None, result)?;
+        for (item, size) in items.iter().zip(sizes) {
+            self.stats
+                .log_write(&tstats, Op::Mset, Some(&item.key), Some(size), started);
+        }
         Ok(items.len())
     }
 
@@ -321,7 +340,9 @@ impl Cache {
                 Ok(found)
             })
             .await;
-        let found = self.stats.observe(Op::Exists, &tstats, started, result)?;
+        let found = self
+            .stats
+            .observe(Op::Exists, &tstats, started, None, result)?;
         let by_key: std::collections::HashMap<&str, bool> =
             unique.iter().map(|k| k.as_str()).zip(found).collect();
         Ok(keys
@@ -369,7 +390,12 @@ impl Cache {
                 Ok(updated)
             })
             .await;
-        self.stats.observe(Op::Expire, &tstats, started, result)
+        let updated = self
+            .stats
+            .observe(Op::Expire, &tstats, started, Some(key), result)?;
+        self.stats
+            .log_write(&tstats, Op::Expire, Some(key), None, started);
+        Ok(updated)
     }
 
     /// Remaining TTL of a key, `None` when it does not exist.
@@ -393,7 +419,8 @@ impl Cache {
                 Ok(from_redis_ttl(ttl))
             })
             .await;
-        self.stats.observe(Op::Ttl, &tstats, started, result)
+        self.stats
+            .observe(Op::Ttl, &tstats, started, Some(key), result)
     }
 
     /// Marks a key as used (and resets its TTL when one is given); returns its
@@ -427,7 +454,14 @@ impl Cache {
                 Ok(from_redis_ttl(remaining))
             })
             .await;
-        self.stats.observe(Op::Touch, &tstats, started, result)
+        let remaining = self
+            .stats
+            .observe(Op::Touch, &tstats, started, Some(key), result)?;
+        if ttl.is_some() {
+            self.stats
+                .log_write(&tstats, Op::Touch, Some(key), None, started);
+        }
+        Ok(remaining)
     }
 
     /// Re-encodes one stored value compressed when that makes it smaller,

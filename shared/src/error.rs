@@ -47,6 +47,21 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into().into())
     }
+
+    /// The code of API.md §3 for this class of failure (also the operation
+    /// log's `error_code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation { .. } => "VALIDATION_ERROR",
+            Error::KeyNotFound { .. } => "KEY_NOT_FOUND",
+            Error::NotFound { .. } => "NOT_FOUND",
+            Error::Conflict(_) => "CONFLICT",
+            Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Error::CacheUnavailable(_) => "CACHE_UNAVAILABLE",
+            Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
 }
 
 impl From<deadpool_redis::redis::RedisError> for Error {

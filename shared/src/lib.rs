@@ -12,6 +12,8 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod live_stats;
+pub mod metrics;
+pub mod oplog;
 pub mod permissions;
 pub mod redis;
 pub mod scripts;

@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 use crate::keys::TenantId;
+use crate::metrics::OpMetrics;
+use crate::oplog::{OpLog, Outcome};
 
 /// Operations counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +45,7 @@ impl Op {
         Op::Permission,
     ];
 
+    /// The name in metrics, logs and reports.
     pub fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
@@ -212,6 +215,7 @@ const TENANT_MINUTES: usize = 16;
 /// Figures of one tenant.
 #[derive(Debug)]
 pub struct TenantStats {
+    tenant: Box<str>,
     ops: [OpCounters; Op::ALL.len()],
     hits: AtomicU64,
     misses: AtomicU64,
@@ -222,9 +226,10 @@ pub struct TenantStats {
     created: Instant,
 }
 
-impl Default for TenantStats {
-    fn default() -> Self {
+impl TenantStats {
+    fn new(tenant: &str) -> Self {
         Self {
+            tenant: tenant.into(),
             ops: Default::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -354,6 +359,10 @@ fn snapshot(ops: &[OpCounters; Op::ALL.len()]) -> Vec<OpSnapshot> {
 /// Live figures of one process.
 #[derive(Debug)]
 pub struct LiveStats {
+    /// Off: nothing is counted, exported or logged (the instrumentation switch).
+    enabled: bool,
+    prometheus: Option<OpMetrics>,
+    oplog: Option<Arc<OpLog>>,
     ops: [OpCounters; Op::ALL.len()],
     hits: AtomicU64,
     misses: AtomicU64,
@@ -366,6 +375,9 @@ pub struct LiveStats {
 impl Default for LiveStats {
     fn default() -> Self {
         Self {
+            enabled: true,
+            prometheus: None,
+            oplog: None,
             ops: Default::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -380,6 +392,32 @@ impl Default for LiveStats {
 }
 
 impl LiveStats {
+    /// Figures that are also exported to Prometheus and, when `oplog` is
+    /// given, written to the operation log.
+    pub fn instrumented(prometheus: OpMetrics, oplog: Option<Arc<OpLog>>) -> Self {
+        Self {
+            prometheus: Some(prometheus),
+            oplog,
+            ..Self::default()
+        }
+    }
+
+    /// Counts nothing: the baseline of the instrumentation benchmark.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn oplog(&self) -> Option<&Arc<OpLog>> {
+        self.oplog.as_ref()
+    }
+
     /// The figures of `tenant`, created on first use.
     pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantStats> {
         if let Some(stats) = self
@@ -391,11 +429,16 @@ impl LiveStats {
             return Arc::clone(stats);
         }
         let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(tenants.entry(tenant.as_str().to_owned()).or_default())
+        Arc::clone(
+            tenants
+                .entry(tenant.as_str().to_owned())
+                .or_insert_with(|| Arc::new(TenantStats::new(tenant.as_str()))),
+        )
     }
 
-    /// Counts one call of `op` for `tenant` that began at `started`, passing
-    /// the result through.
+    /// Counts one call of `op` on `key` (when it names one) for `tenant`
+    /// that began at `started`, passing the result through; a failure is
+    /// written to the operation log.
     ///
     /// # Errors
     ///
@@ -405,9 +448,14 @@ impl LiveStats {
         op: Op,
         tenant: &TenantStats,
         started: Instant,
+        key: Option<&str>,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if !self.enabled {
+            return result;
+        }
+        let elapsed = started.elapsed();
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         for counters in [&self.ops[op as usize], &tenant.ops[op as usize]] {
             counters.calls.fetch_add(1, Ordering::Relaxed);
             if result.is_err() {
@@ -415,14 +463,50 @@ impl LiveStats {
             }
             counters.latency.record(us);
         }
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.record(op, elapsed, result.is_ok());
+        }
+        if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
+            oplog.record(&tenant.tenant, op, key, Outcome::Error(err.code()), us, None);
+        }
         let now = now_seconds();
         self.tick(now, op);
         tenant.tick(now / 60, op);
         result
     }
 
-    /// Counts a read of `key` that found (`hit`) or missed it.
-    pub fn record_lookup(&self, tenant: &TenantStats, key: &str, hit: bool) {
+    /// Writes a successful write of `key` (`None`: a key not to be logged,
+    /// such as a session id) to the operation log.
+    pub fn log_write(
+        &self,
+        tenant: &TenantStats,
+        op: Op,
+        key: Option<&str>,
+        value_bytes: Option<usize>,
+        started: Instant,
+    ) {
+        if let (true, Some(oplog)) = (self.enabled, &self.oplog) {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            oplog.record(&tenant.tenant, op, key, Outcome::Ok, us, value_bytes);
+        }
+    }
+
+    /// Counts a read of `key` that found (`hit`) or missed it; the read feeds
+    /// the hot-key detector and, sampled, the operation log.
+    pub fn record_lookup(&self, tenant: &TenantStats, op: Op, key: &str, hit: bool) {
+        self.count_lookup(tenant, op, Some(key), hit);
+    }
+
+    /// [`LiveStats::record_lookup`] for a key that must not be kept or logged
+    /// (a session id is a credential).
+    pub fn record_secret_lookup(&self, tenant: &TenantStats, op: Op, hit: bool) {
+        self.count_lookup(tenant, op, None, hit);
+    }
+
+    fn count_lookup(&self, tenant: &TenantStats, op: Op, key: Option<&str>, hit: bool) {
+        if !self.enabled {
+            return;
+        }
         let (global, own) = if hit {
             (&self.hits, &tenant.hits)
         } else {
@@ -430,6 +514,18 @@ impl LiveStats {
         };
         global.fetch_add(1, Ordering::Relaxed);
         own.fetch_add(1, Ordering::Relaxed);
+        if let Some(prometheus) = &self.prometheus {
+            if hit {
+                prometheus.hits.inc();
+            } else {
+                prometheus.misses.inc();
+            }
+        }
+        if let Some(oplog) = &self.oplog {
+            let outcome = if hit { Outcome::Hit } else { Outcome::Miss };
+            oplog.record_read(&tenant.tenant, op, key, outcome);
+        }
+        let Some(key) = key else { return };
         if tenant
             .reads_seen
             .fetch_add(1, Ordering::Relaxed)
@@ -524,18 +620,19 @@ mod tests {
         let acme = stats.tenant(&tenant());
         let started = Instant::now();
         stats
-            .observe(Op::Get, &acme, started, Ok::<_, Error>(()))
+            .observe(Op::Get, &acme, started, None, Ok::<_, Error>(()))
             .unwrap();
         stats
             .observe(
                 Op::Get,
                 &acme,
                 started,
+                None,
                 Err::<(), _>(Error::internal("boom")),
             )
             .unwrap_err();
         for hit in [true, true, false, true] {
-            stats.record_lookup(&acme, "k", hit);
+            stats.record_lookup(&acme, Op::Get, "k", hit);
         }
         let get = stats.snapshot()[Op::Get as usize];
         assert_eq!((get.calls, get.errors, get.latency.count), (2, 1, 2));
@@ -584,7 +681,7 @@ mod tests {
             } else {
                 format!("cold:{i}")
             };
-            stats.record_lookup(&acme, &key, true);
+            stats.record_lookup(&acme, Op::Get, &key, true);
         }
         let hot = acme.hot_keys(3);
         assert_eq!(hot[0].key, "hot");

@@ -147,9 +147,13 @@ pub async fn set(
             Ok(())
         })
         .await;
+    let platform = cache.platform_stats();
     cache
         .stats()
-        .observe(Op::Permission, &cache.platform_stats(), started, outcome)?;
+        .observe(Op::Permission, &platform, started, Some(key.as_str()), outcome)?;
+    cache
+        .stats()
+        .log_write(&platform, Op::Permission, Some(key.as_str()), None, started);
     Ok(expiry.reported())
 }
 
@@ -171,13 +175,14 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
             Ok(found)
         })
         .await;
+    let platform = cache.platform_stats();
     let (stored, ttl) =
         cache
             .stats()
-            .observe(Op::Permission, &cache.platform_stats(), started, outcome)?;
+            .observe(Op::Permission, &platform, started, Some(key.as_str()), outcome)?;
     cache
         .stats()
-        .record_lookup(&cache.platform_stats(), key.as_str(), stored.is_some());
+        .record_lookup(&platform, Op::Permission, key.as_str(), stored.is_some());
     let stored = stored.ok_or_else(|| Error::KeyNotFound {
         key: key.as_str().to_owned(),
     })?;
@@ -219,9 +224,14 @@ pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error
             Ok(deleted)
         })
         .await;
+    let platform = cache.platform_stats();
+    let deleted = cache
+        .stats()
+        .observe(Op::Permission, &platform, started, None, outcome)?;
     cache
         .stats()
-        .observe(Op::Permission, &cache.platform_stats(), started, outcome)
+        .log_write(&platform, Op::Permission, None, None, started);
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -93,9 +93,14 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
             Ok(())
         })
         .await;
+    let platform = cache.platform_stats();
     cache
         .stats()
-        .observe(Op::Session, &cache.platform_stats(), started, result)?;
+        .observe(Op::Session, &platform, started, None, result)?;
+    // A session id is a credential: logged without it.
+    cache
+        .stats()
+        .log_write(&platform, Op::Session, None, None, started);
     Ok(Session {
         session_id: new.session_id,
         user_id: new.user_id,
@@ -129,12 +134,13 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
             Ok(found)
         })
         .await;
+    let platform = cache.platform_stats();
     let found = cache
         .stats()
-        .observe(Op::Session, &cache.platform_stats(), started, result)?;
+        .observe(Op::Session, &platform, started, None, result)?;
     cache
         .stats()
-        .record_lookup(&cache.platform_stats(), session_id, found.is_some());
+        .record_secret_lookup(&platform, Op::Session, found.is_some());
     let (user_id, tenant_id, _stored_ttl, data, remaining) =
         found.ok_or_else(|| Error::KeyNotFound {
             key: session_id.to_owned(),
@@ -170,9 +176,14 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
             Ok(deleted == 1)
         })
         .await;
+    let platform = cache.platform_stats();
+    let deleted = cache
+        .stats()
+        .observe(Op::Session, &platform, started, None, result)?;
     cache
         .stats()
-        .observe(Op::Session, &cache.platform_stats(), started, result)
+        .log_write(&platform, Op::Session, None, None, started);
+    Ok(deleted)
 }
 
 /// Whose sessions a revocation targets.
