@@ -129,11 +129,7 @@ impl ApiError {
                     }
                     Error::PayloadTooLarge { message, limit } => Reply {
                         limit: Some(*limit),
-                        ..Reply::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            error.code(),
-                            message.clone(),
-                        )
+                        ..Reply::new(StatusCode::PAYLOAD_TOO_LARGE, error.code(), message.clone())
                     },
                     Error::CacheUnavailable(_) => {
                         log_server_error(error, operation);

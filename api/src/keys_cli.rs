@@ -34,6 +34,9 @@ impl<'a> From<&'a ApiKeyRecord> for Listed<'a> {
     }
 }
 
+/// Who the audit trail names for keys managed from the command line.
+const CLI_ACTOR: &str = "cli";
+
 /// Runs one `keys` command, writing its answer to standard output.
 ///
 /// # Errors
@@ -51,10 +54,17 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             json,
         } => {
             let key = api_keys::generate()?;
-            let record =
-                key_rows::insert(&pool, &key, &tenant, role, name.as_deref(), expires_in_days)
-                    .await
-                    .context("storing the key in DATABASE_URL")?;
+            let record = key_rows::insert_audited(
+                &pool,
+                CLI_ACTOR,
+                &key,
+                &tenant,
+                role,
+                name.as_deref(),
+                expires_in_days,
+            )
+            .await
+            .context("storing the key in DATABASE_URL")?;
             if json {
                 let created = serde_json::json!({
                     "id": record.id,
@@ -98,7 +108,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => {
-            let record = key_rows::revoke(&pool, &id)
+            let record = key_rows::revoke_audited(&pool, CLI_ACTOR, &id)
                 .await
                 .context("revoking the key in DATABASE_URL")?
                 .with_context(|| format!("no API key with id {id}"))?;

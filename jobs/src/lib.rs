@@ -11,6 +11,7 @@ pub mod context;
 pub mod error;
 pub mod fetch;
 pub mod flush;
+pub mod internal;
 pub mod memory_analysis;
 pub mod payloads;
 pub mod preload;
@@ -61,7 +62,7 @@ impl JobType {
     ];
 
     /// The name used in the API, in the `jobs` table and in metrics.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             JobType::Flush => "flush",
             JobType::Preload => "preload",
@@ -77,8 +78,21 @@ impl JobType {
     /// The queue of this type under `prefix`. Named explicitly, never derived
     /// from a Rust type name, so that renaming code never strands queued jobs.
     pub fn queue_name(self, prefix: &str) -> String {
-        format!("{prefix}:jobs:{}", self.as_str())
+        queue_name(prefix, self.as_str())
     }
+}
+
+/// The Redis name of queue `name` under `prefix`.
+pub fn queue_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}:jobs:{name}")
+}
+
+/// Every queue: the job types' and the service's own upkeep queues.
+pub fn all_queues() -> impl Iterator<Item = &'static str> {
+    JobType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(internal::QUEUES)
 }
 
 impl fmt::Display for JobType {

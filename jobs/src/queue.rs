@@ -20,13 +20,14 @@ use crate::backup::{BackupParams, RestoreParams};
 use crate::compress::CompressParams;
 use crate::fetch::AllowList;
 use crate::flush::FlushParams;
+use crate::internal::{LogPersistJob, StatsRollupJob};
 use crate::memory_analysis::AnalysisParams;
 use crate::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
 };
 use crate::preload::PreloadParams;
-use crate::runner::Job;
+use crate::runner::Queued;
 
 /// Where the queues live and how fast a dead worker's jobs come back.
 #[derive(Debug, Clone)]
@@ -50,10 +51,10 @@ impl QueueSettings {
     }
 
     /// The apalis storage of `J`'s queue on `conn`.
-    pub fn storage<J: Job>(&self, conn: ConnectionManager) -> RedisStorage<J> {
+    pub fn storage<J: Queued>(&self, conn: ConnectionManager) -> RedisStorage<J> {
         RedisStorage::new(conn).with_config(
             Config::default()
-                .queue(J::TYPE.queue_name(&self.prefix))
+                .queue(crate::queue_name(&self.prefix, J::QUEUE))
                 .heartbeat_interval(self.heartbeat)
                 .missed_heartbeats(self.missed_heartbeats),
         )
@@ -246,7 +247,24 @@ impl JobQueue {
         if !created {
             return Ok(record);
         }
-        if let Err(err) = self.push(&id, &submission.tenant, submission.spec).await {
+        let audited = match submission.spec.job_type() {
+            JobType::Flush | JobType::Restore => {
+                cache_shared::db::admin_actions::record(
+                    &self.db,
+                    record.created_by.as_deref().unwrap_or("internal"),
+                    submission.tenant.as_str(),
+                    submission.spec.job_type().as_str(),
+                    &serde_json::json!({ "jobId": id, "params": new.params }),
+                )
+                .await
+            }
+            _ => Ok(()),
+        };
+        let pushed = match audited {
+            Ok(()) => self.push(&id, &submission.tenant, submission.spec).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = pushed {
             // Never leave a record for a job no worker will ever see.
             if let Err(cleanup) = jobs::delete(&self.db, &id).await {
                 tracing::error!(job_id = %id, %cleanup, "could not remove the record of a job that failed to enqueue");
@@ -263,8 +281,8 @@ impl JobQueue {
     /// [`Error::CacheUnavailable`].
     pub async fn depth(&self) -> Result<QueueDepth, Error> {
         let mut pipe = deadpool_redis::redis::pipe();
-        for job_type in JobType::ALL {
-            let config = Config::default().queue(job_type.queue_name(&self.settings.prefix));
+        for name in crate::all_queues() {
+            let config = Config::default().queue(crate::queue_name(&self.settings.prefix, name));
             pipe.llen(config.active_jobs_list())
                 .zcard(config.scheduled_jobs_set())
                 .scard(config.dead_jobs_set());
@@ -274,13 +292,13 @@ impl JobQueue {
             .await
             .map_err(|_| Error::CacheUnavailable("the queues did not answer in time".into()))??;
         let mut depth = QueueDepth::default();
-        for (job_type, c) in JobType::ALL.iter().zip(counts.chunks(3)) {
+        for (name, c) in crate::all_queues().zip(counts.chunks(3)) {
             let waiting = c.first().copied().unwrap_or(0) + c.get(1).copied().unwrap_or(0);
             let dead = c.get(2).copied().unwrap_or(0);
             depth.waiting += waiting;
             depth.dead += dead;
             depth.queues.push(TypeDepth {
-                job_type: job_type.as_str().to_owned(),
+                job_type: name.to_owned(),
                 waiting,
                 dead,
             });
@@ -306,10 +324,12 @@ impl JobQueue {
         removed += self.vacuum_type::<CompressJob>(older_than).await?;
         removed += self.vacuum_type::<BackupJob>(older_than).await?;
         removed += self.vacuum_type::<RestoreJob>(older_than).await?;
+        removed += self.vacuum_type::<StatsRollupJob>(older_than).await?;
+        removed += self.vacuum_type::<LogPersistJob>(older_than).await?;
         Ok(removed)
     }
 
-    async fn vacuum_type<J: Job>(&self, older_than: Duration) -> Result<u64, Error> {
+    async fn vacuum_type<J: Queued>(&self, older_than: Duration) -> Result<u64, Error> {
         use apalis_core::backend::Vacuum;
         use deadpool_redis::redis;
 
@@ -319,7 +339,7 @@ impl JobQueue {
             .vacuum_before(older_than)
             .await
             .map_err(|e| unavailable(&e))?;
-        let config = Config::default().queue(J::TYPE.queue_name(&self.settings.prefix));
+        let config = Config::default().queue(crate::queue_name(&self.settings.prefix, J::QUEUE));
         let mut conn = self.conn.clone();
         for set in [config.done_jobs_set(), config.dead_jobs_set()] {
             let ids: Vec<String> = redis::cmd("SMEMBERS")
@@ -438,8 +458,17 @@ impl JobQueue {
         }
     }
 
-    async fn push_job<J: Job>(&self, job: J) -> Result<(), Error> {
-        let task_id = TaskId::from_str(job.job_id())
+    /// Pushes an upkeep payload (no record: it must queue while PostgreSQL is down).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when the queue does not take it in time.
+    pub async fn push_internal<J: Queued>(&self, job: J) -> Result<(), Error> {
+        self.push_job(job).await
+    }
+
+    async fn push_job<J: Queued>(&self, job: J) -> Result<(), Error> {
+        let task_id = TaskId::from_str(job.task_id())
             .map_err(|e| Error::internal(format!("job id is not a ULID: {e}")))?;
         let task = TaskBuilder::new(job).task_id(task_id).build();
         let mut storage = self.settings.storage::<J>(self.conn.clone());

@@ -24,7 +24,25 @@ pub fn backoff(retry: u32) -> Duration {
     Duration::from_secs(seconds.min(10))
 }
 
-/// A job payload as it travels on its queue.
+/// A payload as it travels on its own queue.
+pub trait Queued: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
+    /// The queue's name under the prefix; fixed forever, never derived from a
+    /// Rust type name, so that renaming code never strands queued payloads.
+    const QUEUE: &'static str;
+
+    /// The id the queue knows the payload by (a ULID).
+    fn task_id(&self) -> &str;
+}
+
+impl<J: Job> Queued for J {
+    const QUEUE: &'static str = J::TYPE.as_str();
+
+    fn task_id(&self) -> &str {
+        self.job_id()
+    }
+}
+
+/// A job with a record in PostgreSQL, started over HTTP or by a schedule.
 pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
     const TYPE: JobType;
 

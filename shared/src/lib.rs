@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod oplog;
 pub mod permissions;
 pub mod redis;
+pub mod rollup;
 pub mod scripts;
 pub mod sessions;
 pub mod shutdown;

@@ -96,7 +96,7 @@ impl Default for Histogram {
     }
 }
 
-fn bucket_of(us: u64) -> usize {
+pub(crate) fn bucket_of(us: u64) -> usize {
     if us < SUB_BUCKETS {
         return us as usize;
     }
@@ -106,7 +106,7 @@ fn bucket_of(us: u64) -> usize {
     ((power - 2) * SUB_BUCKETS + sub) as usize
 }
 
-fn bucket_upper_us(bucket: usize) -> u64 {
+pub(crate) fn bucket_upper_us(bucket: usize) -> u64 {
     let bucket = bucket as u64;
     if bucket < SUB_BUCKETS {
         return bucket;
@@ -136,6 +136,18 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative bucket counts, sum and max, for period deltas.
+    fn totals(&self) -> (Vec<u64>, u64, u64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.sum_us.load(Ordering::Relaxed),
+            self.max_us.load(Ordering::Relaxed),
+        )
     }
 
     pub fn latency(&self) -> Latency {
@@ -209,6 +221,14 @@ impl SpaceSaving {
     }
 }
 
+/// The detector since start (served live) and the one of the current
+/// rollup period (shipped and reset at each period's end).
+#[derive(Debug, Default)]
+struct HotKeys {
+    since_start: SpaceSaving,
+    period: SpaceSaving,
+}
+
 /// Minutes of per-minute throughput kept per tenant (the 15-minute rate).
 const TENANT_MINUTES: usize = 16;
 
@@ -220,7 +240,7 @@ pub struct TenantStats {
     hits: AtomicU64,
     misses: AtomicU64,
     reads_seen: AtomicU64,
-    hot: Mutex<SpaceSaving>,
+    hot: Mutex<HotKeys>,
     minute_stamp: [AtomicU64; TENANT_MINUTES],
     minute_count: [[AtomicU64; Op::ALL.len()]; TENANT_MINUTES],
     created: Instant,
@@ -319,10 +339,48 @@ impl TenantStats {
         snapshot(&self.ops)
     }
 
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Cumulative per-operation counters and lookups, for period deltas.
+    pub(crate) fn totals(&self) -> crate::rollup::Totals {
+        crate::rollup::Totals {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            ops: Op::ALL
+                .iter()
+                .map(|&op| {
+                    let c = &self.ops[op as usize];
+                    let (buckets, sum_us, max_us) = c.latency.totals();
+                    crate::rollup::OpTotals {
+                        calls: c.calls.load(Ordering::Relaxed),
+                        errors: c.errors.load(Ordering::Relaxed),
+                        sum_us,
+                        max_us,
+                        buckets,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The keys read during the period now ending, with estimated reads, and
+    /// a fresh detector for the next one.
+    pub(crate) fn take_period_hot_keys(&self) -> Vec<(String, u64)> {
+        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut hot.period)
+            .counts
+            .into_iter()
+            .map(|(key, (count, _))| (key, count * HOTKEY_SAMPLE_EVERY))
+            .collect()
+    }
+
     /// The hottest keys, most read first.
     pub fn hot_keys(&self, limit: usize) -> Vec<HotKey> {
         let hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<HotKey> = hot
+            .since_start
             .counts
             .iter()
             .map(|(key, (count, error))| HotKey {
@@ -436,6 +494,16 @@ impl LiveStats {
         )
     }
 
+    /// Every tenant seen so far.
+    pub fn tenants(&self) -> Vec<Arc<TenantStats>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Counts one call of `op` on `key` (when it names one) for `tenant`
     /// that began at `started`, passing the result through; a failure is
     /// written to the operation log.
@@ -467,7 +535,14 @@ impl LiveStats {
             prometheus.record(op, elapsed, result.is_ok());
         }
         if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
-            oplog.record(&tenant.tenant, op, key, Outcome::Error(err.code()), us, None);
+            oplog.record(
+                &tenant.tenant,
+                op,
+                key,
+                Outcome::Error(err.code()),
+                us,
+                None,
+            );
         }
         let now = now_seconds();
         self.tick(now, op);
@@ -531,11 +606,9 @@ impl LiveStats {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(HOTKEY_SAMPLE_EVERY)
         {
-            tenant
-                .hot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .offer(key);
+            let mut hot = tenant.hot.lock().unwrap_or_else(|p| p.into_inner());
+            hot.since_start.offer(key);
+            hot.period.offer(key);
         }
     }
 

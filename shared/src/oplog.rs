@@ -134,7 +134,12 @@ pub struct OpLog {
 }
 
 impl OpLog {
-    pub fn new(read_sample_rate: f64, batch: usize, capacity: usize, metrics: OpLogMetrics) -> Self {
+    pub fn new(
+        read_sample_rate: f64,
+        batch: usize,
+        capacity: usize,
+        metrics: OpLogMetrics,
+    ) -> Self {
         Self {
             buffer: Mutex::new(Vec::with_capacity(batch)),
             capacity,
@@ -278,7 +283,12 @@ mod tests {
     use super::*;
 
     fn log(rate: f64, batch: usize, capacity: usize) -> OpLog {
-        OpLog::new(rate, batch, capacity, OpLogMetrics::new(&Metrics::default()))
+        OpLog::new(
+            rate,
+            batch,
+            capacity,
+            OpLogMetrics::new(&Metrics::default()),
+        )
     }
 
     #[tokio::test]

@@ -148,9 +148,13 @@ pub async fn set(
         })
         .await;
     let platform = cache.platform_stats();
-    cache
-        .stats()
-        .observe(Op::Permission, &platform, started, Some(key.as_str()), outcome)?;
+    cache.stats().observe(
+        Op::Permission,
+        &platform,
+        started,
+        Some(key.as_str()),
+        outcome,
+    )?;
     cache
         .stats()
         .log_write(&platform, Op::Permission, Some(key.as_str()), None, started);
@@ -176,10 +180,13 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
         })
         .await;
     let platform = cache.platform_stats();
-    let (stored, ttl) =
-        cache
-            .stats()
-            .observe(Op::Permission, &platform, started, Some(key.as_str()), outcome)?;
+    let (stored, ttl) = cache.stats().observe(
+        Op::Permission,
+        &platform,
+        started,
+        Some(key.as_str()),
+        outcome,
+    )?;
     cache
         .stats()
         .record_lookup(&platform, Op::Permission, key.as_str(), stored.is_some());

@@ -106,7 +106,7 @@ struct Created {
 )]
 async fn create(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let op = ApiError::op("keys.create");
@@ -128,8 +128,9 @@ async fn create(
         )));
     }
     let key = api_keys::generate().map_err(&op)?;
-    let record = key_rows::insert(
+    let record = key_rows::insert_audited(
         &state.db,
+        &caller.key_id,
         &key,
         tenant.as_str(),
         role,
@@ -161,11 +162,11 @@ async fn create(
 )]
 async fn revoke(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     PathParam(id): PathParam,
 ) -> Result<Json<KeyView>, ApiError> {
     let op = ApiError::op("keys.revoke");
-    let record = key_rows::revoke(&state.db, &id)
+    let record = key_rows::revoke_audited(&state.db, &caller.key_id, &id)
         .await
         .map_err(&op)?
         .ok_or_else(|| Error::NotFound {

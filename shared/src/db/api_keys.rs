@@ -1,7 +1,7 @@
 //! The `api_keys` table.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 use crate::api_keys::{NewKey, Role};
 use crate::error::Error;
@@ -56,6 +56,50 @@ pub async fn insert(
     .fetch_one(exec)
     .await?;
     Ok(record)
+}
+
+/// [`insert`] and its audit record (action `key.create`), in one transaction.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn insert_audited(
+    pool: &PgPool,
+    actor: &str,
+    key: &NewKey,
+    tenant: &str,
+    role: Role,
+    name: Option<&str>,
+    expires_in_days: Option<u32>,
+) -> Result<ApiKeyRecord, Error> {
+    let mut tx = pool.begin().await?;
+    let record = insert(&mut *tx, key, tenant, role, name, expires_in_days).await?;
+    let details =
+        serde_json::json!({ "keyId": record.id, "role": record.role, "name": record.name });
+    crate::db::admin_actions::record(&mut *tx, actor, tenant, "key.create", &details).await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// [`revoke`] and its audit record (action `key.revoke`), in one transaction.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn revoke_audited(
+    pool: &PgPool,
+    actor: &str,
+    id: &str,
+) -> Result<Option<ApiKeyRecord>, Error> {
+    let mut tx = pool.begin().await?;
+    let Some(record) = revoke(&mut *tx, id).await? else {
+        return Ok(None);
+    };
+    let details = serde_json::json!({ "keyId": record.id, "role": record.role });
+    crate::db::admin_actions::record(&mut *tx, actor, &record.tenant_id, "key.revoke", &details)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(record))
 }
 
 /// The key with this digest, usable or not.

@@ -41,3 +41,95 @@ pub async fn since(
     .await?;
     Ok(rows)
 }
+
+/// Hot keys kept per tenant and window.
+pub const KEYS_PER_WINDOW: usize = 50;
+
+/// How a key's reads moved against the previous window: more than 20 % up
+/// is rising, more than 20 % down falling; a key new to the list is rising.
+pub fn trend(previous: Option<i64>, now: i64) -> &'static str {
+    match previous {
+        None => "rising",
+        Some(p) if now as f64 > p as f64 * 1.2 => "rising",
+        Some(p) if (now as f64) < p as f64 * 0.8 => "falling",
+        Some(_) => "stable",
+    }
+}
+
+/// Rewrites a tenant's hot keys of one window from `reads` (estimated reads
+/// per key), with trend and preload advice against the window before:
+/// a key hot in both windows and not falling is worth preloading.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn replace_window(
+    tx: &mut sqlx::PgConnection,
+    tenant: &str,
+    window_start: DateTime<Utc>,
+    window_minutes: i32,
+    reads: &std::collections::BTreeMap<String, u64>,
+) -> Result<(), Error> {
+    let mut top: Vec<(&String, i64)> = reads
+        .iter()
+        .map(|(k, &n)| (k, i64::try_from(n).unwrap_or(i64::MAX)))
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    top.truncate(KEYS_PER_WINDOW);
+    let previous: std::collections::HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "select cache_key, access_count from cache_hotkeys \
+         where tenant_id = $1 and window_minutes = $2 \
+           and window_start = $3 - make_interval(mins => $2)",
+    )
+    .bind(tenant)
+    .bind(window_minutes)
+    .bind(window_start)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    sqlx::query(
+        "delete from cache_hotkeys where tenant_id = $1 and window_start = $2 and window_minutes = $3",
+    )
+    .bind(tenant)
+    .bind(window_start)
+    .bind(window_minutes)
+    .execute(&mut *tx)
+    .await?;
+    if top.is_empty() {
+        return Ok(());
+    }
+    let seconds = f64::from(window_minutes.max(1)) * 60.0;
+    let mut keys = Vec::with_capacity(top.len());
+    let mut counts = Vec::with_capacity(top.len());
+    let mut scores = Vec::with_capacity(top.len());
+    let mut trends = Vec::with_capacity(top.len());
+    let mut preload = Vec::with_capacity(top.len());
+    for (key, n) in top {
+        let before = previous.get(key.as_str()).copied();
+        let t = trend(before, n);
+        keys.push(key.as_str());
+        counts.push(n);
+        scores.push(n as f64 / seconds);
+        trends.push(t);
+        preload.push(before.is_some() && t != "falling");
+    }
+    sqlx::query(
+        "insert into cache_hotkeys (tenant_id, cache_key, window_start, window_minutes, \
+            access_count, hotness_score, trend, should_preload) \
+         select $1, k, $2, $3, n, s, t, p \
+         from unnest($4::varchar[], $5::bigint[], $6::float8[], $7::varchar[], $8::bool[]) \
+              as u(k, n, s, t, p)",
+    )
+    .bind(tenant)
+    .bind(window_start)
+    .bind(window_minutes)
+    .bind(keys)
+    .bind(counts)
+    .bind(scores)
+    .bind(trends)
+    .bind(preload)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

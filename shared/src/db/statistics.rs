@@ -1,9 +1,10 @@
 //! The `cache_statistics` table: rolled-up figures per tenant and period.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 use crate::error::Error;
+use crate::rollup::PeriodFigures;
 
 #[derive(Debug, Clone, FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -47,4 +48,99 @@ pub async fn history(
     .fetch_all(exec)
     .await?;
     Ok(rows)
+}
+
+/// Adds one instance's figures of a tenant's period, then rewrites the
+/// period's row from every instance's contribution. A contribution already
+/// recorded (a re-delivered rollup) changes nothing. Returns the merged
+/// figures when this contribution was new.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn add_contribution(
+    pool: &PgPool,
+    instance: &str,
+    tenant: &str,
+    period_start: DateTime<Utc>,
+    period_minutes: i32,
+    figures: &PeriodFigures,
+) -> Result<Option<PeriodFigures>, Error> {
+    let mut tx = pool.begin().await?;
+    // One writer per tenant and period at a time: two instances' rollups
+    // handled concurrently must both see each other's contribution.
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text || '/' || $3::text, 0))")
+        .bind(tenant)
+        .bind(period_start)
+        .bind(period_minutes)
+        .execute(&mut *tx)
+        .await?;
+    let inserted = sqlx::query(
+        "insert into stats_contributions (tenant_id, period_start, period_minutes, instance_id, figures) \
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(tenant)
+    .bind(period_start)
+    .bind(period_minutes)
+    .bind(instance)
+    .bind(sqlx::types::Json(figures))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let parts: Vec<(sqlx::types::Json<PeriodFigures>,)> = sqlx::query_as(
+        "select figures from stats_contributions \
+         where tenant_id = $1 and period_start = $2 and period_minutes = $3",
+    )
+    .bind(tenant)
+    .bind(period_start)
+    .bind(period_minutes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut merged = PeriodFigures::default();
+    for (part,) in &parts {
+        merged.merge(part);
+    }
+    let s = merged.summary();
+    sqlx::query(
+        "insert into cache_statistics (tenant_id, namespace, period_start, period_minutes, \
+            total_operations, hits, misses, errors, hit_rate, avg_latency_ms, p95_latency_ms, \
+            p99_latency_ms) \
+         values ($1, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         on conflict (tenant_id, namespace, period_start, period_minutes) do update set \
+            total_operations = excluded.total_operations, hits = excluded.hits, \
+            misses = excluded.misses, errors = excluded.errors, hit_rate = excluded.hit_rate, \
+            avg_latency_ms = excluded.avg_latency_ms, p95_latency_ms = excluded.p95_latency_ms, \
+            p99_latency_ms = excluded.p99_latency_ms, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(period_start)
+    .bind(period_minutes)
+    .bind(count(s.total_operations))
+    .bind(count(s.hits))
+    .bind(count(s.misses))
+    .bind(count(s.errors))
+    .bind(s.hit_rate)
+    .bind(s.avg_latency_ms)
+    .bind(s.p95_latency_ms)
+    .bind(s.p99_latency_ms)
+    .execute(&mut *tx)
+    .await?;
+    crate::db::hotkeys::replace_window(
+        &mut tx,
+        tenant,
+        period_start,
+        period_minutes,
+        &merged.hot_keys,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(merged))
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

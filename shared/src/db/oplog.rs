@@ -1,0 +1,151 @@
+//! The `cache_operation_logs` table: bulk inserts of shipped batches and the
+//! retention sweep.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+
+use crate::error::Error;
+use crate::oplog::LogRecord;
+
+/// Inserts a batch in one statement (arrays unnested server-side, never row
+/// by row); records already present are skipped, so a batch delivered twice
+/// lands once. Returns the rows inserted.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn insert_batch(exec: impl PgExecutor<'_>, batch: &[LogRecord]) -> Result<u64, Error> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut request_id = Vec::with_capacity(batch.len());
+    let mut item = Vec::with_capacity(batch.len());
+    let mut tenant_id = Vec::with_capacity(batch.len());
+    let mut operation = Vec::with_capacity(batch.len());
+    let mut cache_key = Vec::with_capacity(batch.len());
+    let mut outcome = Vec::with_capacity(batch.len());
+    let mut latency_us = Vec::with_capacity(batch.len());
+    let mut value_bytes = Vec::with_capacity(batch.len());
+    let mut error_code = Vec::with_capacity(batch.len());
+    let mut actor = Vec::with_capacity(batch.len());
+    let mut occurred_at = Vec::with_capacity(batch.len());
+    for r in batch {
+        request_id.push(r.request_id.as_str());
+        item.push(r.item);
+        tenant_id.push(r.tenant_id.as_str());
+        operation.push(r.operation.as_str());
+        cache_key.push(r.cache_key.as_deref());
+        outcome.push(r.outcome.as_str());
+        latency_us.push(r.latency_us);
+        value_bytes.push(r.value_bytes);
+        error_code.push(r.error_code.as_deref());
+        actor.push(r.actor.as_deref());
+        occurred_at.push(r.occurred_at);
+    }
+    let done = sqlx::query(
+        "insert into cache_operation_logs \
+           (request_id, item, tenant_id, operation, cache_key, outcome, latency_us, \
+            value_bytes, error_code, actor, occurred_at) \
+         select * from unnest($1::varchar[], $2::int[], $3::varchar[], $4::varchar[], \
+                              $5::varchar[], $6::varchar[], $7::bigint[], $8::bigint[], \
+                              $9::varchar[], $10::varchar[], $11::timestamptz[]) \
+         on conflict (request_id, operation, item, occurred_at) do nothing",
+    )
+    .bind(request_id)
+    .bind(item)
+    .bind(tenant_id)
+    .bind(operation)
+    .bind(cache_key)
+    .bind(outcome)
+    .bind(latency_us)
+    .bind(value_bytes)
+    .bind(error_code)
+    .bind(actor)
+    .bind(occurred_at)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes records older than `cutoff` (and the rollups' raw contributions),
+/// `chunk` rows at a time so that no statement holds locks for long.
+/// Returns the log rows deleted.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn purge_before(pool: &PgPool, cutoff: DateTime<Utc>, chunk: i64) -> Result<u64, Error> {
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            "delete from cache_operation_logs where id in \
+               (select id from cache_operation_logs where occurred_at < $1 limit $2)",
+        )
+        .bind(cutoff)
+        .bind(chunk)
+        .execute(pool)
+        .await?;
+        deleted += done.rows_affected();
+        if done.rows_affected() < u64::try_from(chunk).unwrap_or(0) {
+            break;
+        }
+    }
+    sqlx::query("delete from stats_contributions where period_start < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await?;
+    Ok(deleted)
+}
+
+/// Records of one request, in item order (for audits and tests).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn of_request(
+    exec: impl PgExecutor<'_>,
+    request_id: &str,
+) -> Result<Vec<LogRecord>, Error> {
+    let rows = sqlx::query_as::<_, LogRow>(
+        "select request_id, item, tenant_id, operation, cache_key, outcome, latency_us, \
+                value_bytes, error_code, actor, occurred_at \
+         from cache_operation_logs where request_id = $1 order by item, occurred_at",
+    )
+    .bind(request_id)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(LogRecord::from).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct LogRow {
+    request_id: String,
+    item: i32,
+    tenant_id: String,
+    operation: String,
+    cache_key: Option<String>,
+    outcome: String,
+    latency_us: Option<i64>,
+    value_bytes: Option<i64>,
+    error_code: Option<String>,
+    actor: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+impl From<LogRow> for LogRecord {
+    fn from(r: LogRow) -> Self {
+        LogRecord {
+            request_id: r.request_id,
+            item: r.item,
+            tenant_id: r.tenant_id,
+            operation: r.operation,
+            cache_key: r.cache_key,
+            outcome: r.outcome,
+            latency_us: r.latency_us.unwrap_or(0),
+            value_bytes: r.value_bytes,
+            error_code: r.error_code,
+            actor: r.actor,
+            occurred_at: r.occurred_at,
+        }
+    }
+}
