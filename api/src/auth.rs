@@ -181,6 +181,7 @@ pub async fn authorize(
                 message: "unknown, revoked or expired API key",
                 bearer: true,
             })?;
+    cache_shared::oplog::set_actor(&record.id);
     let role = record.role();
     if !role.allows(required) {
         return Err(ApiError::Forbidden(format!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cache_shared::api_keys::Role;
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, PreloadArgs, QueueArgs, RedisSettings, Secret,
-    TelemetrySettings,
+    CacheSettings, DatabaseSettings, ObservabilitySettings, PreloadArgs, QueueArgs, RedisSettings,
+    Secret, TelemetrySettings,
 };
 use cache_shared::keys::TenantId;
 use clap::{Args, Parser, Subcommand};
@@ -108,6 +108,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]
+    pub observability: ObservabilitySettings,
+    #[command(flatten)]
     pub telemetry: TelemetrySettings,
 }
 
@@ -156,6 +158,16 @@ pub struct HttpSettings {
     #[arg(long, env = "API_KEY_CACHE_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub api_key_cache_seconds: u64,
+
+    /// Bearer token `GET /metrics` requires (empty: open, for a private network).
+    #[arg(
+        long,
+        env = "METRICS_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub metrics_token: Secret,
 }
 
 impl HttpSettings {

@@ -61,6 +61,9 @@ impl ServiceTokens {
     }
 }
 
+/// Who the operation log names for calls of the internal plane.
+pub const SERVICE_ACTOR: &str = "service";
+
 /// A caller of the internal plane, authenticated by `X-Service-Token`, acting
 /// for the `X-Tenant-Id` tenant or, without that header, for the platform.
 #[derive(Debug, Clone)]
@@ -87,6 +90,7 @@ impl FromRequestParts<AppState> for InternalCaller {
                 bearer: false,
             });
         }
+        cache_shared::oplog::set_actor(SERVICE_ACTOR);
         match parts.headers.get(TENANT_HEADER) {
             None => Ok(Self {
                 tenant: TenantId::platform(),

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod instrumentation;
 pub mod keys_cli;
 pub mod openapi;
 pub mod routes;
@@ -42,6 +43,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
 use crate::extract::ServiceTokens;
+use crate::instrumentation::Instruments;
 use crate::state::{AppState, Shared};
 
 /// Runs the command the command line chose.
@@ -106,6 +108,11 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let redis = RedisStore::new(&args.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
     let limits = CacheLimits::from_settings(&args.cache);
+    let instruments = Instruments::new(&args.observability);
+    let stats = match &instruments.ops {
+        Some(ops) => LiveStats::instrumented(ops.clone(), instruments.oplog.clone()),
+        None => LiveStats::disabled(),
+    };
     let queue_conn =
         cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())
             .context("parsing REDIS_URL")?;
@@ -116,14 +123,18 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         limits.max_value_bytes,
         args.redis.command_timeout(),
     )
-    .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts));
+    .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts))
+    .with_oplog(instruments.oplog.clone());
     Ok(AppState::new(Shared {
-        cache: Cache::new(redis, limits, Arc::new(LiveStats::default())),
+        cache: Cache::new(redis, limits, Arc::new(stats)),
         db,
         jobs,
         key_cache: auth::KeyCache::new(args.http.api_key_cache()),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         settings: args.http.clone(),
+        observability: args.observability.clone(),
+        instruments,
+        instance_id: format!("api-{}-{}", std::process::id(), ulid::Ulid::new()),
         started_at: Instant::now(),
     }))
 }
@@ -133,10 +144,22 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (routes, doc) = documented_routes(&state).split_for_parts();
+    let routes = routes.merge(openapi::serve(doc));
+    let routes = if state.cache.stats().is_enabled() {
+        routes
+            .route_layer(axum::middleware::from_fn(instrumentation::remember_route))
+            .fallback(error::route_not_found)
+            .method_not_allowed_fallback(error::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                instrumentation::observe_request,
+            ))
+    } else {
+        routes
+            .fallback(error::route_not_found)
+            .method_not_allowed_fallback(error::method_not_allowed)
+    };
     routes
-        .merge(openapi::serve(doc))
-        .fallback(error::route_not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -160,6 +183,7 @@ pub fn router(state: AppState) -> Router {
 pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
+        .routes(utoipa_axum::routes!(instrumentation::scrape))
         .merge(routes::internal::router())
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
@@ -209,6 +233,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let header_timeout = state.settings.header_read_timeout();
     let grace = state.settings.shutdown_timeout();
+    let background = instrumentation::Background::start(&state);
     let app = router(state);
     let mut builder = http1::Builder::new();
     builder
@@ -248,5 +273,7 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
     }
+    // After the last request: its figures and log records go out too.
+    background.finish().await;
     Ok(())
 }

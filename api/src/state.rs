@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use cache_jobs::queue::JobQueue;
 use cache_shared::cache::Cache;
+use cache_shared::config::ObservabilitySettings;
 use sqlx::PgPool;
 
 use crate::auth::KeyCache;
 use crate::cli::HttpSettings;
 use crate::extract::ServiceTokens;
+use crate::instrumentation::Instruments;
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Shared>);
@@ -24,6 +26,10 @@ pub struct Shared {
     pub key_cache: KeyCache,
     pub service_tokens: ServiceTokens,
     pub settings: HttpSettings,
+    pub observability: ObservabilitySettings,
+    pub instruments: Instruments,
+    /// This process among the api instances (rollups are merged per instance).
+    pub instance_id: String,
     pub started_at: Instant,
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use cache_shared::cache::Cache;
+use cache_shared::metrics::JobMetrics;
 use sqlx::PgPool;
 
 use crate::fetch::{AllowList, FetchLimits};
@@ -55,4 +56,5 @@ pub struct JobContext {
     pub db: PgPool,
     pub pacing: Pacing,
     pub preload: PreloadSources,
+    pub metrics: JobMetrics,
 }

@@ -31,6 +31,17 @@ pub struct FlushParams {
 }
 
 impl FlushParams {
+    /// What is flushed, as the operation log's key: the glob, the namespace
+    /// followed by `*`, `*` for the whole tenant or `**` for the whole server.
+    pub fn describe(&self) -> String {
+        match (&self.pattern, &self.namespace, self.whole_server) {
+            (_, _, true) => "**".to_owned(),
+            (Some(pattern), _, _) => pattern.clone(),
+            (None, Some(namespace), _) => format!("{namespace}*"),
+            (None, None, false) => "*".to_owned(),
+        }
+    }
+
     /// # Errors
     ///
     /// [`Error::Validation`] for a malformed pattern or namespace, or a

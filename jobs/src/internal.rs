@@ -89,6 +89,8 @@ impl Queued for LogPersistJob {
 
 impl InternalJob for LogPersistJob {
     async fn run(&self, ctx: &JobContext) -> Result<u64, JobError> {
-        Ok(cache_shared::db::oplog::insert_batch(&ctx.db, &self.records).await?)
+        let inserted = cache_shared::db::oplog::insert_batch(&ctx.db, &self.records).await?;
+        ctx.metrics.oplog_persisted.inc_by(inserted);
+        Ok(inserted)
     }
 }

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod flush;
 pub mod internal;
 pub mod memory_analysis;
+pub mod outbound;
 pub mod payloads;
 pub mod preload;
 pub mod progress;

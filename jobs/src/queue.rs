@@ -3,6 +3,7 @@
 //! onto its type's Redis queue under the record's id.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
@@ -10,6 +11,7 @@ use apalis_redis::{Config, RedisStorage};
 use cache_shared::Error;
 use cache_shared::db::jobs::{self, JobRecord, NewJob};
 use cache_shared::keys::TenantId;
+use cache_shared::oplog::{OpLog, Outcome};
 use cache_shared::sessions::Owner;
 use deadpool_redis::redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,7 @@ pub struct Submission {
 #[derive(Clone)]
 pub struct JobQueue {
     conn: ConnectionManager,
+    oplog: Option<Arc<OpLog>>,
     settings: QueueSettings,
     db: PgPool,
     max_value_bytes: usize,
@@ -197,7 +200,15 @@ impl JobQueue {
             max_value_bytes,
             allow: AllowList::default(),
             push_timeout,
+            oplog: None,
         }
+    }
+
+    /// Writes every flush started through this queue to the operation log.
+    #[must_use]
+    pub fn with_oplog(mut self, oplog: Option<Arc<OpLog>>) -> Self {
+        self.oplog = oplog;
+        self
     }
 
     /// The hosts preloads may fetch from (none by default).
@@ -260,10 +271,24 @@ impl JobQueue {
             }
             _ => Ok(()),
         };
+        let flushed = match &submission.spec {
+            JobSpec::Flush(params) => Some(params.describe()),
+            _ => None,
+        };
         let pushed = match audited {
             Ok(()) => self.push(&id, &submission.tenant, submission.spec).await,
             Err(err) => Err(err),
         };
+        if let (Ok(()), Some(oplog), Some(target)) = (&pushed, &self.oplog, flushed) {
+            oplog.record(
+                submission.tenant.as_str(),
+                "flush",
+                Some(&target),
+                Outcome::Ok,
+                0,
+                None,
+            );
+        }
         if let Err(err) = pushed {
             // Never leave a record for a job no worker will ever see.
             if let Err(cleanup) = jobs::delete(&self.db, &id).await {

@@ -85,24 +85,34 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
         }
         Start::Run { crashes, .. } => crashes,
     };
-    if crashes >= MAX_CRASHES {
+    let started = std::time::Instant::now();
+    let (status, result, error) = if crashes >= MAX_CRASHES {
         let message = format!("stopped after the worker died {crashes} times while running it");
         tracing::error!(job_id = id, job_type = %J::TYPE, "{message}");
-        return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
-    }
+        (JobStatus::Failed, None, Some(message))
+    } else {
+        run_with_retries(ctx, job).await
+    };
+    jobs::finish(&ctx.db, id, status, result.as_ref(), error.as_deref()).await?;
+    ctx.metrics
+        .finished(J::TYPE.as_str(), status.as_str(), started.elapsed());
+    Ok(())
+}
+
+/// Runs `job` under the retry policy; its final status, result and error.
+async fn run_with_retries<J: Job>(
+    ctx: &JobContext,
+    job: &J,
+) -> (JobStatus, Option<serde_json::Value>, Option<String>) {
+    let id = job.job_id();
     let mut run = 1;
     loop {
-        let outcome = job.run(ctx).await;
-        match outcome {
-            Ok(Outcome::Succeeded(result)) => {
-                return jobs::finish(&ctx.db, id, JobStatus::Succeeded, Some(&result), None).await;
-            }
-            Ok(Outcome::Cancelled(result)) => {
-                return jobs::finish(&ctx.db, id, JobStatus::Cancelled, Some(&result), None).await;
-            }
+        match job.run(ctx).await {
+            Ok(Outcome::Succeeded(result)) => return (JobStatus::Succeeded, Some(result), None),
+            Ok(Outcome::Cancelled(result)) => return (JobStatus::Cancelled, Some(result), None),
             Err(JobError::Permanent(message)) => {
                 tracing::warn!(job_id = id, job_type = %J::TYPE, %message, "job failed");
-                return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
+                return (JobStatus::Failed, None, Some(message));
             }
             Err(JobError::Retryable(err)) if run < MAX_RUNS => {
                 let delay = backoff(run);
@@ -113,7 +123,7 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
             Err(JobError::Retryable(err)) => {
                 let message = format!("gave up after {MAX_RUNS} runs: {err}");
                 tracing::warn!(job_id = id, job_type = %J::TYPE, %message, "job failed");
-                return jobs::finish(&ctx.db, id, JobStatus::Failed, None, Some(&message)).await;
+                return (JobStatus::Failed, None, Some(message));
             }
         }
     }

@@ -149,6 +149,81 @@ pub struct PreloadArgs {
     pub preload_timeout_seconds: u64,
 }
 
+/// The api's instrumentation: live figures, metrics, operation log, rollups
+/// and the outbound monitoring report.
+#[derive(Debug, Clone, Args)]
+pub struct ObservabilitySettings {
+    /// `false` turns off every per-operation figure, metric and log record
+    /// (the baseline of the instrumentation benchmark).
+    #[arg(long, env = "INSTRUMENTATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub instrumentation: bool,
+
+    /// Fraction of reads written to the operation log (writes, deletes,
+    /// expiries, flushes and errors are always logged).
+    #[arg(long, env = "LOG_READ_SAMPLE_RATE", default_value_t = 0.01, value_parser = parse_fraction)]
+    pub log_read_sample_rate: f64,
+
+    /// Operation-log records per shipped batch.
+    #[arg(long, env = "LOG_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub log_batch_size: u64,
+
+    /// Longest a record waits in memory before its batch is shipped, in milliseconds.
+    #[arg(long, env = "LOG_FLUSH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub log_flush_interval_ms: u64,
+
+    /// Length of a statistics rollup period in seconds (whole minutes).
+    #[arg(long, env = "STATS_ROLLUP_SECONDS", default_value_t = 60, value_parser = parse_whole_minutes)]
+    pub stats_rollup_seconds: u64,
+
+    /// Where the metrics report is posted (`{url}/internal/metrics/cache`); unset: not sent.
+    #[arg(long, env = "MONITORING_SERVICE_URL")]
+    pub monitoring_service_url: Option<String>,
+
+    /// Seconds between two metrics reports.
+    #[arg(long, env = "MONITORING_INTERVAL_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub monitoring_interval_s: u64,
+
+    #[command(flatten)]
+    pub outbound: OutboundSettings,
+}
+
+impl ObservabilitySettings {
+    pub fn log_flush_interval(&self) -> Duration {
+        Duration::from_millis(self.log_flush_interval_ms)
+    }
+
+    pub fn rollup_period(&self) -> Duration {
+        Duration::from_secs(self.stats_rollup_seconds)
+    }
+}
+
+/// Calls to the platform's other services (monitoring, audit).
+#[derive(Debug, Clone, Args)]
+pub struct OutboundSettings {
+    /// `X-Service-Token` this service presents to the platform's services.
+    #[arg(
+        long,
+        env = "OUTBOUND_SERVICE_TOKEN",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub outbound_service_token: Secret,
+
+    /// Deadline of one outbound call, in milliseconds.
+    #[arg(long, env = "OUTBOUND_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub outbound_timeout_ms: u64,
+}
+
+impl OutboundSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.outbound_timeout_ms)
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -202,6 +277,20 @@ fn parse_database_url(value: &str) -> Result<String, String> {
     match value.parse::<sqlx::postgres::PgConnectOptions>() {
         Ok(_) if postgres => Ok(value.to_owned()),
         _ => Err("not a PostgreSQL URL (postgres://user:password@host:port/database)".into()),
+    }
+}
+
+fn parse_fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a number from 0 to 1".into()),
+    }
+}
+
+fn parse_whole_minutes(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(s) if (60..=86_400).contains(&s) && s % 60 == 0 => Ok(s),
+        _ => Err("expected whole minutes in seconds, from 60 to 86400".into()),
     }
 }
 

@@ -537,7 +537,7 @@ impl LiveStats {
         if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
             oplog.record(
                 &tenant.tenant,
-                op,
+                op.name(),
                 key,
                 Outcome::Error(err.code()),
                 us,
@@ -562,7 +562,7 @@ impl LiveStats {
     ) {
         if let (true, Some(oplog)) = (self.enabled, &self.oplog) {
             let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            oplog.record(&tenant.tenant, op, key, Outcome::Ok, us, value_bytes);
+            oplog.record(&tenant.tenant, op.name(), key, Outcome::Ok, us, value_bytes);
         }
     }
 

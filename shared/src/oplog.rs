@@ -67,14 +67,22 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// A caller's `X-Request-Id` is kept to the log column's 64 bytes.
     pub fn new(request_id: &str) -> Self {
+        let mut end = request_id.len().min(MAX_REQUEST_ID_BYTES);
+        while !request_id.is_char_boundary(end) {
+            end -= 1;
+        }
         Self {
-            request_id: request_id.into(),
+            request_id: request_id[..end].into(),
             actor: OnceCell::new(),
             items: Cell::new(0),
         }
     }
 }
+
+/// Width of the log's `request_id` column.
+const MAX_REQUEST_ID_BYTES: usize = 64;
 
 tokio::task_local! {
     static REQUEST: RequestContext;
@@ -153,15 +161,15 @@ impl OpLog {
     /// Records a read, or not, at the sample rate.
     pub fn record_read(&self, tenant: &str, op: Op, key: Option<&str>, outcome: Outcome) {
         if self.read_sample_rate > 0.0 && uniform() < self.read_sample_rate {
-            self.record(tenant, op, key, outcome, 0, None);
+            self.record(tenant, op.name(), key, outcome, 0, None);
         }
     }
 
-    /// Records one operation of the current request.
+    /// Records one operation (`flush`, or an [`Op`]'s name) of the current request.
     pub fn record(
         &self,
         tenant: &str,
-        op: Op,
+        operation: &str,
         key: Option<&str>,
         outcome: Outcome,
         latency_us: u64,
@@ -182,7 +190,7 @@ impl OpLog {
             request_id,
             item,
             tenant_id: tenant.to_owned(),
-            operation: op.name().to_owned(),
+            operation: operation.to_owned(),
             cache_key: key.map(ToOwned::to_owned),
             outcome: outcome.name().to_owned(),
             latency_us: i64::try_from(latency_us).unwrap_or(i64::MAX),
@@ -296,8 +304,8 @@ mod tests {
         let oplog = log(0.0, 10, 100);
         scope(RequestContext::new("req-1"), async {
             set_actor("key-7");
-            oplog.record("acme", Op::Mset, Some("a"), Outcome::Ok, 5, Some(3));
-            oplog.record("acme", Op::Mset, Some("b"), Outcome::Ok, 5, Some(4));
+            oplog.record("acme", "mset", Some("a"), Outcome::Ok, 5, Some(3));
+            oplog.record("acme", "mset", Some("b"), Outcome::Ok, 5, Some(4));
         })
         .await;
         let batch = oplog.take_batch();
@@ -326,7 +334,7 @@ mod tests {
     fn a_full_buffer_drops_and_counts_and_put_back_keeps_order() {
         let oplog = log(0.0, 2, 3);
         for key in ["a", "b", "c", "d"] {
-            oplog.record("acme", Op::Set, Some(key), Outcome::Ok, 1, None);
+            oplog.record("acme", "set", Some(key), Outcome::Ok, 1, None);
         }
         assert_eq!(oplog.metrics.dropped.get(), 1);
         let first = oplog.take_batch();

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -27,6 +27,9 @@ struct Inner {
     /// Milliseconds; an operator may change it at run time.
     command_timeout_ms: AtomicU64,
     timeouts: AtomicU64,
+    /// Set while Redis fails; the first success after it counts a failover.
+    failing: AtomicBool,
+    failovers: AtomicU64,
 }
 
 enum Backend {
@@ -78,6 +81,8 @@ pub struct ConnectionStats {
     pub waiting: usize,
     /// Requests that gave up on Redis since start.
     pub timeouts: u64,
+    /// Times Redis answered again after failing (a restart, a failover).
+    pub failovers: u64,
 }
 
 impl RedisStore {
@@ -133,6 +138,8 @@ impl RedisStore {
                 backend,
                 command_timeout_ms: AtomicU64::new(settings.redis_command_timeout_ms),
                 timeouts: AtomicU64::new(0),
+                failing: AtomicBool::new(false),
+                failovers: AtomicU64::new(0),
             }),
         })
     }
@@ -265,13 +272,24 @@ impl RedisStore {
     ) -> Result<T, Error> {
         match tokio::time::timeout(deadline, work).await {
             Ok(result) => {
-                if matches!(result, Err(Error::CacheUnavailable(_))) {
-                    self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                match &result {
+                    Err(Error::CacheUnavailable(_)) => {
+                        self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                        self.inner.failing.store(true, Ordering::Relaxed);
+                    }
+                    Ok(_)
+                        if self.inner.failing.load(Ordering::Relaxed)
+                            && self.inner.failing.swap(false, Ordering::Relaxed) =>
+                    {
+                        self.inner.failovers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
                 result
             }
             Err(_) => {
                 self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.inner.failing.store(true, Ordering::Relaxed);
                 Err(Error::CacheUnavailable(
                     format!("redis did not answer within {} ms", deadline.as_millis()).into(),
                 ))
@@ -364,6 +382,7 @@ impl RedisStore {
 
     pub fn connection_stats(&self) -> ConnectionStats {
         let timeouts = self.inner.timeouts.load(Ordering::Relaxed);
+        let failovers = self.inner.failovers.load(Ordering::Relaxed);
         match &self.inner.backend {
             Backend::Multiplexed { connections, .. } => ConnectionStats {
                 mode: "multiplexed",
@@ -373,6 +392,7 @@ impl RedisStore {
                 in_use: 0,
                 waiting: 0,
                 timeouts,
+                failovers,
             },
             Backend::Pool(pool) => {
                 let status = pool.status();
@@ -384,6 +404,7 @@ impl RedisStore {
                     in_use: status.size.saturating_sub(status.available),
                     waiting: status.waiting,
                     timeouts,
+                    failovers,
                 }
             }
         }

@@ -4,6 +4,8 @@
 //! `/health` reads, and on SIGTERM stops fetching, lets running jobs finish
 //! their batch and exits. It never serves requests.
 
+mod upkeep;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use cache_jobs::context::{JobContext, Pacing, PreloadSources};
 use cache_jobs::fetch::{AllowList, FetchLimits};
+use cache_jobs::internal::{InternalJob, LogPersistJob, StatsRollupJob};
 use cache_jobs::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
@@ -20,10 +23,12 @@ use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_jobs::runner::{self, Delivery, Job};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, PreloadArgs, QueueArgs, RedisSettings, TelemetrySettings,
+    CacheSettings, DatabaseSettings, OutboundSettings, PreloadArgs, QueueArgs, RedisSettings,
+    TelemetrySettings,
 };
 use cache_shared::health::{self, HEARTBEAT_INTERVAL};
 use cache_shared::live_stats::LiveStats;
+use cache_shared::metrics::{JobMetrics, Metrics};
 use cache_shared::redis::RedisStore;
 use clap::{Args, Parser, Subcommand};
 use deadpool_redis::redis::aio::ConnectionManager;
@@ -92,6 +97,25 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
     pub queue_keep_finished_seconds: u64,
 
+    /// Operation log records are kept this many days (swept daily).
+    #[arg(long, env = "LOG_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub log_retention_days: u32,
+
+    /// Port of this worker's Prometheus `/metrics` (0: not served).
+    #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 3012)]
+    pub worker_metrics_port: u16,
+
+    /// Address the worker's `/metrics` listens on.
+    #[arg(long, env = "WORKER_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub worker_metrics_address: std::net::IpAddr,
+
+    /// Where admin actions are posted (`{url}/internal/events`); unset: kept, not sent.
+    #[arg(long, env = "AUDIT_SERVICE_URL")]
+    pub audit_service_url: Option<String>,
+
+    #[command(flatten)]
+    pub outbound: OutboundSettings,
     #[command(flatten)]
     pub queue: QueueArgs,
     #[command(flatten)]
@@ -141,6 +165,18 @@ pub async fn run(
     let redis = RedisStore::new(&settings.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&settings.database).context("parsing DATABASE_URL")?;
     let name = worker_name(&settings.worker_name);
+    let metrics = Metrics::default();
+    let metrics_listener = match settings.worker_metrics_port {
+        0 => None,
+        port => {
+            let addr = std::net::SocketAddr::new(settings.worker_metrics_address, port);
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding WORKER_METRICS_PORT {addr}"))?,
+            )
+        }
+    };
 
     wait_for("redis", || async { redis.ping().await.map(|_| ()) }).await?;
     wait_for("postgres", || async {
@@ -165,6 +201,7 @@ pub async fn run(
                 timeout: Duration::from_secs(settings.preload.preload_timeout_seconds),
             },
         },
+        metrics: JobMetrics::new(&metrics),
     };
     let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
         .context("parsing REDIS_URL")?;
@@ -180,6 +217,10 @@ pub async fn run(
     let monitor = register::<CompressJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<BackupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = register::<RestoreJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor =
+        register_internal::<StatsRollupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor =
+        register_internal::<LogPersistJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
     let monitor = monitor
         .should_restart(|worker, err| {
             let delay = restart_backoff(worker.restarts());
@@ -211,7 +252,24 @@ pub async fn run(
         Duration::from_secs(settings.queue_keep_finished_seconds),
         heartbeat_stopped.clone(),
     ));
-    let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped));
+    let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
+    let retention = tokio::spawn(upkeep::retention_loop(
+        db.clone(),
+        settings.log_retention_days,
+        heartbeat_stopped.clone(),
+    ));
+    let audit = tokio::spawn(upkeep::audit_loop(
+        db.clone(),
+        settings.audit_service_url.clone(),
+        cache_jobs::outbound::Client::new(&settings.outbound),
+        ctx.metrics.clone(),
+        heartbeat_stopped.clone(),
+    ));
+    let exporter = tokio::spawn(upkeep::serve_metrics(
+        metrics_listener,
+        metrics,
+        heartbeat_stopped,
+    ));
     tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");
 
     let result = monitor
@@ -226,6 +284,9 @@ pub async fn run(
         (heartbeat, "heartbeat"),
         (hygiene, "queue vacuum"),
         (scheduler, "scheduler"),
+        (retention, "log retention"),
+        (audit, "audit delivery"),
+        (exporter, "metrics endpoint"),
     ] {
         if let Err(err) = task.await {
             tracing::warn!(%err, "{what} task ended abnormally");
@@ -259,6 +320,27 @@ fn register<J: Job>(
             .data(ctx.clone())
             .concurrency(concurrency)
             .build(handle::<J>)
+    })
+}
+
+/// Registers a worker for an upkeep queue (see [`register`]).
+fn register_internal<J: InternalJob>(
+    monitor: Monitor,
+    queues: &QueueSettings,
+    conn: &ConnectionManager,
+    ctx: &JobContext,
+    concurrency: usize,
+    process_name: &str,
+) -> Monitor {
+    let storage = queues.storage::<J>(conn.clone());
+    let ctx = ctx.clone();
+    let prefix = format!("{process_name}-{}", J::QUEUE);
+    monitor.register(move |_restarts| {
+        WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
+            .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+            .data(ctx.clone())
+            .concurrency(concurrency)
+            .build(upkeep::handle::<J>)
     })
 }
 

@@ -140,10 +140,10 @@ async fn ping(State(state): State<AppState>) -> Result<Json<Pong>, ApiError> {
     }))
 }
 
-/// The service design's metrics report.
+/// The service design's metrics report (also posted to the monitoring service).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct MetricsReport {
+pub(crate) struct MetricsReport {
     /// Percent of reads that found their key since start; `null` before any read.
     hit_rate: Option<f64>,
     /// Redis `used_memory` in MiB.
@@ -169,16 +169,18 @@ async fn metrics(
     State(state): State<AppState>,
     _caller: InternalCaller,
 ) -> Result<Json<MetricsReport>, ApiError> {
-    let figures = state
-        .cache
-        .redis()
-        .server_figures()
+    metrics_report(&state)
         .await
-        .map_err(ApiError::op("metrics"))?;
+        .map(Json)
+        .map_err(ApiError::op("metrics"))
+}
+
+/// This instance's figures and Redis's, now.
+pub(crate) async fn metrics_report(state: &AppState) -> Result<MetricsReport, Error> {
+    let figures = state.cache.redis().server_figures().await?;
     let used = figures.used_memory_bytes;
-    let total_keys = figures.total_keys;
     let (hits, misses) = state.cache.stats().lookups();
-    Ok(Json(MetricsReport {
+    Ok(MetricsReport {
         hit_rate: state.cache.stats().hit_rate_percent(),
         memory_usage: used as f64 / (1024.0 * 1024.0),
         memory_usage_bytes: used,
@@ -186,6 +188,6 @@ async fn metrics(
         operations_per_second: state.cache.stats().operations_per_second(),
         hits,
         misses,
-        total_keys,
-    }))
+        total_keys: figures.total_keys,
+    })
 }

@@ -12,6 +12,7 @@ use crate::helpers::{TOKEN_A, spawn_app};
 /// Every route of API.md §4–§6 (aliases included).
 const CONTRACT: &[(&str, &str)] = &[
     ("get", "/health"),
+    ("get", "/metrics"),
     ("get", "/ready"),
     ("get", "/api/v1/cache/health"),
     ("get", "/api/v1/cache/ping"),

@@ -1,0 +1,465 @@
+//! What the api tells about itself: Prometheus `/metrics`, per-request HTTP
+//! figures and log context, and the background tasks that ship statistics
+//! rollups and operation-log batches to the queue and post the metrics
+//! report to the monitoring service. Nothing here runs on the request path
+//! beyond counting in memory.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
+use cache_shared::config::ObservabilitySettings;
+use cache_shared::metrics::{self, Metrics, OpMetrics};
+use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
+use cache_shared::rollup::{PeriodFigures, RollupTracker};
+use chrono::{DateTime, TimeZone, Utc};
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The api's metrics beyond the cache operations' own (which `LiveStats`
+/// records), refreshed from their sources at scrape time where they are
+/// figures of Redis or the queue.
+#[derive(Debug)]
+pub struct ApiMetrics {
+    pub registry: Metrics,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    ops_per_second: Gauge,
+    hit_rate: OnceLock<Gauge>,
+    error_rate: Gauge,
+    memory_mb: Gauge,
+    memory_max_mb: Gauge,
+    active_connections: IntGauge,
+    total_keys: IntGauge,
+    timeouts: IntCounter,
+    failovers: IntCounter,
+    pool_size: IntGauge,
+    pool_in_use: IntGauge,
+    pool_idle: IntGauge,
+    pool_waiting: IntGauge,
+    queue_depth: IntGaugeVec,
+    queue_dead: IntGaugeVec,
+    /// Scrapes mirror counters; one at a time keeps them monotonic.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+/// What the instrumentation switch builds.
+#[derive(Debug)]
+pub struct Instruments {
+    pub metrics: ApiMetrics,
+    /// `None` when instrumentation is off.
+    pub ops: Option<OpMetrics>,
+    pub oplog: Option<Arc<OpLog>>,
+}
+
+impl Instruments {
+    pub fn new(settings: &ObservabilitySettings) -> Self {
+        let registry = Metrics::default();
+        let (ops, oplog) = if settings.instrumentation {
+            let oplog = OpLog::new(
+                settings.log_read_sample_rate,
+                usize::try_from(settings.log_batch_size).unwrap_or(1000),
+                oplog::DEFAULT_CAPACITY,
+                OpLogMetrics::new(&registry),
+            );
+            (Some(OpMetrics::new(&registry)), Some(Arc::new(oplog)))
+        } else {
+            (None, None)
+        };
+        Self {
+            metrics: ApiMetrics::new(registry),
+            ops,
+            oplog,
+        }
+    }
+}
+
+impl ApiMetrics {
+    fn new(registry: Metrics) -> Self {
+        let m = &registry;
+        Self {
+            http_requests: m.counter_vec(
+                "http_requests_total",
+                "HTTP requests by method, matched route and status.",
+                &["method", "route", "status"],
+            ),
+            http_duration: m.histogram_vec(
+                "http_request_duration_seconds",
+                "HTTP request durations by method and matched route.",
+                &["method", "route"],
+                metrics::duration_buckets(),
+            ),
+            ops_per_second: m.float_gauge(
+                "cache_operations_per_second",
+                "Cache operations per second of this instance over the last minute.",
+            ),
+            hit_rate: OnceLock::new(),
+            error_rate: m.float_gauge(
+                "cache_error_rate_percentage",
+                "Percent of this instance's cache operations that failed, since start.",
+            ),
+            memory_mb: m.float_gauge("cache_memory_usage_mb", "Redis used_memory in MiB."),
+            memory_max_mb: m.float_gauge(
+                "cache_memory_max_mb",
+                "Redis maxmemory in MiB (0: no limit).",
+            ),
+            active_connections: m.gauge("cache_active_connections", "Clients connected to Redis."),
+            total_keys: m.gauge("cache_total_keys", "Keys in Redis, all tenants."),
+            timeouts: m.counter(
+                "cache_timeout_total",
+                "Cache calls that gave up on Redis (deadline passed or refused).",
+            ),
+            failovers: m.counter(
+                "cache_failover_total",
+                "Times Redis answered again after failing.",
+            ),
+            pool_size: m.gauge("cache_pool_size", "Redis connections open."),
+            pool_in_use: m.gauge("cache_pool_in_use", "Redis connections lent to requests."),
+            pool_idle: m.gauge("cache_pool_idle", "Redis connections idle."),
+            pool_waiting: m.gauge(
+                "cache_pool_waiting",
+                "Requests waiting for a Redis connection.",
+            ),
+            queue_depth: m.gauge_vec("cache_queue_depth", "Jobs waiting per queue.", &["type"]),
+            queue_dead: m.gauge_vec(
+                "cache_queue_dead",
+                "Jobs the queue gave up on, per queue.",
+                &["type"],
+            ),
+            scrape: tokio::sync::Mutex::new(()),
+            registry,
+        }
+    }
+
+    /// Refreshes the figures of Redis, the pool and the queues, then renders
+    /// everything. A dependency that does not answer leaves its figures as
+    /// they were (the scrape itself never fails).
+    pub async fn render(&self, state: &AppState) -> String {
+        let _one_at_a_time = self.scrape.lock().await;
+        let stats = state.cache.stats();
+        self.ops_per_second.set(stats.operations_per_second());
+        if let Some(rate) = stats.hit_rate_percent() {
+            self.hit_rate
+                .get_or_init(|| {
+                    self.registry.float_gauge(
+                        "cache_hit_rate_percentage",
+                        "Percent of this instance's reads that found their key, since start.",
+                    )
+                })
+                .set(rate);
+        }
+        let (calls, errors) = stats
+            .snapshot()
+            .iter()
+            .fold((0, 0), |(c, e), op| (c + op.calls, e + op.errors));
+        if calls > 0 {
+            self.error_rate.set(errors as f64 * 100.0 / calls as f64);
+        }
+        let connections = state.cache.redis().connection_stats();
+        metrics::mirror(&self.timeouts, connections.timeouts);
+        metrics::mirror(&self.failovers, connections.failovers);
+        self.pool_size.set(gauge(connections.size));
+        self.pool_in_use.set(gauge(connections.in_use));
+        self.pool_idle.set(gauge(connections.idle));
+        self.pool_waiting.set(gauge(connections.waiting));
+        let (figures, depth) =
+            tokio::join!(state.cache.redis().server_figures(), state.jobs.depth());
+        if let Ok(f) = figures {
+            const MIB: f64 = 1024.0 * 1024.0;
+            self.memory_mb.set(f.used_memory_bytes as f64 / MIB);
+            self.memory_max_mb.set(f.max_memory_bytes as f64 / MIB);
+            self.active_connections
+                .set(i64::try_from(f.connected_clients).unwrap_or(i64::MAX));
+            self.total_keys
+                .set(i64::try_from(f.total_keys).unwrap_or(i64::MAX));
+        }
+        if let Ok(depth) = depth {
+            for q in depth.queues {
+                self.queue_depth
+                    .with_label_values(&[q.job_type.as_str()])
+                    .set(i64::try_from(q.waiting).unwrap_or(i64::MAX));
+                self.queue_dead
+                    .with_label_values(&[q.job_type.as_str()])
+                    .set(i64::try_from(q.dead).unwrap_or(i64::MAX));
+            }
+        }
+        self.registry.render()
+    }
+
+    fn observe_http(&self, method: &str, route: &str, status: StatusCode, took: Duration) {
+        self.http_requests
+            .with_label_values(&[method, route, status.as_str()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(took.as_secs_f64());
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `GET /metrics`: the Prometheus text format; with `METRICS_TOKEN` set, only
+/// for `Authorization: Bearer <that token>`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)
+    )
+)]
+pub async fn scrape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let expected = state.settings.metrics_token.expose();
+    if !expected.is_empty() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+        if !same {
+            return Err(ApiError::Unauthorized {
+                message: "missing or wrong metrics token",
+                bearer: true,
+            });
+        }
+    }
+    let body = state.instruments.metrics.render(&state).await;
+    Ok(([(header::CONTENT_TYPE, metrics::TEXT_FORMAT)], body).into_response())
+}
+
+/// The route a request matched, handed from inside the router (where it is
+/// known) to the outer middleware (which times the whole request).
+#[derive(Debug, Clone)]
+struct Route(MatchedPath);
+
+/// Inner layer: remembers the matched route on the response.
+pub async fn remember_route(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(Route(route));
+    }
+    response
+}
+
+/// Outer layer: gives the request its log context and counts it by method,
+/// matched route and status.
+pub async fn observe_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let context = RequestContext::new(
+        req.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
+    let response = oplog::scope(context, next.run(req)).await;
+    let route = response
+        .extensions()
+        .get::<Route>()
+        .map_or("unmatched", |r| r.0.as_str());
+    state.instruments.metrics.observe_http(
+        method.as_str(),
+        route,
+        response.status(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The background tasks of one api instance.
+#[derive(Debug)]
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts shipping rollups and log batches (and the monitoring report
+    /// when a URL is set).
+    pub fn start(state: &AppState) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if state.cache.stats().is_enabled() {
+            tasks.push(tokio::spawn(ship_rollups(state.clone(), stopped.clone())));
+        }
+        if let Some(oplog) = state.cache.stats().oplog().cloned() {
+            tasks.push(tokio::spawn(ship_logs(
+                state.clone(),
+                oplog,
+                stopped.clone(),
+            )));
+        }
+        if state.observability.monitoring_service_url.is_some() {
+            tasks.push(tokio::spawn(report_metrics(state.clone(), stopped)));
+        }
+        Self { stop, tasks }
+    }
+
+    /// Ships what is left (the current period, buffered records) and stops.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                tracing::warn!(%err, "a background task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Start of the period of `period` length that contains `at`.
+pub fn period_start(at: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
+    let len = i64::try_from(period.as_secs()).unwrap_or(60).max(1);
+    let start = at.timestamp().div_euclid(len) * len;
+    Utc.timestamp_opt(start, 0).single().unwrap_or(at)
+}
+
+async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
+    let period = state.observability.rollup_period();
+    let mut tracker = RollupTracker::default();
+    // Figures of periods the queue could not take, shipped with the next one.
+    let mut pending: Vec<(String, PeriodFigures)> = Vec::new();
+    loop {
+        let now = Utc::now();
+        let start = period_start(now, period);
+        let next =
+            start + chrono::Duration::from_std(period).unwrap_or(chrono::Duration::seconds(60));
+        let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            _ = stop.changed() => true,
+        };
+        // At a boundary this is the period that just ended; at shutdown, the
+        // one still running (no later ship of this instance will cover it).
+        let shipped_period = start;
+        let figures = merge_pending(
+            std::mem::take(&mut pending),
+            tracker.next_period(state.cache.stats()),
+        );
+        if figures.is_empty() {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        let job = StatsRollupJob {
+            id: ulid::Ulid::new().to_string(),
+            instance_id: state.instance_id.clone(),
+            period_start: shipped_period,
+            period_minutes: i32::try_from(period.as_secs() / 60).unwrap_or(1),
+            tenants: figures
+                .iter()
+                .map(|(tenant, figures)| TenantFigures {
+                    tenant_id: tenant.clone(),
+                    figures: figures.clone(),
+                })
+                .collect(),
+        };
+        if let Err(err) = state.jobs.push_internal(job).await {
+            tracing::warn!(%err, "statistics rollup not queued; it joins the next period");
+            pending = figures;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn merge_pending(
+    pending: Vec<(String, PeriodFigures)>,
+    fresh: Vec<(String, PeriodFigures)>,
+) -> Vec<(String, PeriodFigures)> {
+    let mut all: std::collections::BTreeMap<String, PeriodFigures> = pending.into_iter().collect();
+    for (tenant, figures) in fresh {
+        all.entry(tenant).or_default().merge(&figures);
+    }
+    all.into_iter().collect()
+}
+
+async fn ship_logs(state: AppState, oplog: Arc<OpLog>, mut stop: watch::Receiver<bool>) {
+    let interval = state.observability.log_flush_interval();
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            () = oplog.batch_ready() => false,
+            _ = stop.changed() => true,
+        };
+        loop {
+            let batch = oplog.take_batch();
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len() as u64;
+            let job = LogPersistJob {
+                id: ulid::Ulid::new().to_string(),
+                records: batch,
+            };
+            match state.jobs.push_internal(job.clone()).await {
+                Ok(()) => oplog.metrics.shipped.inc_by(n),
+                Err(err) => {
+                    tracing::warn!(%err, records = n, "operation log batch not queued; kept for the next try");
+                    oplog.put_back(job.records);
+                    break;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Posts the metrics report every `MONITORING_INTERVAL_S`; a report that
+/// still fails after the retries is dropped (the next one supersedes it).
+async fn report_metrics(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(base) = state.observability.monitoring_service_url.clone() else {
+        return;
+    };
+    let url = format!("{}/internal/metrics/cache", base.trim_end_matches('/'));
+    let client = cache_jobs::outbound::Client::new(&state.observability.outbound);
+    let mut ticker = tokio::time::interval(Duration::from_secs(
+        state.observability.monitoring_interval_s,
+    ));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let report = match crate::routes::health::metrics_report(&state).await {
+            Ok(report) => report,
+            Err(err) => {
+                tracing::warn!(%err, "metrics report not built; skipping this interval");
+                continue;
+            }
+        };
+        let body = serde_json::json!({
+            "service": crate::error::SERVICE_NAME,
+            "instanceId": state.instance_id,
+            "timestamp": crate::views::timestamp(Utc::now()),
+            "metrics": report,
+        });
+        let sent = tokio::select! {
+            sent = client.post_with_retries(&url, &body) => sent,
+            _ = stop.changed() => return,
+        };
+        if let Err(err) = sent {
+            tracing::warn!(%err, "metrics report not delivered; the next interval sends a fresh one");
+        }
+    }
+}

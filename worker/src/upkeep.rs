@@ -1,0 +1,189 @@
+//! The worker's upkeep: upkeep-queue deliveries (rollups, log batches), the
+//! daily log retention sweep, audit delivery from the outbox and the
+//! worker's own `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data};
+use cache_jobs::context::JobContext;
+use cache_jobs::error::JobError;
+use cache_jobs::internal::InternalJob;
+use cache_jobs::outbound::{Client, OutboundError};
+use cache_jobs::runner::backoff;
+use cache_shared::db::admin_actions::{self, PendingAudit};
+use cache_shared::metrics::{JobMetrics, Metrics};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// One delivery of an upkeep job: retried until stored, however long
+/// PostgreSQL is away (the payload stays with this worker meanwhile, and a
+/// dead worker's payloads go back to the queue). Only a payload that can
+/// never be stored is dropped, loudly.
+pub(crate) async fn handle<J: InternalJob>(
+    job: J,
+    ctx: Data<JobContext>,
+) -> Result<(), BoxDynError> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match job.run(&ctx).await {
+            Ok(_) => {
+                ctx.metrics
+                    .finished(J::QUEUE, "succeeded", started.elapsed());
+                return Ok(());
+            }
+            Err(JobError::Retryable(err)) => {
+                attempt += 1;
+                let delay = backoff(attempt);
+                tracing::warn!(queue = J::QUEUE, task = job.task_id(), %err, ?delay, attempt, "not stored yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(JobError::Permanent(message)) => {
+                tracing::error!(queue = J::QUEUE, task = job.task_id(), %message, "payload cannot be stored; dropped");
+                ctx.metrics.finished(J::QUEUE, "failed", started.elapsed());
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How often the retention sweep runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// Rows deleted per statement of the sweep.
+const RETENTION_CHUNK: i64 = 10_000;
+
+/// Deletes operation log records older than `days` at start and then daily.
+/// Every worker may run it: deleting what is already gone is harmless.
+pub(crate) async fn retention_loop(db: PgPool, days: u32, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+                match cache_shared::db::oplog::purge_before(&db, cutoff, RETENTION_CHUNK).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, days, "operation log records past retention deleted"),
+                    Err(err) => tracing::warn!(%err, "log retention sweep failed; retrying tomorrow"),
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Audit events claimed per round.
+const AUDIT_BATCH: i64 = 20;
+/// Another worker leaves claimed events alone this long.
+const AUDIT_LEASE_SECONDS: f64 = 180.0;
+/// An event that failed every retry of a round is tried again after this.
+const AUDIT_RETRY_SECONDS: f64 = 10.0;
+
+/// Posts pending admin actions to the audit service, oldest first; an event
+/// that cannot be delivered stays pending (and holds back newer ones, so
+/// the service receives them in order).
+pub(crate) async fn audit_loop(
+    db: PgPool,
+    url: Option<String>,
+    client: Client,
+    metrics: JobMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(base) = url else { return };
+    let url = format!("{}/internal/events", base.trim_end_matches('/'));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let due = match admin_actions::claim_audit(&db, AUDIT_BATCH, AUDIT_LEASE_SECONDS).await {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::warn!(%err, "audit outbox not read; retrying");
+                continue;
+            }
+        };
+        let mut held_back = false;
+        for event in due {
+            if held_back {
+                release(&db, &event, "an earlier event is not delivered yet").await;
+                continue;
+            }
+            let body = event_body(&event);
+            let sent = tokio::select! {
+                sent = client.post_with_retries(&url, &body) => sent,
+                _ = stop.changed() => {
+                    release(&db, &event, "worker stopping").await;
+                    return;
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    metrics.audit_delivered.inc();
+                    if let Err(err) = admin_actions::audit_delivered(&db, event.id).await {
+                        tracing::warn!(%err, id = event.id, "audit event delivered but not marked; it may be sent again");
+                    }
+                }
+                Err(err) => {
+                    let refused = matches!(err, OutboundError::Refused(_));
+                    tracing::warn!(%err, id = event.id, refused, "audit event not delivered; kept for later");
+                    release(&db, &event, &err.to_string()).await;
+                    held_back = true;
+                }
+            }
+        }
+    }
+}
+
+async fn release(db: &PgPool, event: &PendingAudit, why: &str) {
+    if let Err(err) = admin_actions::audit_failed(db, event.id, why, AUDIT_RETRY_SECONDS).await {
+        tracing::warn!(%err, id = event.id, "audit event lease not released; it comes back when the lease ends");
+    }
+}
+
+/// The audit service's view of an admin action.
+pub fn event_body(event: &PendingAudit) -> serde_json::Value {
+    serde_json::json!({
+        "eventId": format!("cache-service-{}", event.id),
+        "service": "cache-service",
+        "type": format!("cache.{}", event.action),
+        "action": event.action,
+        "actor": event.actor,
+        "tenantId": event.tenant_id,
+        "details": event.details,
+        "occurredAt": event.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+/// Serves `GET /metrics` on `listener` until stopped.
+pub(crate) async fn serve_metrics(
+    listener: Option<tokio::net::TcpListener>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(listener) = listener else { return };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        cache_shared::metrics::TEXT_FORMAT,
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(%err, "worker metrics endpoint stopped");
+    }
+}
