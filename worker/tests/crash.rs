@@ -107,6 +107,7 @@ fn spawn_worker(settings: &WorkerSettings) -> tokio::process::Child {
         .env("JOB_BATCH_SIZE", "200")
         .env("JOB_BATCH_PAUSE_MS", "5")
         .env("RUST_LOG", "warn")
+        .env("WORKER_METRICS_PORT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -33,6 +33,9 @@ async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
         cache_shared::db::testing::fresh_database(&settings.database.database_url)
             .await
             .unwrap();
+    let port = free_port();
+    settings.worker_metrics_port = port;
+    settings.worker_metrics_address = std::net::Ipv4Addr::LOCALHOST.into();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(cache_worker::run(settings, async {
         let _ = stopped.await;
@@ -47,7 +50,37 @@ async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     assert_eq!(names.len(), 1);
     assert!(names[0].contains(&std::process::id().to_string()));
 
+    // The worker's own metrics, in the Prometheus text format.
+    let metrics = http_get(port, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+    assert!(
+        metrics.contains("\ncache_oplog_persisted_total 0\n"),
+        "{metrics}"
+    );
+
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
     assert!(heartbeats_with_prefix(&prefix).await.is_empty());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.1 GET (the worker's one route needs no client library).
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
 }

@@ -233,6 +233,10 @@ impl TestApp {
             "--database-url",
             &self.database_url,
         ];
+        if !extra.contains(&"--worker-metrics-port") {
+            // Tests run many workers at once: none takes the fixed port.
+            argv.extend(["--worker-metrics-port", "0"]);
+        }
         argv.extend_from_slice(extra);
         let settings = cache_worker::Cli::try_parse_from(argv)
             .expect("worker settings parse")
