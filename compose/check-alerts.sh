@@ -41,11 +41,10 @@ COUNTERS_AND_GAUGES = {
     "cache_timeout_total", "cache_failover_total",
     "http_requests_total",
     "cache_pool_size", "cache_pool_in_use", "cache_pool_idle", "cache_pool_waiting",
-    "cache_pool_timeouts_total",
     "cache_queue_depth", "cache_queue_dead",
     "cache_oplog_buffered", "cache_oplog_shipped_total", "cache_oplog_dropped_total",
     # cache-worker
-    "cache_jobs_total", "cache_oplog_persisted_total",
+    "cache_jobs_total", "cache_oplog_persisted_total", "cache_audit_events_delivered_total",
 }
 HISTOGRAMS = {
     "cache_response_time_ms", "http_request_duration_seconds", "cache_job_duration_seconds",

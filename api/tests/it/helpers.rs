@@ -230,9 +230,10 @@ impl TestApp {
             &self.redis_url,
             "--worker-name",
             "test",
-            "--database-url",
-            &self.database_url,
         ];
+        if !extra.contains(&"--database-url") {
+            argv.extend(["--database-url", &self.database_url]);
+        }
         if !extra.contains(&"--worker-metrics-port") {
             // Tests run many workers at once: none takes the fixed port.
             argv.extend(["--worker-metrics-port", "0"]);

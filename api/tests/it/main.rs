@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod jobs;
 mod management;
+mod observability;
 mod openapi;
 mod permissions;
 mod preload_url;
