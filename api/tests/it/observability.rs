@@ -605,11 +605,14 @@ async fn log_batches_wait_out_a_postgres_outage_and_all_arrive_once() {
     worker.stop().await;
 }
 
+/// A post the fake service got: path, `X-Service-Token` and JSON body.
+type Received = (String, Option<String>, Value);
+
 /// A local stand-in for the monitoring or audit service: answers 503 to the
 /// first `failures` posts, then 200, and keeps what it was sent.
 #[derive(Clone, Default)]
 struct FakeService {
-    received: Arc<Mutex<Vec<(String, Option<String>, Value)>>>,
+    received: Arc<Mutex<Vec<Received>>>,
     failures: Arc<Mutex<usize>>,
 }
 
@@ -649,7 +652,7 @@ impl FakeService {
         (fake, url)
     }
 
-    fn received(&self) -> Vec<(String, Option<String>, Value)> {
+    fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
