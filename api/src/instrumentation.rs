@@ -15,7 +15,7 @@ use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
 use cache_shared::metrics::{self, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
-use cache_shared::rollup::{PeriodFigures, RollupTracker};
+use cache_shared::rollup::{PeriodFigures, RecentFigures};
 use chrono::{DateTime, TimeZone, Utc};
 use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::watch;
@@ -54,6 +54,8 @@ pub struct ApiMetrics {
 #[derive(Debug)]
 pub struct Instruments {
     pub metrics: ApiMetrics,
+    /// Periods shipped and kept for sliding-window figures.
+    pub recent: RecentFigures,
     /// `None` when instrumentation is off.
     pub ops: Option<OpMetrics>,
     pub oplog: Option<Arc<OpLog>>,
@@ -75,6 +77,7 @@ impl Instruments {
         };
         Self {
             metrics: ApiMetrics::new(registry),
+            recent: RecentFigures::default(),
             ops,
             oplog,
         }
@@ -331,7 +334,6 @@ pub fn period_start(at: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
 
 async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
     let period = state.observability.rollup_period();
-    let mut tracker = RollupTracker::default();
     // Figures of periods the queue could not take, shipped with the next one.
     let mut pending: Vec<(String, PeriodFigures)> = Vec::new();
     loop {
@@ -347,10 +349,8 @@ async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
         // At a boundary this is the period that just ended; at shutdown, the
         // one still running (no later ship of this instance will cover it).
         let shipped_period = start;
-        let figures = merge_pending(
-            std::mem::take(&mut pending),
-            tracker.next_period(state.cache.stats()),
-        );
+        let ended = state.instruments.recent.next_period(state.cache.stats());
+        let figures = merge_pending(std::mem::take(&mut pending), ended);
         if figures.is_empty() {
             if stopping {
                 return;

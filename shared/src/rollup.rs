@@ -4,11 +4,12 @@
 //! and period into one row. Latency travels as histogram buckets, so merged
 //! percentiles are those of all calls, not an average of percentiles.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::live_stats::{LiveStats, Op, bucket_upper_us};
+use crate::live_stats::{Latency, LiveStats, Op, TenantStats, bucket_upper_us};
 
 /// Cumulative counters of one tenant at one moment.
 #[derive(Debug, Clone, Default)]
@@ -115,6 +116,21 @@ impl PeriodFigures {
 }
 
 impl OpFigures {
+    /// Count, mean and percentiles of the calls in these figures.
+    pub fn latency(&self) -> Latency {
+        if self.calls == 0 {
+            return Latency::default();
+        }
+        Latency {
+            count: self.calls,
+            mean_ms: self.sum_us as f64 / self.calls as f64 / 1000.0,
+            p50_ms: self.percentile_ms(0.50),
+            p95_ms: self.percentile_ms(0.95),
+            p99_ms: self.percentile_ms(0.99),
+            max_ms: self.max_us as f64 / 1000.0,
+        }
+    }
+
     /// The `q` quantile in milliseconds: the upper bound of the bucket that
     /// holds it (never above the largest call seen).
     fn percentile_ms(&self, q: f64) -> f64 {
@@ -154,6 +170,73 @@ impl RollupTracker {
         }
         periods.sort_by(|a, b| a.0.cmp(&b.0));
         periods
+    }
+}
+
+impl RollupTracker {
+    /// What `tenant` did since the last period ended (nothing is consumed).
+    pub fn current(&self, tenant: &TenantStats) -> PeriodFigures {
+        delta(self.baselines.get(tenant.tenant()), &tenant.totals())
+    }
+}
+
+/// Periods kept per tenant for sliding windows (the longest window).
+pub const RECENT_PERIODS: usize = 15;
+
+/// The tracker of the periods shipped so far, and the last
+/// [`RECENT_PERIODS`] periods of each tenant: together they give figures
+/// over a sliding window (the running period plus the ones before it).
+#[derive(Debug, Default)]
+pub struct RecentFigures {
+    inner: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    tracker: RollupTracker,
+    periods: HashMap<String, VecDeque<PeriodFigures>>,
+}
+
+impl RecentFigures {
+    /// Ends the running period: returns its figures (see
+    /// [`RollupTracker::next_period`]) and keeps them for windows.
+    pub fn next_period(&self, stats: &LiveStats) -> Vec<(String, PeriodFigures)> {
+        let mut recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = recent.tracker.next_period(stats);
+        let active: std::collections::HashSet<&str> =
+            ended.iter().map(|(t, _)| t.as_str()).collect();
+        for (tenant, ring) in &mut recent.periods {
+            if !active.contains(tenant.as_str()) {
+                ring.push_back(PeriodFigures::default());
+            }
+        }
+        for (tenant, figures) in &ended {
+            let ring = recent.periods.entry(tenant.clone()).or_default();
+            ring.push_back(PeriodFigures {
+                hot_keys: BTreeMap::new(),
+                ..figures.clone()
+            });
+        }
+        recent.periods.retain(|_, ring| {
+            while ring.len() > RECENT_PERIODS {
+                ring.pop_front();
+            }
+            ring.iter().any(|p| !p.is_empty())
+        });
+        ended
+    }
+
+    /// `tenant`'s figures over the running period and the `periods - 1`
+    /// before it.
+    pub fn window(&self, tenant: &TenantStats, periods: usize) -> PeriodFigures {
+        let recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut figures = recent.tracker.current(tenant);
+        if let Some(ring) = recent.periods.get(tenant.tenant()) {
+            for past in ring.iter().rev().take(periods.saturating_sub(1)) {
+                figures.merge(past);
+            }
+        }
+        figures
     }
 }
 
@@ -247,6 +330,42 @@ mod tests {
         assert_eq!(second.ops["set"].calls, 1);
         assert_eq!((second.hits, second.misses), (0, 1));
         assert!(tracker.next_period(&stats).is_empty());
+    }
+
+    #[test]
+    fn windows_cover_the_running_period_and_the_ones_before_it() {
+        let stats = LiveStats::default();
+        let acme = stats.tenant(&tenant("acme"));
+        let recent = RecentFigures::default();
+        let call = |us: u64| {
+            let started = Instant::now() - std::time::Duration::from_micros(us);
+            stats
+                .observe(Op::Get, &acme, started, None, Ok::<_, Error>(()))
+                .unwrap();
+        };
+        call(5_000); // period 1: one slow call
+        recent.next_period(&stats);
+        for _ in 0..3 {
+            call(100); // period 2
+        }
+        recent.next_period(&stats);
+        call(200); // the running period
+
+        let now = recent.window(&acme, 1).ops["get"].latency();
+        assert_eq!(now.count, 1);
+        let two = recent.window(&acme, 2).ops["get"].latency();
+        assert_eq!(two.count, 4);
+        assert!(two.max_ms < 1.0, "{two:?}");
+        let all = recent.window(&acme, 15).ops["get"].latency();
+        assert_eq!(all.count, 5);
+        assert!(all.max_ms >= 5.0, "{all:?}");
+
+        // Periods age out: two more, and a window of 3 holds the 200 µs call only.
+        recent.next_period(&stats);
+        recent.next_period(&stats);
+        let three = recent.window(&acme, 3).ops["get"].latency();
+        assert_eq!(three.count, 1);
+        assert!(three.max_ms < 1.0, "{three:?}");
     }
 
     #[test]

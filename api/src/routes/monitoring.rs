@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
-use cache_shared::live_stats::{HotKey, Latency, OpSnapshot, hit_rate};
+use cache_shared::live_stats::{HotKey, Latency, Op, OpSnapshot, hit_rate};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -162,33 +162,66 @@ struct OpLatency {
 #[serde(rename_all = "camelCase")]
 struct LatencyView {
     tenant_id: String,
-    /// Milliseconds, measured around the Redis work of each call, since start.
+    /// The sliding window the figures cover: the running rollup period and
+    /// the ones before it, on this api instance.
+    window_minutes: u64,
+    /// Milliseconds, measured around the Redis work of each call.
     operations: Vec<OpLatency>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LatencyQuery {
+    /// Minutes of the sliding window, 1 to 15 (default 5).
+    window: Option<String>,
+    /// Consumed by the authorization layer.
+    #[allow(dead_code)]
+    tenant: Option<String>,
 }
 
 #[utoipa::path(
     get,
     path = "/api/v1/cache/latency",
     tag = "monitoring",
-    description = "p50/p95/p99/max per operation, in ms.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    description = "p50/p95/p99/max per operation, in ms, over a sliding window of this api instance's calls.",
+    params(LatencyQuery),
     responses((status = 200, description = "Success", body = LatencyView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
-async fn latency(State(state): State<AppState>, caller: Caller) -> Json<LatencyView> {
+async fn latency(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<LatencyQuery>,
+) -> Result<Json<LatencyView>, ApiError> {
+    let minutes = match q.window.as_deref() {
+        None => 5,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=15).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("window", "window must be minutes from 1 to 15")
+            })?,
+    };
+    let period_minutes = (state.observability.stats_rollup_seconds / 60).max(1);
+    let periods = usize::try_from(minutes.div_ceil(period_minutes)).unwrap_or(1);
     let tenant = state.cache.stats().tenant(&caller.tenant);
-    Json(LatencyView {
+    let figures = state.instruments.recent.window(&tenant, periods);
+    Ok(Json(LatencyView {
         tenant_id: caller.tenant.to_string(),
-        operations: tenant
-            .snapshot()
-            .into_iter()
-            .filter(|op| op.calls > 0)
-            .map(|op| OpLatency {
-                operation: op.op.name(),
-                latency: op.latency,
+        window_minutes: minutes,
+        operations: Op::ALL
+            .iter()
+            .filter_map(|op| {
+                let latency = figures.ops.get(op.name())?.latency();
+                Some(OpLatency {
+                    operation: op.name(),
+                    latency,
+                })
             })
             .collect(),
-    })
+    }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -259,6 +259,19 @@ async fn live_figures_reflect_the_operations_made() {
         .clone();
     assert_eq!(get_op["count"], 80);
     assert!(get_op["p50Ms"].as_f64().unwrap() <= get_op["p99Ms"].as_f64().unwrap());
+    assert_eq!(latency["windowMinutes"], 5);
+    for bad in ["0", "16", "five"] {
+        let refused = app
+            .public(
+                Method::GET,
+                &format!("/api/v1/cache/latency?window={bad}"),
+                &key,
+            )
+            .send()
+            .await
+            .unwrap();
+        crate::helpers::assert_error(refused, 400, "VALIDATION_ERROR").await;
+    }
     let throughput = get(&app, &key, "/api/v1/cache/throughput").await;
     assert!(throughput["total"]["last1m"].as_f64().unwrap() > 0.0);
     let hot = get(&app, &key, "/api/v1/cache/hotkeys").await;

@@ -494,10 +494,29 @@ async fn writes_deletes_and_errors_are_logged_once_with_their_request() {
         .unwrap();
     assert_eq!(delete.status(), 200);
 
+    let admin = app.key(Role::Admin).await;
+    let flush_request = unique("req");
+    let flush = app
+        .public(Method::POST, "/api/v1/cache/flush", &admin)
+        .header("X-Request-Id", &flush_request)
+        .json(&json!({"namespace": "user:"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flush.status(), 202);
+
     wait_until(Duration::from_secs(20), || async {
-        log_rows(&db, &request).await.len() == 2 && log_rows(&db, &delete_request).await.len() == 1
+        log_rows(&db, &request).await.len() == 2
+            && log_rows(&db, &delete_request).await.len() == 1
+            && log_rows(&db, &flush_request).await.len() == 1
     })
     .await;
+    let flushed = &log_rows(&db, &flush_request).await[0];
+    assert_eq!(
+        (flushed.operation.as_str(), flushed.cache_key.as_deref()),
+        ("flush", Some("user:*"))
+    );
+    assert!(flushed.actor.is_some());
     let rows = log_rows(&db, &request).await;
     assert_eq!(
         rows.iter()
