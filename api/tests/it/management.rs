@@ -270,7 +270,7 @@ async fn live_figures_reflect_the_operations_made() {
             .send()
             .await
             .unwrap();
-        crate::helpers::assert_error(refused, 400, "VALIDATION_ERROR").await;
+        assert_error(refused, 400, "VALIDATION_ERROR").await;
     }
     let throughput = get(&app, &key, "/api/v1/cache/throughput").await;
     assert!(throughput["total"]["last1m"].as_f64().unwrap() > 0.0);
