@@ -4,12 +4,14 @@
 //! report to the monitoring service. Nothing here runs on the request path
 //! beyond counting in memory.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
@@ -17,8 +19,12 @@ use cache_shared::metrics::{self, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
 use cache_shared::rollup::{PeriodFigures, RecentFigures};
 use chrono::{DateTime, TimeZone, Utc};
-use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
 use tokio::sync::watch;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -54,6 +60,8 @@ pub struct ApiMetrics {
 #[derive(Debug)]
 pub struct Instruments {
     pub metrics: ApiMetrics,
+    /// Route templates for HTTP figures, set once the router is built.
+    pub http_routes: OnceLock<HttpRoutes>,
     /// Periods shipped and kept for sliding-window figures.
     pub recent: RecentFigures,
     /// `None` when instrumentation is off.
@@ -77,6 +85,7 @@ impl Instruments {
         };
         Self {
             metrics: ApiMetrics::new(registry),
+            http_routes: OnceLock::new(),
             recent: RecentFigures::default(),
             ops,
             oplog,
@@ -147,6 +156,9 @@ impl ApiMetrics {
     pub async fn render(&self, state: &AppState) -> String {
         let _one_at_a_time = self.scrape.lock().await;
         let stats = state.cache.stats();
+        if let Some(ops) = &state.instruments.ops {
+            ops.sync(stats);
+        }
         self.ops_per_second.set(stats.operations_per_second());
         if let Some(rate) = stats.hit_rate_percent() {
             self.hit_rate
@@ -195,15 +207,6 @@ impl ApiMetrics {
         }
         self.registry.render()
     }
-
-    fn observe_http(&self, method: &str, route: &str, status: StatusCode, took: Duration) {
-        self.http_requests
-            .with_label_values(&[method, route, status.as_str()])
-            .inc();
-        self.http_duration
-            .with_label_values(&[method, route])
-            .observe(took.as_secs_f64());
-    }
 }
 
 fn gauge(n: usize) -> i64 {
@@ -245,44 +248,198 @@ pub async fn scrape(
     Ok(([(header::CONTENT_TYPE, metrics::TEXT_FORMAT)], body).into_response())
 }
 
-/// The route a request matched, handed from inside the router (where it is
-/// known) to the outer middleware (which times the whole request).
-#[derive(Debug, Clone)]
-struct Route(MatchedPath);
+/// Methods with their own metric slots; any other counts as `OTHER`.
+const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+/// Statuses with their own counter slots; others are looked up by label.
+const STATUSES: [u16; 15] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 413, 415, 429, 500, 503,
+];
 
-/// Inner layer: remembers the matched route on the response.
-pub async fn remember_route(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let mut response = next.run(req).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(Route(route));
-    }
-    response
+/// HTTP figures by route template: the templates are matched here (the same
+/// syntax as the router's), and each route's metric handles are resolved
+/// once, so counting a request takes no hashing, locking or allocation.
+#[derive(Debug)]
+pub struct HttpRoutes {
+    templates: matchit::Router<usize>,
+    names: Vec<String>,
+    slots: Vec<RouteSlots>,
 }
 
-/// Outer layer: gives the request its log context and counts it by method,
-/// matched route and status.
-pub async fn observe_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let context = RequestContext::new(
-        req.headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-    );
-    let response = oplog::scope(context, next.run(req)).await;
-    let route = response
-        .extensions()
-        .get::<Route>()
-        .map_or("unmatched", |r| r.0.as_str());
-    state.instruments.metrics.observe_http(
-        method.as_str(),
-        route,
-        response.status(),
-        started.elapsed(),
-    );
-    response
+#[derive(Debug, Default)]
+struct RouteSlots {
+    duration: [OnceLock<Histogram>; METHODS.len() + 1],
+    status: [[OnceLock<IntCounter>; STATUSES.len()]; METHODS.len() + 1],
+}
+
+/// The label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+impl HttpRoutes {
+    /// The table for `templates` (e.g. `/internal/cache/get/{key}`).
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut router = matchit::Router::new();
+        let mut names = Vec::new();
+        for template in templates {
+            if router.insert(template, names.len()).is_ok() {
+                names.push(template.to_owned());
+            } else {
+                tracing::warn!(template, "route template not counted separately");
+            }
+        }
+        names.push(UNMATCHED.to_owned());
+        let slots = names.iter().map(|_| RouteSlots::default()).collect();
+        Self {
+            templates: router,
+            names,
+            slots,
+        }
+    }
+
+    fn route_of(&self, path: &str) -> usize {
+        self.templates
+            .at(path)
+            .map_or(self.names.len() - 1, |m| *m.value)
+    }
+
+    fn observe(
+        &self,
+        metrics: &ApiMetrics,
+        route: usize,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+    ) {
+        let (Some(name), Some(slots)) = (self.names.get(route), self.slots.get(route)) else {
+            return;
+        };
+        let m = METHODS
+            .iter()
+            .position(|known| known == method)
+            .unwrap_or(METHODS.len());
+        let method = method.as_str();
+        let duration = slots.duration[m].get_or_init(|| {
+            metrics
+                .http_duration
+                .with_label_values(&[method, name.as_str()])
+        });
+        duration.observe(took.as_secs_f64());
+        match STATUSES.iter().position(|&s| s == status.as_u16()) {
+            Some(i) => slots.status[m][i]
+                .get_or_init(|| {
+                    metrics.http_requests.with_label_values(&[
+                        method,
+                        name.as_str(),
+                        status.as_str(),
+                    ])
+                })
+                .inc(),
+            None => metrics
+                .http_requests
+                .with_label_values(&[method, name.as_str(), status.as_str()])
+                .inc(),
+        }
+    }
+}
+
+/// Gives each request its log context and counts it by method, route
+/// template and status. It wraps the router as a whole: no per-route boxing.
+#[derive(Debug, Clone)]
+pub struct ObserveRequests {
+    state: AppState,
+}
+
+impl ObserveRequests {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for ObserveRequests {
+    type Service = ObserveService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ObserveService {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ObserveService<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B> Service<axum::http::Request<B>> for ObserveService<S>
+where
+    S: Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<TaskLocalFuture<RequestContext, S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let context = RequestContext::new(
+            req.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
+        let method = req.method().clone();
+        let route = self
+            .state
+            .instruments
+            .http_routes
+            .get()
+            .map_or(0, |routes| routes.route_of(req.uri().path()));
+        ObserveFuture {
+            started: Instant::now(),
+            inner: oplog::scope(context, self.inner.call(req)),
+            method,
+            route,
+            state: self.state.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future inside its log context; counts it when done.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: Method,
+        route: usize,
+        state: AppState,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let instruments = &this.state.instruments;
+        if let Some(routes) = instruments.http_routes.get() {
+            routes.observe(
+                &instruments.metrics,
+                *this.route,
+                this.method,
+                response.status(),
+                this.started.elapsed(),
+            );
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The background tasks of one api instance.

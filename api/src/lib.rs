@@ -139,28 +139,52 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     }))
 }
 
-/// All routes with their middleware. Routing comes before authentication:
-/// unknown paths are `404` and wrong methods `405` with or without credentials.
+/// All routes. Routing comes before authentication: unknown paths are `404`
+/// and wrong methods `405` with or without credentials.
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     let (routes, doc) = documented_routes(&state).split_for_parts();
-    let routes = routes.merge(openapi::serve(doc));
-    let routes = if state.cache.stats().is_enabled() {
-        routes
-            .route_layer(axum::middleware::from_fn(instrumentation::remember_route))
-            .fallback(error::route_not_found)
-            .method_not_allowed_fallback(error::method_not_allowed)
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                instrumentation::observe_request,
-            ))
-    } else {
-        routes
-            .fallback(error::route_not_found)
-            .method_not_allowed_fallback(error::method_not_allowed)
-    };
+    let templates = doc
+        .paths
+        .paths
+        .keys()
+        .map(String::as_str)
+        .chain(openapi::PATHS);
+    let _ = state
+        .instruments
+        .http_routes
+        .set(instrumentation::HttpRoutes::new(templates));
     routes
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .merge(openapi::serve(doc))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// The router inside the middleware every request crosses: request ids,
+/// the debug span, the HTTP figures and log context (when instrumentation is
+/// on) and the body limit. They wrap the router as a whole (not route by
+/// route), which costs no allocation per request.
+pub fn app(
+    state: AppState,
+) -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let request_id = HeaderName::from_static("x-request-id");
+    let max_body_bytes = state.settings.max_body_bytes;
+    let observe = state
+        .cache
+        .stats()
+        .is_enabled()
+        .then(|| instrumentation::ObserveRequests::new(state.clone()));
+    tower::ServiceBuilder::new()
+        .map_response(axum::response::IntoResponse::into_response)
+        .layer(SetRequestIdLayer::new(request_id.clone(), UlidRequestId))
+        .layer(PropagateRequestIdLayer::new(request_id))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req
@@ -173,9 +197,9 @@ pub fn router(state: AppState) -> Router {
                 tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = id)
             }),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, UlidRequestId))
-        .with_state(state)
+        .option_layer(observe)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .service(router(state))
 }
 
 /// Every documented route: each comes with its OpenAPI entry, so the
@@ -234,7 +258,7 @@ pub async fn serve(
     let header_timeout = state.settings.header_read_timeout();
     let grace = state.settings.shutdown_timeout();
     let background = instrumentation::Background::start(&state);
-    let app = router(state);
+    let app = app(state);
     let mut builder = http1::Builder::new();
     builder
         .writev(false)

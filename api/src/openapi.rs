@@ -57,6 +57,9 @@ impl Modify for Credentials {
     }
 }
 
+/// The paths [`serve`] adds.
+pub const PATHS: [&str; 2] = ["/openapi.json", "/docs"];
+
 /// `/openapi.json` and the `/docs` page for `doc`.
 pub fn serve<S: Clone + Send + Sync + 'static>(doc: utoipa::openapi::OpenApi) -> Router<S> {
     let json = std::sync::Arc::new(doc.clone());

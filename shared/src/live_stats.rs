@@ -14,6 +14,32 @@ use crate::keys::TenantId;
 use crate::metrics::OpMetrics;
 use crate::oplog::{OpLog, Outcome};
 
+/// FNV-1a, for the maps looked up on every request: their keys are short
+/// (tenant ids, cache keys) and their sizes bounded (the hot-key map holds
+/// 64 keys), so SipHash's flooding resistance buys nothing there.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Operations counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -80,7 +106,6 @@ const HOTKEY_CAPACITY: usize = 64;
 #[derive(Debug)]
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum_us: AtomicU64,
     max_us: AtomicU64,
 }
@@ -89,7 +114,6 @@ impl Default for Histogram {
     fn default() -> Self {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
         }
@@ -133,9 +157,12 @@ impl Histogram {
     pub fn record(&self, us: u64) {
         let bucket = bucket_of(us).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
+        // A plain load first: the maximum rarely moves, and a locked
+        // read-modify-write on every call would cost more than the rest.
+        if us > self.max_us.load(Ordering::Relaxed) {
+            self.max_us.fetch_max(us, Ordering::Relaxed);
+        }
     }
 
     /// Cumulative bucket counts, sum and max, for period deltas.
@@ -151,35 +178,35 @@ impl Histogram {
     }
 
     pub fn latency(&self) -> Latency {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let count: u64 = counts.iter().sum();
-        if count == 0 {
-            return Latency::default();
-        }
-        let max_us = self.max_us.load(Ordering::Relaxed);
-        let at = |q: f64| {
-            let rank = ((q * count as f64).ceil() as u64).max(1);
-            let mut seen = 0;
-            for (bucket, &n) in counts.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    return bucket_upper_us(bucket).min(max_us) as f64 / 1000.0;
-                }
+        let (counts, sum_us, max_us) = self.totals();
+        latency_of(&counts, sum_us, max_us)
+    }
+}
+
+/// Count, mean and percentiles of a histogram's bucket counts.
+fn latency_of(counts: &[u64], sum_us: u64, max_us: u64) -> Latency {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return Latency::default();
+    }
+    let at = |q: f64| {
+        let rank = ((q * count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, &n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return bucket_upper_us(bucket).min(max_us) as f64 / 1000.0;
             }
-            max_us as f64 / 1000.0
-        };
-        Latency {
-            count,
-            mean_ms: self.sum_us.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0,
-            p50_ms: at(0.50),
-            p95_ms: at(0.95),
-            p99_ms: at(0.99),
-            max_ms: max_us as f64 / 1000.0,
         }
+        max_us as f64 / 1000.0
+    };
+    Latency {
+        count,
+        mean_ms: sum_us as f64 / count as f64 / 1000.0,
+        p50_ms: at(0.50),
+        p95_ms: at(0.95),
+        p99_ms: at(0.99),
+        max_ms: max_us as f64 / 1000.0,
     }
 }
 
@@ -194,7 +221,7 @@ struct OpCounters {
 /// of the keys it reports are over-estimates by at most `error`.
 #[derive(Debug, Default)]
 struct SpaceSaving {
-    counts: HashMap<String, (u64, u64)>,
+    counts: FastMap<String, (u64, u64)>,
 }
 
 impl SpaceSaving {
@@ -421,10 +448,7 @@ pub struct LiveStats {
     enabled: bool,
     prometheus: Option<OpMetrics>,
     oplog: Option<Arc<OpLog>>,
-    ops: [OpCounters; Op::ALL.len()],
-    hits: AtomicU64,
-    misses: AtomicU64,
-    tenants: RwLock<HashMap<String, Arc<TenantStats>>>,
+    tenants: RwLock<FastMap<String, Arc<TenantStats>>>,
     second_stamp: Box<[AtomicU64]>,
     second_count: Box<[[AtomicU64; Op::ALL.len()]]>,
     started: Instant,
@@ -436,10 +460,7 @@ impl Default for LiveStats {
             enabled: true,
             prometheus: None,
             oplog: None,
-            ops: Default::default(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            tenants: RwLock::new(HashMap::new()),
+            tenants: RwLock::new(FastMap::default()),
             second_stamp: (0..WINDOW_SECONDS).map(|_| AtomicU64::new(0)).collect(),
             second_count: (0..WINDOW_SECONDS)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
@@ -524,15 +545,16 @@ impl LiveStats {
         }
         let elapsed = started.elapsed();
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        for counters in [&self.ops[op as usize], &tenant.ops[op as usize]] {
-            counters.calls.fetch_add(1, Ordering::Relaxed);
-            if result.is_err() {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            counters.latency.record(us);
+        // Per tenant only: process-wide figures are sums over tenants,
+        // computed when read rather than paid for on every call.
+        let counters = &tenant.ops[op as usize];
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
         }
+        counters.latency.record(us);
         if let Some(prometheus) = &self.prometheus {
-            prometheus.record(op, elapsed, result.is_ok());
+            prometheus.record(op, elapsed);
         }
         if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
             oplog.record(
@@ -582,20 +604,8 @@ impl LiveStats {
         if !self.enabled {
             return;
         }
-        let (global, own) = if hit {
-            (&self.hits, &tenant.hits)
-        } else {
-            (&self.misses, &tenant.misses)
-        };
-        global.fetch_add(1, Ordering::Relaxed);
+        let own = if hit { &tenant.hits } else { &tenant.misses };
         own.fetch_add(1, Ordering::Relaxed);
-        if let Some(prometheus) = &self.prometheus {
-            if hit {
-                prometheus.hits.inc();
-            } else {
-                prometheus.misses.inc();
-            }
-        }
         if let Some(oplog) = &self.oplog {
             let outcome = if hit { Outcome::Hit } else { Outcome::Miss };
             oplog.record_read(&tenant.tenant, op, key, outcome);
@@ -628,10 +638,10 @@ impl LiveStats {
 
     /// Hits and misses since start, all tenants.
     pub fn lookups(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        self.tenants()
+            .iter()
+            .map(|t| t.lookups())
+            .fold((0, 0), |(h, m), (th, tm)| (h + th, m + tm))
     }
 
     /// Hit rate in percent since start, `None` before the first read.
@@ -662,8 +672,33 @@ impl LiveStats {
         totals.iter().map(|&t| t as f64 / lived as f64).collect()
     }
 
+    /// Every operation's figures since start, all tenants together.
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
-        snapshot(&self.ops)
+        let tenants = self.tenants();
+        Op::ALL
+            .iter()
+            .map(|&op| {
+                let (mut calls, mut errors, mut sum_us, mut max_us) = (0, 0, 0, 0);
+                let mut counts = vec![0u64; BUCKETS];
+                for tenant in &tenants {
+                    let c = &tenant.ops[op as usize];
+                    calls += c.calls.load(Ordering::Relaxed);
+                    errors += c.errors.load(Ordering::Relaxed);
+                    let (buckets, sum, max) = c.latency.totals();
+                    for (total, n) in counts.iter_mut().zip(buckets) {
+                        *total += n;
+                    }
+                    sum_us += sum;
+                    max_us = max_us.max(max);
+                }
+                OpSnapshot {
+                    op,
+                    calls,
+                    errors,
+                    latency: latency_of(&counts, sum_us, max_us),
+                }
+            })
+            .collect()
     }
 }
 

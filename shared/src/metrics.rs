@@ -15,7 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::live_stats::Op;
+use crate::live_stats::{LiveStats, Op};
 
 /// Upper bounds of `cache_response_time_ms`, in milliseconds.
 const RESPONSE_TIME_BUCKETS_MS: [f64; 13] = [
@@ -93,14 +93,16 @@ pub fn mirror(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Cache operations: latency, outcomes and lookups, one handle per operation.
+/// Cache operations: a latency histogram handle per operation (recorded on
+/// each call), and outcome and lookup counters mirrored from the live
+/// figures when scraped.
 #[derive(Debug, Clone)]
 pub struct OpMetrics {
     latency: Vec<Histogram>,
     ok: Vec<IntCounter>,
     errors: Vec<IntCounter>,
-    pub hits: IntCounter,
-    pub misses: IntCounter,
+    hits: IntCounter,
+    misses: IntCounter,
 }
 
 impl OpMetrics {
@@ -134,15 +136,24 @@ impl OpMetrics {
         }
     }
 
-    pub fn record(&self, op: Op, elapsed: Duration, ok: bool) {
-        let i = op as usize;
-        if let Some(h) = self.latency.get(i) {
+    pub fn record(&self, op: Op, elapsed: Duration) {
+        if let Some(h) = self.latency.get(op as usize) {
             h.observe(elapsed.as_secs_f64() * 1000.0);
         }
-        let outcome = if ok { &self.ok } else { &self.errors };
-        if let Some(c) = outcome.get(i) {
-            c.inc();
+    }
+
+    /// Brings the counters up to the live figures (call before rendering).
+    pub fn sync(&self, stats: &LiveStats) {
+        for snapshot in stats.snapshot() {
+            let i = snapshot.op as usize;
+            if let (Some(ok), Some(errors)) = (self.ok.get(i), self.errors.get(i)) {
+                mirror(ok, snapshot.calls - snapshot.errors.min(snapshot.calls));
+                mirror(errors, snapshot.errors);
+            }
         }
+        let (hits, misses) = stats.lookups();
+        mirror(&self.hits, hits);
+        mirror(&self.misses, misses);
     }
 }
 
@@ -201,13 +212,33 @@ mod tests {
     fn operations_are_exported_under_the_design_names() {
         let metrics = Metrics::default();
         let ops = OpMetrics::new(&metrics);
-        ops.record(Op::Get, Duration::from_micros(300), true);
-        ops.record(Op::Get, Duration::from_millis(20), false);
-        ops.hits.inc();
+        let stats = LiveStats::instrumented(ops.clone(), None);
+        let tenant = stats.tenant(&crate::keys::TenantId::parse("acme", "t").unwrap());
+        let ago = |d| std::time::Instant::now() - d;
+        let _ = stats.observe(
+            Op::Get,
+            &tenant,
+            ago(Duration::from_micros(300)),
+            None,
+            Ok::<_, crate::Error>(()),
+        );
+        let _ = stats.observe(
+            Op::Get,
+            &tenant,
+            ago(Duration::from_millis(20)),
+            None,
+            Err::<(), _>(crate::Error::internal("x")),
+        );
+        stats.record_lookup(&tenant, Op::Get, "k", true);
+        ops.sync(&stats);
         let text = metrics.render();
-        assert!(text.contains("cache_response_time_ms_bucket{operation=\"get\",le=\"0.5\"} 1"));
+        assert!(
+            text.contains("cache_response_time_ms_bucket{operation=\"get\",le=\"0.5\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("cache_response_time_ms_bucket{operation=\"get\",le=\"25\"} 2"));
         assert!(text.contains("cache_operations_total{operation=\"get\",outcome=\"error\"} 1"));
+        assert!(text.contains("cache_operations_total{operation=\"get\",outcome=\"ok\"} 1"));
         assert!(text.contains("cache_hits_total 1"));
     }
 

@@ -88,9 +88,12 @@ tokio::task_local! {
     static REQUEST: RequestContext;
 }
 
-/// Runs `fut` (one request) with `context` as its log context.
-pub async fn scope<F: Future>(context: RequestContext, fut: F) -> F::Output {
-    REQUEST.scope(context, fut).await
+/// `fut` (one request) with `context` as its log context.
+pub fn scope<F: Future>(
+    context: RequestContext,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
+    REQUEST.scope(context, fut)
 }
 
 /// Names the caller of the current request (an API key id, a service).
