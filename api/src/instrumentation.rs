@@ -620,3 +620,34 @@ async fn report_metrics(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_route_template_and_strays_to_unmatched() {
+        let routes = HttpRoutes::new([
+            "/internal/cache/get/{key}",
+            "/api/v1/cache/keys/{key}/ttl",
+            "/api/v1/cache/keys/exists",
+            "/metrics",
+        ]);
+        let name = |path: &str| routes.names[routes.route_of(path)].clone();
+        assert_eq!(
+            name("/internal/cache/get/user:1"),
+            "/internal/cache/get/{key}"
+        );
+        assert_eq!(
+            name("/api/v1/cache/keys/a%2Fb/ttl"),
+            "/api/v1/cache/keys/{key}/ttl"
+        );
+        assert_eq!(
+            name("/api/v1/cache/keys/exists"),
+            "/api/v1/cache/keys/exists"
+        );
+        assert_eq!(name("/metrics"), "/metrics");
+        assert_eq!(name("/no/such/path"), UNMATCHED);
+        assert_eq!(name("/internal/cache/get/a/b"), UNMATCHED);
+    }
+}

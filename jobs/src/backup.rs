@@ -186,6 +186,7 @@ pub async fn backup(
         }
         tokio::time::sleep(ctx.pacing.pause).await;
     }
+    progress.report().await?;
     if let (Some(mut out), Some(path)) = (file, &params.file) {
         use tokio::io::AsyncWriteExt;
         out.flush()
@@ -249,6 +250,7 @@ pub async fn restore(
                 batch.clear();
             }
             if line.is_none() {
+                writer.progress.report().await?;
                 return Ok(Outcome::Succeeded(writer.summary(None)));
             }
         }
@@ -267,6 +269,7 @@ pub async fn restore(
             return Ok(Outcome::Cancelled(writer.summary(Some(&backup.id))));
         }
     }
+    writer.progress.report().await?;
     Ok(Outcome::Succeeded(writer.summary(Some(&backup.id))))
 }
 

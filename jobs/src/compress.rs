@@ -89,6 +89,7 @@ pub async fn run(
         }
         tokio::time::sleep(ctx.pacing.pause).await;
     }
+    progress.report().await?;
     Ok(Outcome::Succeeded(
         json!({ "compressed": compressed, "skipped": skipped, "bytesSaved": saved }),
     ))

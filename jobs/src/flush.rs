@@ -126,7 +126,7 @@ pub async fn run(
     }
     let deleted = progress.done();
     progress.set_total(deleted);
-    progress.advance(0).await?;
+    progress.report().await?;
     Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
 }
 

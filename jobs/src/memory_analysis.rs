@@ -252,6 +252,7 @@ pub async fn run(
             "largest": candidates,
         },
     });
+    progress.report().await?;
     reports::upsert(&ctx.db, job_id, tenant.as_str(), mode, &report).await?;
     Ok(Outcome::Succeeded(json!({
         "reportId": job_id,

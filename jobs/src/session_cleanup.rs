@@ -77,6 +77,7 @@ async fn prune(ctx: &JobContext, progress: &mut Progress<'_>) -> Result<Outcome,
         }
         tokio::time::sleep(ctx.pacing.pause).await;
     }
+    progress.report().await?;
     Ok(Outcome::Succeeded(
         json!({ "pruned": pruned, "indexes": progress.done() }),
     ))
