@@ -17,6 +17,11 @@ pub struct Pacing {
     pub pause: Duration,
     /// Deadline of one batch's Redis work (longer than a request's).
     pub batch_timeout: Duration,
+    /// Keys a flush examines per step: small steps keep Redis free for
+    /// other tenants between them.
+    pub flush_batch: usize,
+    /// Most keys a flush removes per second.
+    pub flush_keys_per_second: u64,
 }
 
 impl Pacing {
@@ -38,6 +43,8 @@ impl Default for Pacing {
             batch: 1000,
             pause: Duration::from_millis(2),
             batch_timeout: Duration::from_secs(10),
+            flush_batch: 200,
+            flush_keys_per_second: 120_000,
         }
     }
 }

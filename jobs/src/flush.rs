@@ -4,9 +4,11 @@
 //! values, so queues, sessions and permission entries survive it.
 //! Idempotent: a re-run deletes whatever still matches.
 
+use std::time::Duration;
+
 use cache_shared::Error;
 use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
-use deadpool_redis::redis;
+use cache_shared::scripts::SCAN_UNLINK;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -79,6 +81,32 @@ impl FlushParams {
     }
 }
 
+/// Keeps a job under a rate: waits whenever it is ahead of schedule (by at
+/// least a timer tick, so short waits are not rounded up into slowness).
+#[derive(Debug)]
+pub struct Pacer {
+    started: tokio::time::Instant,
+    per_second: u64,
+}
+
+impl Pacer {
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            per_second: per_second.max(1),
+        }
+    }
+
+    /// Waits until `done` units are due.
+    pub async fn wait(&self, done: i64) {
+        let due = Duration::from_secs_f64(done.max(0) as f64 / self.per_second as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= Duration::from_millis(2) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+}
+
 /// Runs a flush for `tenant`.
 ///
 /// # Errors
@@ -94,25 +122,22 @@ pub async fn run(
     let pattern = params.scan_pattern(tenant);
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
+    let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
     let mut cursor: u64 = 0;
     loop {
         let deleted = redis
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis.conn().await?;
-                let (next, keys): (u64, Vec<Vec<u8>>) = ctx
-                    .pacing
-                    .scan(cursor, &pattern)
-                    .query_async(&mut conn)
+                let (next, deleted): (String, i64) = SCAN_UNLINK
+                    .prepare_invoke()
+                    .arg(cursor)
+                    .arg(&pattern)
+                    .arg(ctx.pacing.flush_batch)
+                    .invoke_async(&mut conn)
                     .await?;
-                let deleted: i64 = if keys.is_empty() {
-                    0
-                } else {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async(&mut conn)
-                        .await?
-                };
-                cursor = next;
+                cursor = next
+                    .parse()
+                    .map_err(|_| Error::internal(format!("SCAN answered cursor {next}")))?;
                 Ok(deleted)
             })
             .await?;
@@ -122,7 +147,9 @@ pub async fn run(
         if cursor == 0 {
             break;
         }
-        tokio::time::sleep(ctx.pacing.pause).await;
+        // The rate cap is the flush's throttle; small steps keep each of
+        // its moments in Redis short.
+        pacer.wait(progress.done()).await;
     }
     let deleted = progress.done();
     progress.set_total(deleted);

@@ -83,6 +83,16 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub job_batch_size: u64,
 
+    /// Keys a flush examines per step (small steps keep other tenants' latency flat).
+    #[arg(long, env = "FLUSH_BATCH_SIZE", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub flush_batch_size: u64,
+
+    /// Most keys one flush removes per second.
+    #[arg(long, env = "FLUSH_MAX_KEYS_PER_SECOND", default_value_t = 120_000,
+          value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub flush_max_keys_per_second: u64,
+
     /// Pause between a job's batches in milliseconds, leaving Redis to requests.
     #[arg(long, env = "JOB_BATCH_PAUSE_MS", default_value_t = 2)]
     pub job_batch_pause_ms: u64,
@@ -139,6 +149,8 @@ impl WorkerSettings {
         Pacing {
             batch: usize::try_from(self.job_batch_size).unwrap_or(1000),
             pause: Duration::from_millis(self.job_batch_pause_ms),
+            flush_batch: usize::try_from(self.flush_batch_size).unwrap_or(200),
+            flush_keys_per_second: self.flush_max_keys_per_second,
             ..Pacing::default()
         }
     }

@@ -106,6 +106,8 @@ fn spawn_worker(settings: &WorkerSettings) -> tokio::process::Child {
         .env("QUEUE_MISSED_HEARTBEATS", "2")
         .env("JOB_BATCH_SIZE", "200")
         .env("JOB_BATCH_PAUSE_MS", "5")
+        .env("FLUSH_BATCH_SIZE", "200")
+        .env("FLUSH_MAX_KEYS_PER_SECOND", "20000")
         .env("RUST_LOG", "warn")
         .env("WORKER_METRICS_PORT", "0")
         .stdout(Stdio::null())

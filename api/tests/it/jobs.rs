@@ -463,7 +463,16 @@ async fn submit_flush(app: &TestApp, key: &str) -> String {
 }
 
 /// A worker slow enough to watch: 100 keys per batch, 20 ms apart.
-const SLOW: [&str; 4] = ["--job-batch-size", "100", "--job-batch-pause-ms", "20"];
+const SLOW: [&str; 8] = [
+    "--job-batch-size",
+    "100",
+    "--job-batch-pause-ms",
+    "20",
+    "--flush-batch-size",
+    "100",
+    "--flush-max-keys-per-second",
+    "5000",
+];
 
 #[tokio::test]
 async fn a_job_moves_from_queued_through_running_to_succeeded_with_progress() {
