@@ -26,5 +26,8 @@ alter table admin_actions
     add column audit_next_at      timestamptz not null default now(),
     add column audit_error        text;
 
-create index admin_actions_audit_pending_idx on admin_actions (audit_next_at)
+-- Actions recorded before the outbox existed are history, not pending events.
+update admin_actions set audit_delivered_at = created_at;
+
+create index admin_actions_audit_pending_idx on admin_actions (id)
     where audit_delivered_at is null;

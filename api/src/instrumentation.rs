@@ -17,7 +17,7 @@ use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
 use cache_shared::metrics::{self, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
-use cache_shared::rollup::{PeriodFigures, RecentFigures};
+use cache_shared::rollup::RecentFigures;
 use chrono::{DateTime, TimeZone, Utc};
 use prometheus::{
     Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -130,7 +130,7 @@ impl ApiMetrics {
             ),
             failovers: m.counter(
                 "cache_failover_total",
-                "Times Redis answered again after failing.",
+                "Times Redis answered again after failing for a second or more.",
             ),
             pool_size: m.gauge("cache_pool_size", "Redis connections open."),
             pool_in_use: m.gauge("cache_pool_in_use", "Redis connections lent to requests."),
@@ -316,7 +316,9 @@ impl HttpRoutes {
             .iter()
             .position(|known| known == method)
             .unwrap_or(METHODS.len());
-        let method = method.as_str();
+        // Methods outside the few with slots share one label: a client's
+        // invented method never becomes a series of its own.
+        let method = METHODS.get(m).map_or("OTHER", Method::as_str);
         let duration = slots.duration[m].get_or_init(|| {
             metrics
                 .http_duration
@@ -491,61 +493,51 @@ pub fn period_start(at: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
 
 async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
     let period = state.observability.rollup_period();
-    // Figures of periods the queue could not take, shipped with the next one.
-    let mut pending: Vec<(String, PeriodFigures)> = Vec::new();
+    let step = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::seconds(60));
+    // Jobs the queue did not confirm, pushed again unchanged: one that did
+    // land after all is then a re-delivery, which the worker ignores.
+    let mut unconfirmed: Vec<StatsRollupJob> = Vec::new();
     loop {
         let now = Utc::now();
         let start = period_start(now, period);
-        let next =
-            start + chrono::Duration::from_std(period).unwrap_or(chrono::Duration::seconds(60));
-        let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+        let wait = (start + step - now).to_std().unwrap_or(Duration::ZERO);
         let stopping = tokio::select! {
             () = tokio::time::sleep(wait) => false,
             _ = stop.changed() => true,
         };
         // At a boundary this is the period that just ended; at shutdown, the
         // one still running (no later ship of this instance will cover it).
-        let shipped_period = start;
         let ended = state.instruments.recent.next_period(state.cache.stats());
-        let figures = merge_pending(std::mem::take(&mut pending), ended);
-        if figures.is_empty() {
-            if stopping {
-                return;
+        if !ended.is_empty() {
+            unconfirmed.push(StatsRollupJob {
+                id: ulid::Ulid::new().to_string(),
+                instance_id: state.instance_id.clone(),
+                period_start: start,
+                period_minutes: i32::try_from(period.as_secs() / 60).unwrap_or(1),
+                tenants: ended
+                    .into_iter()
+                    .map(|(tenant_id, figures)| TenantFigures { tenant_id, figures })
+                    .collect(),
+            });
+        }
+        let mut kept = Vec::new();
+        for job in unconfirmed.drain(..) {
+            if let Err(err) = state.jobs.push_internal(job.clone()).await {
+                tracing::warn!(%err, period = %job.period_start, "statistics rollup not confirmed by the queue; pushing it again later");
+                kept.push(job);
             }
-            continue;
         }
-        let job = StatsRollupJob {
-            id: ulid::Ulid::new().to_string(),
-            instance_id: state.instance_id.clone(),
-            period_start: shipped_period,
-            period_minutes: i32::try_from(period.as_secs() / 60).unwrap_or(1),
-            tenants: figures
-                .iter()
-                .map(|(tenant, figures)| TenantFigures {
-                    tenant_id: tenant.clone(),
-                    figures: figures.clone(),
-                })
-                .collect(),
-        };
-        if let Err(err) = state.jobs.push_internal(job).await {
-            tracing::warn!(%err, "statistics rollup not queued; it joins the next period");
-            pending = figures;
-        }
+        unconfirmed = kept;
         if stopping {
+            if !unconfirmed.is_empty() {
+                tracing::error!(
+                    periods = unconfirmed.len(),
+                    "statistics rollups lost at shutdown: the queue did not take them"
+                );
+            }
             return;
         }
     }
-}
-
-fn merge_pending(
-    pending: Vec<(String, PeriodFigures)>,
-    fresh: Vec<(String, PeriodFigures)>,
-) -> Vec<(String, PeriodFigures)> {
-    let mut all: std::collections::BTreeMap<String, PeriodFigures> = pending.into_iter().collect();
-    for (tenant, figures) in fresh {
-        all.entry(tenant).or_default().merge(&figures);
-    }
-    all.into_iter().collect()
 }
 
 async fn ship_logs(state: AppState, oplog: Arc<OpLog>, mut stop: watch::Receiver<bool>) {

@@ -20,7 +20,7 @@ pub struct Pacing {
     /// Keys a flush examines per step: small steps keep Redis free for
     /// other tenants between them.
     pub flush_batch: usize,
-    /// Most keys a flush removes per second.
+    /// Most keys a flush examines (and so at most removes) per second.
     pub flush_keys_per_second: u64,
 }
 

@@ -123,6 +123,8 @@ pub async fn run(
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
+    let step = i64::try_from(ctx.pacing.flush_batch).unwrap_or(200);
+    let mut examined: i64 = 0;
     let mut cursor: u64 = 0;
     loop {
         let deleted = redis
@@ -147,9 +149,11 @@ pub async fn run(
         if cursor == 0 {
             break;
         }
-        // The rate cap is the flush's throttle; small steps keep each of
-        // its moments in Redis short.
-        pacer.wait(progress.done()).await;
+        // The rate cap is the flush's throttle, counted in keys examined (a
+        // step that finds nothing to delete still costs Redis a SCAN page);
+        // small steps keep each of its moments in Redis short.
+        examined += step.max(deleted);
+        pacer.wait(examined).await;
     }
     let deleted = progress.done();
     progress.set_total(deleted);

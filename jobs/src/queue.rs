@@ -259,24 +259,34 @@ impl JobQueue {
             return Ok(record);
         }
         let audited = match submission.spec.job_type() {
-            JobType::Flush | JobType::Restore => {
-                cache_shared::db::admin_actions::record(
-                    &self.db,
-                    record.created_by.as_deref().unwrap_or("internal"),
-                    submission.tenant.as_str(),
-                    submission.spec.job_type().as_str(),
-                    &serde_json::json!({ "jobId": id, "params": new.params }),
-                )
-                .await
-            }
-            _ => Ok(()),
+            JobType::Flush | JobType::Restore => cache_shared::db::admin_actions::record(
+                &self.db,
+                record.created_by.as_deref().unwrap_or("internal"),
+                submission.tenant.as_str(),
+                submission.spec.job_type().as_str(),
+                &serde_json::json!({ "jobId": id, "params": new.params }),
+            )
+            .await
+            .map(Some),
+            _ => Ok(None),
         };
         let flushed = match &submission.spec {
             JobSpec::Flush(params) => Some(params.describe()),
             _ => None,
         };
         let pushed = match audited {
-            Ok(()) => self.push(&id, &submission.tenant, submission.spec).await,
+            Ok(action) => {
+                let pushed = self.push(&id, &submission.tenant, submission.spec).await;
+                if let (Err(_), Some(action)) = (&pushed, action) {
+                    // The action did not happen: no audit event for it.
+                    if let Err(err) =
+                        cache_shared::db::admin_actions::forget(&self.db, action).await
+                    {
+                        tracing::error!(job_id = %id, %err, "could not remove the audit record of a job that failed to enqueue");
+                    }
+                }
+                pushed
+            }
             Err(err) => Err(err),
         };
         if let (Ok(()), Some(oplog), Some(target)) = (&pushed, &self.oplog, flushed) {

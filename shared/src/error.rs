@@ -89,6 +89,17 @@ impl From<deadpool_redis::redis::RedisError> for Error {
     }
 }
 
+/// SQLSTATEs that say "not now": connection exceptions (08), transaction
+/// rollbacks such as serialization failures (40), insufficient resources
+/// (53), operator intervention such as a shutdown or a cancelled statement
+/// (57), and a read-only standby (25006).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code == "25006"
+        || ["08", "40", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class))
+}
+
 /// Server replies that say "not now" rather than "never".
 fn is_transient_code(code: &str) -> bool {
     matches!(
@@ -114,6 +125,11 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Self::StoreUnavailable(Box::new(err)),
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| is_transient_sqlstate(&c)) =>
+            {
+                Self::StoreUnavailable(Box::new(err))
+            }
             other => Self::Internal(Box::new(other)),
         }
     }

@@ -548,10 +548,13 @@ impl LiveStats {
         // Per tenant only: process-wide figures are sums over tenants,
         // computed when read rather than paid for on every call.
         let counters = &tenant.ops[op as usize];
-        counters.calls.fetch_add(1, Ordering::Relaxed);
+        // Errors before calls (and readers load calls before errors): a
+        // reader then never sees a failing call without its error, so
+        // calls - errors, mirrored as successes, never counts it as one.
         if result.is_err() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
+        counters.calls.fetch_add(1, Ordering::Relaxed);
         counters.latency.record(us);
         if let Some(prometheus) = &self.prometheus {
             prometheus.record(op, elapsed);

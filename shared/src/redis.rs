@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -15,6 +15,9 @@ use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 
 use crate::config::{RedisClientMode, RedisSettings};
 use crate::error::Error;
+
+/// How long Redis must have been failing for its recovery to count as a failover.
+const FAILOVER_AFTER: Duration = Duration::from_secs(1);
 
 /// A cheap-to-clone handle on Redis shared by every request and job.
 #[derive(Clone)]
@@ -27,9 +30,10 @@ struct Inner {
     /// Milliseconds; an operator may change it at run time.
     command_timeout_ms: AtomicU64,
     timeouts: AtomicU64,
-    /// Set while Redis fails; the first success after it counts a failover.
-    failing: AtomicBool,
+    /// When Redis began failing (ms since the store was built; 0: it is not).
+    failing_since_ms: AtomicU64,
     failovers: AtomicU64,
+    created: std::time::Instant,
 }
 
 enum Backend {
@@ -81,7 +85,7 @@ pub struct ConnectionStats {
     pub waiting: usize,
     /// Requests that gave up on Redis since start.
     pub timeouts: u64,
-    /// Times Redis answered again after failing (a restart, a failover).
+    /// Times Redis answered again after failing for a second or more.
     pub failovers: u64,
 }
 
@@ -138,8 +142,9 @@ impl RedisStore {
                 backend,
                 command_timeout_ms: AtomicU64::new(settings.redis_command_timeout_ms),
                 timeouts: AtomicU64::new(0),
-                failing: AtomicBool::new(false),
+                failing_since_ms: AtomicU64::new(0),
                 failovers: AtomicU64::new(0),
+                created: std::time::Instant::now(),
             }),
         })
     }
@@ -273,27 +278,45 @@ impl RedisStore {
         match tokio::time::timeout(deadline, work).await {
             Ok(result) => {
                 match &result {
-                    Err(Error::CacheUnavailable(_)) => {
-                        self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                        self.inner.failing.store(true, Ordering::Relaxed);
-                    }
-                    Ok(_)
-                        if self.inner.failing.load(Ordering::Relaxed)
-                            && self.inner.failing.swap(false, Ordering::Relaxed) =>
-                    {
-                        self.inner.failovers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
+                    Err(Error::CacheUnavailable(_)) => self.failed(),
+                    Ok(_) => self.answered(),
+                    Err(_) => {}
                 }
                 result
             }
             Err(_) => {
-                self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.inner.failing.store(true, Ordering::Relaxed);
+                self.failed();
                 Err(Error::CacheUnavailable(
                     format!("redis did not answer within {} ms", deadline.as_millis()).into(),
                 ))
             }
+        }
+    }
+
+    fn failed(&self) {
+        self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(self.inner.created.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self.inner.failing_since_ms.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A success after an outage of at least [`FAILOVER_AFTER`] counts as a
+    /// failover (Redis restarted or another node took over); a single slow
+    /// command does not.
+    fn answered(&self) {
+        if self.inner.failing_since_ms.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let since = self.inner.failing_since_ms.swap(0, Ordering::Relaxed);
+        let now = u64::try_from(self.inner.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if since != 0 && now.saturating_sub(since) >= FAILOVER_AFTER.as_millis() as u64 {
+            self.inner.failovers.fetch_add(1, Ordering::Relaxed);
         }
     }
 

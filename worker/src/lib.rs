@@ -88,7 +88,7 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub flush_batch_size: u64,
 
-    /// Most keys one flush removes per second.
+    /// Most keys one flush examines (and so at most removes) per second.
     #[arg(long, env = "FLUSH_MAX_KEYS_PER_SECOND", default_value_t = 120_000,
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub flush_max_keys_per_second: u64,

@@ -72,15 +72,17 @@ pub(crate) async fn retention_loop(db: PgPool, days: u32, mut stop: watch::Recei
 }
 
 /// Audit events claimed per round.
-const AUDIT_BATCH: i64 = 20;
-/// Another worker leaves claimed events alone this long.
+const AUDIT_BATCH: i64 = 5;
+/// Another worker leaves claimed events alone this long: longer than a
+/// round can take (5 events × 4 attempts × 5 s timeout + 7 s of backoff).
 const AUDIT_LEASE_SECONDS: f64 = 180.0;
 /// An event that failed every retry of a round is tried again after this.
 const AUDIT_RETRY_SECONDS: f64 = 10.0;
 
 /// Posts pending admin actions to the audit service, oldest first; an event
-/// that cannot be delivered stays pending (and holds back newer ones, so
-/// the service receives them in order).
+/// that cannot be delivered stays pending and holds back newer ones, so the
+/// service receives them in order. One the service refuses as such (a 4xx)
+/// is closed with the refusal recorded, never sent again.
 pub(crate) async fn audit_loop(
     db: PgPool,
     url: Option<String>,
@@ -125,9 +127,16 @@ pub(crate) async fn audit_loop(
                         tracing::warn!(%err, id = event.id, "audit event delivered but not marked; it may be sent again");
                     }
                 }
+                Err(err @ OutboundError::Refused(_)) => {
+                    tracing::error!(%err, id = event.id, "audit service refused the event; recorded, not retried");
+                    if let Err(store) =
+                        admin_actions::audit_refused(&db, event.id, &err.to_string()).await
+                    {
+                        tracing::warn!(err = %store, id = event.id, "refusal not recorded; the event comes back when its lease ends");
+                    }
+                }
                 Err(err) => {
-                    let refused = matches!(err, OutboundError::Refused(_));
-                    tracing::warn!(%err, id = event.id, refused, "audit event not delivered; kept for later");
+                    tracing::warn!(%err, id = event.id, "audit event not delivered; kept for later");
                     release(&db, &event, &err.to_string()).await;
                     held_back = true;
                 }

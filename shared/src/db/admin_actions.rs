@@ -9,6 +9,8 @@ use sqlx::{FromRow, PgExecutor};
 
 use crate::error::Error;
 
+/// Records an action; returns its id.
+///
 /// # Errors
 ///
 /// [`Error::StoreUnavailable`].
@@ -18,16 +20,31 @@ pub async fn record(
     tenant: &str,
     action: &str,
     details: &Json,
-) -> Result<(), Error> {
-    sqlx::query(
-        "insert into admin_actions (actor, tenant_id, action, details) values ($1, $2, $3, $4)",
+) -> Result<i64, Error> {
+    let (id,): (i64,) = sqlx::query_as(
+        "insert into admin_actions (actor, tenant_id, action, details) \
+         values ($1, $2, $3, $4) returning id",
     )
     .bind(actor)
     .bind(tenant)
     .bind(action)
     .bind(details)
-    .execute(exec)
+    .fetch_one(exec)
     .await?;
+    Ok(id)
+}
+
+/// Removes the record of an action that did not happen after all (its job
+/// could not be queued).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn forget(exec: impl PgExecutor<'_>, id: i64) -> Result<(), Error> {
+    sqlx::query("delete from admin_actions where id = $1 and audit_delivered_at is null")
+        .bind(id)
+        .execute(exec)
+        .await?;
     Ok(())
 }
 
@@ -43,8 +60,10 @@ pub struct PendingAudit {
     pub audit_attempts: i32,
 }
 
-/// Claims up to `limit` due events for `lease` seconds (another worker
-/// skips them meanwhile), oldest first.
+/// Claims, for `lease_seconds`, the oldest pending events up to the first
+/// one that is not due (waiting for a retry, or claimed by another worker):
+/// events go out in the order they happened, one worker at a time. Rows are
+/// locked while claimed, so two workers never claim the same event.
 ///
 /// # Errors
 ///
@@ -55,12 +74,16 @@ pub async fn claim_audit(
     lease_seconds: f64,
 ) -> Result<Vec<PendingAudit>, Error> {
     let rows = sqlx::query_as(
-        "update admin_actions a set audit_attempts = audit_attempts + 1, \
+        "with head as ( \
+             select id, audit_next_at from admin_actions \
+             where audit_delivered_at is null order by id limit $1 for update), \
+         due as ( \
+             select id from head where audit_next_at <= now() and id < coalesce( \
+                 (select min(id) from head where audit_next_at > now()), \
+                 9223372036854775807)) \
+         update admin_actions a set audit_attempts = audit_attempts + 1, \
                 audit_next_at = now() + make_interval(secs => $2) \
-         from (select id from admin_actions \
-               where audit_delivered_at is null and audit_next_at <= now() \
-               order by id limit $1 for update skip locked) due \
-         where a.id = due.id \
+         from due where a.id = due.id \
          returning a.id, a.actor, a.tenant_id, a.action, a.details, a.created_at, a.audit_attempts",
     )
     .bind(limit)
@@ -70,6 +93,23 @@ pub async fn claim_audit(
     let mut rows: Vec<PendingAudit> = rows;
     rows.sort_by_key(|r| r.id);
     Ok(rows)
+}
+
+/// Closes an event the audit service refused as such (a 4xx): kept with the
+/// refusal in `audit_error`, never sent again.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn audit_refused(exec: impl PgExecutor<'_>, id: i64, error: &str) -> Result<(), Error> {
+    sqlx::query(
+        "update admin_actions set audit_delivered_at = now(), audit_error = $2 where id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(exec)
+    .await?;
+    Ok(())
 }
 
 /// # Errors
