@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
+use cache_shared::live_stats::LiveStats;
 use cache_shared::metrics::{self, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
 use cache_shared::rollup::RecentFigures;
@@ -64,6 +65,7 @@ pub struct Instruments {
     pub http_routes: OnceLock<HttpRoutes>,
     /// Periods shipped and kept for sliding-window figures.
     pub recent: RecentFigures,
+    stats: Arc<LiveStats>,
     /// `None` when instrumentation is off.
     pub ops: Option<OpMetrics>,
     pub oplog: Option<Arc<OpLog>>,
@@ -72,24 +74,32 @@ pub struct Instruments {
 impl Instruments {
     pub fn new(settings: &ObservabilitySettings) -> Self {
         let registry = Metrics::default();
-        let (ops, oplog) = if settings.instrumentation {
-            let oplog = OpLog::new(
+        let (stats, ops, oplog) = if settings.instrumentation {
+            let oplog = Arc::new(OpLog::new(
                 settings.log_read_sample_rate,
                 usize::try_from(settings.log_batch_size).unwrap_or(1000),
                 oplog::DEFAULT_CAPACITY,
                 OpLogMetrics::new(&registry),
-            );
-            (Some(OpMetrics::new(&registry)), Some(Arc::new(oplog)))
+            ));
+            let stats = Arc::new(LiveStats::instrumented(Some(Arc::clone(&oplog))));
+            let ops = OpMetrics::new(&registry, Arc::clone(&stats));
+            (stats, Some(ops), Some(oplog))
         } else {
-            (None, None)
+            (Arc::new(LiveStats::disabled()), None, None)
         };
         Self {
             metrics: ApiMetrics::new(registry),
             http_routes: OnceLock::new(),
             recent: RecentFigures::default(),
+            stats,
             ops,
             oplog,
         }
+    }
+
+    /// The live figures the cache operations record into.
+    pub fn live_stats(&self) -> Arc<LiveStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -157,7 +167,7 @@ impl ApiMetrics {
         let _one_at_a_time = self.scrape.lock().await;
         let stats = state.cache.stats();
         if let Some(ops) = &state.instruments.ops {
-            ops.sync(stats);
+            ops.sync();
         }
         self.ops_per_second.set(stats.operations_per_second());
         if let Some(rate) = stats.hit_rate_percent() {

@@ -17,7 +17,6 @@ pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +26,6 @@ use axum::http::{HeaderName, HeaderValue, Request};
 use cache_jobs::fetch::AllowList;
 use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_shared::cache::{Cache, CacheLimits};
-use cache_shared::live_stats::LiveStats;
 use cache_shared::redis::RedisStore;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -109,10 +107,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
     let limits = CacheLimits::from_settings(&args.cache);
     let instruments = Instruments::new(&args.observability);
-    let stats = match &instruments.ops {
-        Some(ops) => LiveStats::instrumented(ops.clone(), instruments.oplog.clone()),
-        None => LiveStats::disabled(),
-    };
+    let stats = instruments.live_stats();
     let queue_conn =
         cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())
             .context("parsing REDIS_URL")?;
@@ -126,7 +121,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts))
     .with_oplog(instruments.oplog.clone());
     Ok(AppState::new(Shared {
-        cache: Cache::new(redis, limits, Arc::new(stats)),
+        cache: Cache::new(redis, limits, stats),
         db,
         jobs,
         key_cache: auth::KeyCache::new(args.http.api_key_cache()),

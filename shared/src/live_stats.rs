@@ -11,7 +11,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 use crate::keys::TenantId;
-use crate::metrics::OpMetrics;
 use crate::oplog::{OpLog, Outcome};
 
 /// FNV-1a, for the maps looked up on every request: their keys are short
@@ -95,7 +94,7 @@ const WINDOW_SECONDS: usize = 900;
 /// Latency buckets: 8 per power of two from 1 µs to about 70 s (a relative
 /// error under 9 %, plenty for percentiles of cache calls).
 const SUB_BUCKETS: u64 = 8;
-const BUCKETS: usize = 27 * SUB_BUCKETS as usize;
+pub(crate) const BUCKETS: usize = 27 * SUB_BUCKETS as usize;
 
 /// One in this many reads feeds the hot-key detector.
 const HOTKEY_SAMPLE_EVERY: u64 = 8;
@@ -446,7 +445,6 @@ fn snapshot(ops: &[OpCounters; Op::ALL.len()]) -> Vec<OpSnapshot> {
 pub struct LiveStats {
     /// Off: nothing is counted, exported or logged (the instrumentation switch).
     enabled: bool,
-    prometheus: Option<OpMetrics>,
     oplog: Option<Arc<OpLog>>,
     tenants: RwLock<FastMap<String, Arc<TenantStats>>>,
     second_stamp: Box<[AtomicU64]>,
@@ -458,7 +456,6 @@ impl Default for LiveStats {
     fn default() -> Self {
         Self {
             enabled: true,
-            prometheus: None,
             oplog: None,
             tenants: RwLock::new(FastMap::default()),
             second_stamp: (0..WINDOW_SECONDS).map(|_| AtomicU64::new(0)).collect(),
@@ -471,11 +468,9 @@ impl Default for LiveStats {
 }
 
 impl LiveStats {
-    /// Figures that are also exported to Prometheus and, when `oplog` is
-    /// given, written to the operation log.
-    pub fn instrumented(prometheus: OpMetrics, oplog: Option<Arc<OpLog>>) -> Self {
+    /// Figures whose operations are also written to `oplog`.
+    pub fn instrumented(oplog: Option<Arc<OpLog>>) -> Self {
         Self {
-            prometheus: Some(prometheus),
             oplog,
             ..Self::default()
         }
@@ -556,9 +551,6 @@ impl LiveStats {
         }
         counters.calls.fetch_add(1, Ordering::Relaxed);
         counters.latency.record(us);
-        if let Some(prometheus) = &self.prometheus {
-            prometheus.record(op, elapsed);
-        }
         if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
             oplog.record(
                 &tenant.tenant,
@@ -673,6 +665,22 @@ impl LiveStats {
         // Before the process has lived `seconds`, average over its lifetime.
         let lived = self.started.elapsed().as_secs().clamp(1, seconds);
         totals.iter().map(|&t| t as f64 / lived as f64).collect()
+    }
+
+    /// `op`'s latency histogram over all tenants: bucket counts, sum and
+    /// largest value, in microseconds.
+    pub(crate) fn histogram(&self, op: Op) -> (Vec<u64>, u64, u64) {
+        let mut counts = vec![0u64; BUCKETS];
+        let (mut sum_us, mut max_us) = (0, 0);
+        for tenant in self.tenants() {
+            let (buckets, sum, max) = tenant.ops[op as usize].latency.totals();
+            for (total, n) in counts.iter_mut().zip(buckets) {
+                *total += n;
+            }
+            sum_us += sum;
+            max_us = max_us.max(max);
+        }
+        (counts, sum_us, max_us)
     }
 
     /// Every operation's figures since start, all tenants together.
