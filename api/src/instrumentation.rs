@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
 use cache_shared::live_stats::LiveStats;
-use cache_shared::metrics::{self, Metrics, OpMetrics};
+use cache_shared::metrics::{self, MetricError, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
 use cache_shared::rollup::RecentFigures;
 use chrono::{DateTime, TimeZone, Utc};
@@ -39,7 +39,8 @@ pub struct ApiMetrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     ops_per_second: Gauge,
-    hit_rate: OnceLock<Gauge>,
+    hit_rate: Gauge,
+    hit_rate_exported: OnceLock<()>,
     error_rate: Gauge,
     memory_mb: Gauge,
     memory_max_mb: Gauge,
@@ -72,29 +73,32 @@ pub struct Instruments {
 }
 
 impl Instruments {
-    pub fn new(settings: &ObservabilitySettings) -> Self {
+    /// # Errors
+    ///
+    /// A metric that cannot be defined (a programming error).
+    pub fn new(settings: &ObservabilitySettings) -> Result<Self, MetricError> {
         let registry = Metrics::default();
         let (stats, ops, oplog) = if settings.instrumentation {
             let oplog = Arc::new(OpLog::new(
                 settings.log_read_sample_rate,
                 usize::try_from(settings.log_batch_size).unwrap_or(1000),
                 oplog::DEFAULT_CAPACITY,
-                OpLogMetrics::new(&registry),
+                OpLogMetrics::new(&registry)?,
             ));
             let stats = Arc::new(LiveStats::instrumented(Some(Arc::clone(&oplog))));
-            let ops = OpMetrics::new(&registry, Arc::clone(&stats));
+            let ops = OpMetrics::new(&registry, Arc::clone(&stats))?;
             (stats, Some(ops), Some(oplog))
         } else {
             (Arc::new(LiveStats::disabled()), None, None)
         };
-        Self {
-            metrics: ApiMetrics::new(registry),
+        Ok(Self {
+            metrics: ApiMetrics::new(registry)?,
             http_routes: OnceLock::new(),
             recent: RecentFigures::default(),
             stats,
             ops,
             oplog,
-        }
+        })
     }
 
     /// The live figures the cache operations record into.
@@ -104,60 +108,65 @@ impl Instruments {
 }
 
 impl ApiMetrics {
-    fn new(registry: Metrics) -> Self {
+    fn new(registry: Metrics) -> Result<Self, MetricError> {
         let m = &registry;
-        Self {
+        Ok(Self {
             http_requests: m.counter_vec(
                 "http_requests_total",
                 "HTTP requests by method, matched route and status.",
                 &["method", "route", "status"],
-            ),
+            )?,
             http_duration: m.histogram_vec(
                 "http_request_duration_seconds",
                 "HTTP request durations by method and matched route.",
                 &["method", "route"],
                 metrics::duration_buckets(),
-            ),
+            )?,
             ops_per_second: m.float_gauge(
                 "cache_operations_per_second",
                 "Cache operations per second of this instance over the last minute.",
-            ),
-            hit_rate: OnceLock::new(),
+            )?,
+            hit_rate: Gauge::new(
+                "cache_hit_rate_percentage",
+                "Percent of this instance's reads that found their key, since start.",
+            )?,
+            hit_rate_exported: OnceLock::new(),
             error_rate: m.float_gauge(
                 "cache_error_rate_percentage",
                 "Percent of this instance's cache operations that failed, since start.",
-            ),
-            memory_mb: m.float_gauge("cache_memory_usage_mb", "Redis used_memory in MiB."),
+            )?,
+            memory_mb: m.float_gauge("cache_memory_usage_mb", "Redis used_memory in MiB.")?,
             memory_max_mb: m.float_gauge(
                 "cache_memory_max_mb",
                 "Redis maxmemory in MiB (0: no limit).",
-            ),
-            active_connections: m.gauge("cache_active_connections", "Clients connected to Redis."),
-            total_keys: m.gauge("cache_total_keys", "Keys in Redis, all tenants."),
+            )?,
+            active_connections: m
+                .gauge("cache_active_connections", "Clients connected to Redis.")?,
+            total_keys: m.gauge("cache_total_keys", "Keys in Redis, all tenants.")?,
             timeouts: m.counter(
                 "cache_timeout_total",
                 "Cache calls that gave up on Redis (deadline passed or refused).",
-            ),
+            )?,
             failovers: m.counter(
                 "cache_failover_total",
                 "Times Redis answered again after failing for a second or more.",
-            ),
-            pool_size: m.gauge("cache_pool_size", "Redis connections open."),
-            pool_in_use: m.gauge("cache_pool_in_use", "Redis connections lent to requests."),
-            pool_idle: m.gauge("cache_pool_idle", "Redis connections idle."),
+            )?,
+            pool_size: m.gauge("cache_pool_size", "Redis connections open.")?,
+            pool_in_use: m.gauge("cache_pool_in_use", "Redis connections lent to requests.")?,
+            pool_idle: m.gauge("cache_pool_idle", "Redis connections idle.")?,
             pool_waiting: m.gauge(
                 "cache_pool_waiting",
                 "Requests waiting for a Redis connection.",
-            ),
-            queue_depth: m.gauge_vec("cache_queue_depth", "Jobs waiting per queue.", &["type"]),
+            )?,
+            queue_depth: m.gauge_vec("cache_queue_depth", "Jobs waiting per queue.", &["type"])?,
             queue_dead: m.gauge_vec(
                 "cache_queue_dead",
                 "Jobs the queue gave up on, per queue.",
                 &["type"],
-            ),
+            )?,
             scrape: tokio::sync::Mutex::new(()),
             registry,
-        }
+        })
     }
 
     /// Refreshes the figures of Redis, the pool and the queues, then renders
@@ -171,14 +180,13 @@ impl ApiMetrics {
         }
         self.ops_per_second.set(stats.operations_per_second());
         if let Some(rate) = stats.hit_rate_percent() {
-            self.hit_rate
-                .get_or_init(|| {
-                    self.registry.float_gauge(
-                        "cache_hit_rate_percentage",
-                        "Percent of this instance's reads that found their key, since start.",
-                    )
-                })
-                .set(rate);
+            // Exported from the first read on: before it there is no rate.
+            self.hit_rate_exported.get_or_init(|| {
+                if let Err(err) = self.registry.add(self.hit_rate.clone()) {
+                    tracing::error!(%err, "cache_hit_rate_percentage not exported");
+                }
+            });
+            self.hit_rate.set(rate);
         }
         let (calls, errors) = stats
             .snapshot()

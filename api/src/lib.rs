@@ -106,7 +106,8 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let redis = RedisStore::new(&args.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
     let limits = CacheLimits::from_settings(&args.cache);
-    let instruments = Instruments::new(&args.observability);
+    let instruments =
+        Instruments::new(&args.observability).context("defining the Prometheus metrics")?;
     let stats = instruments.live_stats();
     let queue_conn =
         cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())

@@ -5,8 +5,8 @@
 //! lookup. Label values come from closed sets (operations, outcomes, job
 //! types, matched routes): never a key or a raw path.
 //!
-//! Metrics are built at start-up from constant names and labels; a bad one is
-//! a programming error that every test run would hit, hence the `expect`s.
+//! Metrics are built at start-up from constant names and labels; a bad one
+//! is a programming error, reported as a start-up failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,26 +39,39 @@ pub struct Metrics {
     registry: Registry,
 }
 
-#[allow(clippy::expect_used)]
+/// A metric that could not be defined or registered (a bad name, or a name
+/// used twice): a programming error, reported at start-up.
+pub type MetricError = prometheus::Error;
+
 impl Metrics {
-    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
-        self.add(IntCounter::new(name, help).expect("valid counter"))
+    pub fn counter(&self, name: &str, help: &str) -> Result<IntCounter, MetricError> {
+        self.add(IntCounter::new(name, help)?)
     }
 
-    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::new(name, help).expect("valid gauge"))
+    pub fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricError> {
+        self.add(IntGauge::new(name, help)?)
     }
 
-    pub fn float_gauge(&self, name: &str, help: &str) -> Gauge {
-        self.add(Gauge::new(name, help).expect("valid gauge"))
+    pub fn float_gauge(&self, name: &str, help: &str) -> Result<Gauge, MetricError> {
+        self.add(Gauge::new(name, help)?)
     }
 
-    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
+    pub fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricError> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
     }
 
-    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+    pub fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricError> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     pub fn histogram_vec(
@@ -67,16 +80,15 @@ impl Metrics {
         help: &str,
         labels: &[&str],
         buckets: &[f64],
-    ) -> HistogramVec {
+    ) -> Result<HistogramVec, MetricError> {
         let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-        self.add(HistogramVec::new(opts, labels).expect("valid histogram"))
+        self.add(HistogramVec::new(opts, labels)?)
     }
 
-    fn add<C: Collector + Clone + 'static>(&self, metric: C) -> C {
-        self.registry
-            .register(Box::new(metric.clone()))
-            .expect("metric names are unique");
-        metric
+    /// Exports a metric built elsewhere.
+    pub fn add<C: Collector + Clone + 'static>(&self, metric: C) -> Result<C, MetricError> {
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
     }
 
     /// Everything registered, in the text exposition format.
@@ -110,14 +122,14 @@ pub struct OpMetrics {
 }
 
 impl OpMetrics {
-    pub fn new(metrics: &Metrics, stats: Arc<LiveStats>) -> Self {
-        metrics.add(ResponseTimes::new(Arc::clone(&stats)));
+    pub fn new(metrics: &Metrics, stats: Arc<LiveStats>) -> Result<Self, MetricError> {
+        metrics.add(ResponseTimes::new(Arc::clone(&stats))?)?;
         let outcomes = metrics.counter_vec(
             "cache_operations_total",
             "Cache operations by outcome; rate() of it is the operations per second.",
             &["operation", "outcome"],
-        );
-        Self {
+        )?;
+        Ok(Self {
             ok: Op::ALL
                 .iter()
                 .map(|op| outcomes.with_label_values(&[op.name(), "ok"]))
@@ -126,10 +138,10 @@ impl OpMetrics {
                 .iter()
                 .map(|op| outcomes.with_label_values(&[op.name(), "error"]))
                 .collect(),
-            hits: metrics.counter("cache_hits_total", "Reads that found their key."),
-            misses: metrics.counter("cache_misses_total", "Reads that did not find their key."),
+            hits: metrics.counter("cache_hits_total", "Reads that found their key.")?,
+            misses: metrics.counter("cache_misses_total", "Reads that did not find their key.")?,
             stats,
-        }
+        })
     }
 
     /// Brings the counters up to the live figures (call before rendering).
@@ -159,15 +171,13 @@ struct ResponseTimes {
 }
 
 impl ResponseTimes {
-    #[allow(clippy::expect_used)]
-    fn new(stats: Arc<LiveStats>) -> Self {
+    fn new(stats: Arc<LiveStats>) -> Result<Self, MetricError> {
         let desc = Desc::new(
             "cache_response_time_ms".into(),
             "Cache operation latency in milliseconds, Redis round trip included.".into(),
             vec!["operation".into()],
             std::collections::HashMap::new(),
-        )
-        .expect("valid metric description");
+        )?;
         let mut bounds: Vec<(usize, f64)> = RESPONSE_TIME_BUCKETS_MS
             .iter()
             .filter_map(|&ms| {
@@ -178,11 +188,11 @@ impl ResponseTimes {
             })
             .collect();
         bounds.dedup_by_key(|(b, _)| *b);
-        Self {
+        Ok(Self {
             stats,
             desc,
             bounds,
-        }
+        })
     }
 }
 
@@ -235,28 +245,28 @@ pub struct JobMetrics {
 }
 
 impl JobMetrics {
-    pub fn new(metrics: &Metrics) -> Self {
-        Self {
+    pub fn new(metrics: &Metrics) -> Result<Self, MetricError> {
+        Ok(Self {
             outcomes: metrics.counter_vec(
                 "cache_jobs_total",
                 "Finished jobs by type and outcome (succeeded, failed, cancelled).",
                 &["type", "outcome"],
-            ),
+            )?,
             duration: metrics.histogram_vec(
                 "cache_job_duration_seconds",
                 "Time from a job's start to its outcome.",
                 &["type"],
                 &DURATION_BUCKETS_S,
-            ),
+            )?,
             oplog_persisted: metrics.counter(
                 "cache_oplog_persisted_total",
                 "Operation log records written to PostgreSQL (duplicates not counted).",
-            ),
+            )?,
             audit_delivered: metrics.counter(
                 "cache_audit_events_delivered_total",
                 "Audit events the audit service accepted.",
-            ),
-        }
+            )?,
+        })
     }
 
     pub fn finished(&self, job_type: &str, outcome: &str, took: Duration) {
@@ -280,7 +290,7 @@ mod tests {
     fn operations_are_exported_under_the_design_names() {
         let metrics = Metrics::default();
         let stats = Arc::new(LiveStats::instrumented(None));
-        let ops = OpMetrics::new(&metrics, Arc::clone(&stats));
+        let ops = OpMetrics::new(&metrics, Arc::clone(&stats)).unwrap();
         let tenant = stats.tenant(&crate::keys::TenantId::parse("acme", "t").unwrap());
         let ago = |d| std::time::Instant::now() - d;
         let fast = ago(Duration::from_micros(300));
@@ -308,7 +318,7 @@ mod tests {
     #[test]
     fn mirrored_counters_follow_their_source() {
         let metrics = Metrics::default();
-        let c = metrics.counter("x_total", "x");
+        let c = metrics.counter("x_total", "x").unwrap();
         mirror(&c, 5);
         mirror(&c, 3);
         mirror(&c, 9);

@@ -114,21 +114,21 @@ pub struct OpLogMetrics {
 }
 
 impl OpLogMetrics {
-    pub fn new(metrics: &Metrics) -> Self {
-        Self {
+    pub fn new(metrics: &Metrics) -> Result<Self, crate::metrics::MetricError> {
+        Ok(Self {
             buffered: metrics.gauge(
                 "cache_oplog_buffered",
                 "Operation log records waiting in memory to be shipped.",
-            ),
+            )?,
             shipped: metrics.counter(
                 "cache_oplog_shipped_total",
                 "Operation log records handed to the queue.",
-            ),
+            )?,
             dropped: metrics.counter(
                 "cache_oplog_dropped_total",
                 "Operation log records dropped because the buffer was full.",
-            ),
-        }
+            )?,
+        })
     }
 }
 
@@ -298,7 +298,7 @@ mod tests {
             rate,
             batch,
             capacity,
-            OpLogMetrics::new(&Metrics::default()),
+            OpLogMetrics::new(&Metrics::default()).unwrap(),
         )
     }
 

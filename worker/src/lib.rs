@@ -213,7 +213,7 @@ pub async fn run(
                 timeout: Duration::from_secs(settings.preload.preload_timeout_seconds),
             },
         },
-        metrics: JobMetrics::new(&metrics),
+        metrics: JobMetrics::new(&metrics).context("defining the Prometheus metrics")?,
     };
     let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
         .context("parsing REDIS_URL")?;

@@ -242,7 +242,8 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
                 timeout: Duration::from_secs(1),
             },
         },
-        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default()),
+        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default())
+            .unwrap(),
     };
     let payload = FlushJob {
         job_id: record.id.clone(),
