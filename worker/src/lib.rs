@@ -14,13 +14,13 @@ use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use cache_jobs::context::{JobContext, Pacing, PreloadSources};
 use cache_jobs::fetch::{AllowList, FetchLimits};
-use cache_jobs::internal::{InternalJob, LogPersistJob, StatsRollupJob};
+use cache_jobs::internal::{LogPersistJob, StatsRollupJob};
 use cache_jobs::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
 };
 use cache_jobs::queue::{JobQueue, QueueSettings};
-use cache_jobs::runner::{self, Delivery, Job};
+use cache_jobs::runner::{self, Delivery, Job, Queued};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
     CacheSettings, DatabaseSettings, OutboundSettings, PreloadArgs, QueueArgs, RedisSettings,
@@ -221,18 +221,96 @@ pub async fn run(
     let concurrency = usize::from(settings.worker_concurrency);
 
     let monitor = Monitor::new();
-    let monitor = register::<FlushJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<PreloadJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<SessionCleanupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<CollectStatsJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<MemoryAnalysisJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<CompressJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<BackupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor = register::<RestoreJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor =
-        register_internal::<StatsRollupJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
-    let monitor =
-        register_internal::<LogPersistJob>(monitor, &queues, &conn, &ctx, concurrency, &name);
+    let monitor = register::<FlushJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<FlushJob>,
+    );
+    let monitor = register::<PreloadJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<PreloadJob>,
+    );
+    let monitor = register::<SessionCleanupJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<SessionCleanupJob>,
+    );
+    let monitor = register::<CollectStatsJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<CollectStatsJob>,
+    );
+    let monitor = register::<MemoryAnalysisJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<MemoryAnalysisJob>,
+    );
+    let monitor = register::<CompressJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<CompressJob>,
+    );
+    let monitor = register::<BackupJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<BackupJob>,
+    );
+    let monitor = register::<RestoreJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        handle::<RestoreJob>,
+    );
+    let monitor = register::<StatsRollupJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        upkeep::handle::<StatsRollupJob>,
+    );
+    let monitor = register::<LogPersistJob, _, _>(
+        monitor,
+        &queues,
+        &conn,
+        &ctx,
+        concurrency,
+        &name,
+        upkeep::handle::<LogPersistJob>,
+    );
     let monitor = monitor
         .should_restart(|worker, err| {
             let delay = restart_backoff(worker.restarts());
@@ -313,37 +391,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers a queue worker for `J`; the factory runs again on every restart,
-/// each time under a fresh name (apalis refuses a name seen recently).
-fn register<J: Job>(
+/// Registers a queue worker for `J` delivering to `handler`; the factory
+/// runs again on every restart, each time under a fresh name (apalis
+/// refuses a name seen recently).
+fn register<J: Queued, H, Fut>(
     monitor: Monitor,
     queues: &QueueSettings,
     conn: &ConnectionManager,
     ctx: &JobContext,
     concurrency: usize,
     process_name: &str,
-) -> Monitor {
-    let storage = queues.storage::<J>(conn.clone());
-    let ctx = ctx.clone();
-    let prefix = format!("{process_name}-{}", J::TYPE);
-    monitor.register(move |_restarts| {
-        WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
-            .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-            .data(ctx.clone())
-            .concurrency(concurrency)
-            .build(handle::<J>)
-    })
-}
-
-/// Registers a worker for an upkeep queue (see [`register`]).
-fn register_internal<J: InternalJob>(
-    monitor: Monitor,
-    queues: &QueueSettings,
-    conn: &ConnectionManager,
-    ctx: &JobContext,
-    concurrency: usize,
-    process_name: &str,
-) -> Monitor {
+    handler: H,
+) -> Monitor
+where
+    H: Fn(J, Data<JobContext>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
+{
     let storage = queues.storage::<J>(conn.clone());
     let ctx = ctx.clone();
     let prefix = format!("{process_name}-{}", J::QUEUE);
@@ -352,7 +415,7 @@ fn register_internal<J: InternalJob>(
             .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
             .data(ctx.clone())
             .concurrency(concurrency)
-            .build(upkeep::handle::<J>)
+            .build(handler.clone())
     })
 }
 
