@@ -13,8 +13,9 @@ PostgreSQL, then:
      cap per job, all submitted at once): keys/s from first start to last finish;
   4. seeds KEYS keys again and runs a sampled memory analysis over them.
 
-Rates come from the jobs' own startedAt/finishedAt. Environment: KEYS
-(1000000), PRELOAD_ITEMS (100000), RATE (2000), LOAD_SECONDS (20).
+Rates come from the jobs' own startedAt/finishedAt. Environment: PARTS
+(flush,preload,analysis), KEYS (1000000), PRELOAD_ITEMS (100000), RATE (2000),
+LOAD_SECONDS (20).
 """
 
 import json
@@ -34,6 +35,7 @@ KEYS = int(os.environ.get("KEYS", "1000000"))
 PRELOAD_ITEMS = int(os.environ.get("PRELOAD_ITEMS", "100000"))
 RATE = int(os.environ.get("RATE", "2000"))
 LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "20"))
+PARTS = os.environ.get("PARTS", "flush,preload,analysis").split(",")
 TOKEN = "bench-token"
 STAMP = time.strftime("%Y%m%d%H%M%S")
 TENANT_A = f"bench-a-{STAMP}"
@@ -110,10 +112,59 @@ def oha_result(proc):
             "codes": data.get("statusCodeDistribution", {})}
 
 
+def flush_under_load(base, admin, bearer, get_b):
+    """Tenant B's GET latency without, then during, a flush of tenant A."""
+    log(f"baseline: tenant B GETs at {RATE}/s for {LOAD_SECONDS}s")
+    baseline = oha_result(oha(get_b, TENANT_B, LOAD_SECONDS))
+    log(f"seeding {KEYS} keys into tenant A")
+    seed(TENANT_A, KEYS)
+    log("flushing tenant A while tenant B is under load")
+    load = oha(get_b, TENANT_B, LOAD_SECONDS)
+    time.sleep(2)
+    accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
+    flush = wait_job(base, admin, accepted["statusUrl"])
+    return flush, baseline, oha_result(load)
+
+
+def preload(base, admin, bearer):
+    """Inline preloads submitted at once: keys/s from first start to last finish."""
+    log(f"preloading {PRELOAD_ITEMS} inline items")
+    urls = []
+    for start in range(0, PRELOAD_ITEMS, 10_000):
+        items = [{"key": f"pre:{i}", "value": {"i": i}} for i in range(start, min(start + 10_000, PRELOAD_ITEMS))]
+        urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer)["statusUrl"])
+    preloads = [wait_job(base, admin, u) for u in urls]
+    first = min(datetime.fromisoformat(j["startedAt"].replace("Z", "+00:00")) for j in preloads)
+    last = max(datetime.fromisoformat(j["finishedAt"].replace("Z", "+00:00")) for j in preloads)
+    loaded = sum(j["result"]["loaded"] for j in preloads)
+    flush_tenant(base, admin)
+    return loaded / (last - first).total_seconds(), loaded, len(preloads)
+
+
+def analysis(base, admin_c):
+    """A sampled memory analysis over KEYS keys of tenant C."""
+    log(f"seeding {KEYS} keys into tenant C and analysing them (sampled)")
+    seed(TENANT_C, KEYS)
+    accepted = request(base, "POST", "/api/v1/cache/memory/analyze", {"mode": "sampled"},
+                       {"Authorization": f"Bearer {admin_c}"})
+    job = wait_job(base, admin_c, accepted["statusUrl"])
+    flush_tenant(base, admin_c)
+    return job
+
+
+def flush_tenant(base, key):
+    """Leaves nothing behind in the shared Redis."""
+    accepted = request(base, "POST", "/api/v1/cache/flush", {}, {"Authorization": f"Bearer {key}"})
+    wait_job(base, key, accepted["statusUrl"])
+
+
 def main():
-    for tool in ("oha", "redis-cli"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is required (bench/README.md)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from data_plane import ensure_tools  # installs wrk and oha when missing
+
+    ensure_tools()
+    if not shutil.which("redis-cli"):
+        sys.exit("redis-cli is required (bench/README.md)")
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "cache-api", "-p", "cache-worker"],
                    cwd=ROOT, check=True)
@@ -139,40 +190,13 @@ def main():
         get_b = f"{base}/internal/cache/get/b"
         bearer = {"Authorization": f"Bearer {admin}"}
 
-        log(f"baseline: tenant B GETs at {RATE}/s for {LOAD_SECONDS}s")
-        baseline = oha_result(oha(get_b, TENANT_B, LOAD_SECONDS))
-
-        log(f"seeding {KEYS} keys into tenant A")
-        seed(TENANT_A, KEYS)
-        log("flushing tenant A while tenant B is under load")
-        load = oha(get_b, TENANT_B, LOAD_SECONDS)
-        time.sleep(2)
-        accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
-        flush = wait_job(base, admin, accepted["statusUrl"])
-        during = oha_result(load)
-        flush_rate = flush["result"]["deleted"] / job_seconds(flush)
-
-        log(f"preloading {PRELOAD_ITEMS} inline items")
-        urls = []
-        for start in range(0, PRELOAD_ITEMS, 10_000):
-            items = [{"key": f"pre:{i}", "value": {"i": i}} for i in range(start, min(start + 10_000, PRELOAD_ITEMS))]
-            urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer)["statusUrl"])
-        preloads = [wait_job(base, admin, u) for u in urls]
-        first = min(datetime.fromisoformat(j["startedAt"].replace("Z", "+00:00")) for j in preloads)
-        last = max(datetime.fromisoformat(j["finishedAt"].replace("Z", "+00:00")) for j in preloads)
-        loaded = sum(j["result"]["loaded"] for j in preloads)
-        preload_rate = loaded / (last - first).total_seconds()
-
-        log(f"seeding {KEYS} keys into tenant C and analysing them (sampled)")
-        seed(TENANT_C, KEYS)
-        accepted = request(base, "POST", "/api/v1/cache/memory/analyze", {"mode": "sampled"},
-                           {"Authorization": f"Bearer {admin_c}"})
-        analysis = wait_job(base, admin_c, accepted["statusUrl"])
-        # Leave nothing behind in the shared Redis.
-        accepted = request(base, "POST", "/api/v1/cache/flush", {}, {"Authorization": f"Bearer {admin_c}"})
-        wait_job(base, admin_c, accepted["statusUrl"])
-        accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
-        wait_job(base, admin, accepted["statusUrl"])
+        results = {}
+        if "flush" in PARTS:
+            results["flush"] = flush_under_load(base, admin, bearer, get_b)
+        if "preload" in PARTS:
+            results["preload"] = preload(base, admin, bearer)
+        if "analysis" in PARTS:
+            results["analysis"] = analysis(base, admin_c)
     finally:
         for proc in (api, worker):
             proc.terminate()
@@ -183,14 +207,20 @@ def main():
     print()
     print("| figure | value | target |")
     print("|---|---|---|")
-    print(f"| flush | {flush_rate:,.0f} keys/s ({flush['result']['deleted']} keys in {job_seconds(flush):.2f} s) | ≥ 100 000 keys/s |")
-    print(f"| tenant B p99 without / during flush | {baseline['p99_ms']:.2f} ms / {during['p99_ms']:.2f} ms "
-          f"(× {during['p99_ms'] / baseline['p99_ms']:.2f}) | ≤ × 1.5 |")
-    print(f"| preload | {preload_rate:,.0f} keys/s ({loaded} keys, {len(preloads)} jobs) | ≥ 100 000 keys/s |")
-    print(f"| memory analysis, sampled, of {KEYS} keys | {job_seconds(analysis):.2f} s "
-          f"({analysis['result']['keysAnalysed']} keys analysed) | < 10 s |")
-    print(f"| tenant B answers during the run | {during['codes']} | all 200 |")
-
+    if "flush" in results:
+        flush, baseline, during = results["flush"]
+        rate = flush["result"]["deleted"] / job_seconds(flush)
+        print(f"| flush | {rate:,.0f} keys/s ({flush['result']['deleted']} keys in {job_seconds(flush):.2f} s) | ≥ 100 000 keys/s |")
+        print(f"| tenant B p99 without / during flush | {baseline['p99_ms']:.2f} ms / {during['p99_ms']:.2f} ms "
+              f"(× {during['p99_ms'] / baseline['p99_ms']:.2f}) | ≤ × 1.5 |")
+        print(f"| tenant B answers during the run | {during['codes']} | all 200 |")
+    if "preload" in results:
+        rate, loaded, jobs = results["preload"]
+        print(f"| preload | {rate:,.0f} keys/s ({loaded} keys, {jobs} jobs) | ≥ 100 000 keys/s |")
+    if "analysis" in results:
+        job = results["analysis"]
+        print(f"| memory analysis, sampled, of {KEYS} keys | {job_seconds(job):.2f} s "
+              f"({job['result']['keysAnalysed']} keys analysed) | < 10 s |")
 
 if __name__ == "__main__":
     main()
