@@ -43,8 +43,8 @@ impl Default for Pacing {
             batch: 1000,
             pause: Duration::from_millis(2),
             batch_timeout: Duration::from_secs(10),
-            flush_batch: 200,
-            flush_keys_per_second: 120_000,
+            flush_batch: 50,
+            flush_keys_per_second: 110_000,
         }
     }
 }

@@ -78,18 +78,18 @@ pub struct WorkerSettings {
     #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
     pub worker_shutdown_timeout_ms: u64,
 
-    /// Keys per batch of flush, preload and cleanup jobs.
+    /// Keys per batch of preload, analysis, compression, backup and cleanup jobs.
     #[arg(long, env = "JOB_BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub job_batch_size: u64,
 
     /// Keys a flush examines per step (small steps keep other tenants' latency flat).
-    #[arg(long, env = "FLUSH_BATCH_SIZE", default_value_t = 200,
+    #[arg(long, env = "FLUSH_BATCH_SIZE", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub flush_batch_size: u64,
 
     /// Most keys one flush examines (and so at most removes) per second.
-    #[arg(long, env = "FLUSH_MAX_KEYS_PER_SECOND", default_value_t = 120_000,
+    #[arg(long, env = "FLUSH_MAX_KEYS_PER_SECOND", default_value_t = 110_000,
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub flush_max_keys_per_second: u64,
 
@@ -149,7 +149,7 @@ impl WorkerSettings {
         Pacing {
             batch: usize::try_from(self.job_batch_size).unwrap_or(1000),
             pause: Duration::from_millis(self.job_batch_pause_ms),
-            flush_batch: usize::try_from(self.flush_batch_size).unwrap_or(200),
+            flush_batch: usize::try_from(self.flush_batch_size).unwrap_or(50),
             flush_keys_per_second: self.flush_max_keys_per_second,
             ..Pacing::default()
         }
