@@ -28,7 +28,6 @@ processes sharing every core. Without it the shared local Redis is used.
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from data_plane import ensure_tools, free_port, log  # noqa: E402  (shared benchmark helpers)
 KEYS = int(os.environ.get("KEYS", "1000000"))
 PRELOAD_ITEMS = int(os.environ.get("PRELOAD_ITEMS", "100000"))
 RATE = int(os.environ.get("RATE", "2000"))
@@ -52,16 +53,6 @@ STAMP = time.strftime("%Y%m%d%H%M%S")
 TENANT_A = f"bench-a-{STAMP}"
 TENANT_B = f"bench-b-{STAMP}"
 TENANT_C = f"bench-c-{STAMP}"
-
-
-def log(msg):
-    print(f"==> {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, **kw):
@@ -192,9 +183,6 @@ def flush_tenant(base, key):
 
 
 def main():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from data_plane import ensure_tools  # installs wrk and oha when missing
-
     ensure_tools()
     if not shutil.which("redis-cli"):
         sys.exit("redis-cli is required (bench/README.md)")

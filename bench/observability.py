@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from data_plane import ensure_tools, free_port, log  # noqa: E402  (shared benchmark helpers)
 PARTS = os.environ.get("PARTS", "instrumentation,logs,memory").split(",")
 RUNS = int(os.environ.get("RUNS", "5"))
 DURATION = int(os.environ.get("DURATION", "8"))
@@ -47,16 +48,6 @@ BASE_DB = os.environ.get("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1
 DB_URL = BASE_DB.rsplit("/", 1)[0] + f"/cache_bench_{STAMP}"
 API = ROOT / "target/release/cache-api"
 WORKER = ROOT / "target/release/cache-worker"
-
-
-def log(msg):
-    print(f"==> {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_for(port, **extra):
@@ -235,9 +226,6 @@ def memory():
 
 
 def main():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from data_plane import ensure_tools  # installs wrk and oha when missing
-
     ensure_tools()
     for tool in ("psql", "redis-cli"):
         if not shutil.which(tool):
