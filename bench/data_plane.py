@@ -68,6 +68,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_ready(proc, base):
+    """Waits until a started api answers its ping (10 s at most)."""
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/api/v1/cache/ping", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("cache-api did not start")
+
+
 def start_api(mode):
     port = free_port()
     env = dict(
@@ -86,14 +98,8 @@ def start_api(mode):
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/api/v1/cache/ping", timeout=1)
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    sys.exit("cache-api did not start")
+    wait_ready(proc, base)
+    return proc, base
 
 
 def seed(base):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from data_plane import ensure_tools, free_port, log  # noqa: E402  (shared benchmark helpers)
+from data_plane import ensure_tools, free_port, log, wait_ready  # noqa: E402  (shared benchmark helpers)
 KEYS = int(os.environ.get("KEYS", "1000000"))
 PRELOAD_ITEMS = int(os.environ.get("PRELOAD_ITEMS", "100000"))
 RATE = int(os.environ.get("RATE", "2000"))
@@ -82,14 +82,21 @@ def seed(tenant, count):
     os.unlink(path)
 
 
+def timestamp(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def job_seconds(job):
-    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
-    return (parse(job["finishedAt"]) - parse(job["startedAt"])).total_seconds()
+    return (timestamp(job["finishedAt"]) - timestamp(job["startedAt"])).total_seconds()
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
 
 
 def wait_job(base, key, url):
     while True:
-        job = request(base, "GET", url, headers={"Authorization": f"Bearer {key}"})
+        job = request(base, "GET", url, headers=bearer(key))
         if job["status"] in ("succeeded", "failed", "cancelled"):
             if job["status"] != "succeeded":
                 sys.exit(f"job ended {job['status']}: {job}")
@@ -114,7 +121,7 @@ def oha_result(proc):
             "codes": data.get("statusCodeDistribution", {})}
 
 
-def flush_under_load(base, admin, bearer, get_b):
+def flush_under_load(base, admin, get_b):
     """Tenant B's GET latency without, then during, a flush of tenant A; RUNS pairs."""
     rounds = []
     for round_no in range(1, RUNS + 1):
@@ -125,9 +132,7 @@ def flush_under_load(base, admin, bearer, get_b):
         log(f"round {round_no}/{RUNS}: flushing tenant A while tenant B is under load")
         load = oha(get_b, TENANT_B, LOAD_SECONDS)
         time.sleep(2)
-        accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer)
-        flush = wait_job(base, admin, accepted["statusUrl"])
-        rounds.append((flush, baseline, oha_result(load)))
+        rounds.append((flush(base, admin), baseline, oha_result(load)))
     return rounds
 
 
@@ -135,8 +140,9 @@ def own_redis():
     """A redis-server pinned to REDIS_CORE; this process and its children move off that core."""
     global REDIS_PORT
     core = int(REDIS_CORE)
-    others = os.sched_getaffinity(0) - {core}
-    if core not in os.sched_getaffinity(0) or not others:
+    cpus = os.sched_getaffinity(0)
+    others = cpus - {core}
+    if core not in cpus or not others:
         sys.exit(f"REDIS_CORE={core}: needs that CPU and at least one other")
     REDIS_PORT = free_port()
     proc = subprocess.Popen(["taskset", "-c", str(core), "redis-server", "--port", str(REDIS_PORT),
@@ -150,18 +156,18 @@ def own_redis():
     sys.exit("the benchmark's redis-server did not start")
 
 
-def preload(base, admin, bearer):
+def preload(base, admin):
     """Inline preloads submitted at once: keys/s from first start to last finish."""
     log(f"preloading {PRELOAD_ITEMS} inline items")
     urls = []
     for start in range(0, PRELOAD_ITEMS, 10_000):
         items = [{"key": f"pre:{i}", "value": {"i": i}} for i in range(start, min(start + 10_000, PRELOAD_ITEMS))]
-        urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer)["statusUrl"])
+        urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer(admin))["statusUrl"])
     preloads = [wait_job(base, admin, u) for u in urls]
-    first = min(datetime.fromisoformat(j["startedAt"].replace("Z", "+00:00")) for j in preloads)
-    last = max(datetime.fromisoformat(j["finishedAt"].replace("Z", "+00:00")) for j in preloads)
+    first = min(timestamp(j["startedAt"]) for j in preloads)
+    last = max(timestamp(j["finishedAt"]) for j in preloads)
     loaded = sum(j["result"]["loaded"] for j in preloads)
-    flush_tenant(base, admin)
+    flush(base, admin)
     return loaded / (last - first).total_seconds(), loaded, len(preloads)
 
 
@@ -169,17 +175,16 @@ def analysis(base, admin_c):
     """A sampled memory analysis over KEYS keys of tenant C."""
     log(f"seeding {KEYS} keys into tenant C and analysing them (sampled)")
     seed(TENANT_C, KEYS)
-    accepted = request(base, "POST", "/api/v1/cache/memory/analyze", {"mode": "sampled"},
-                       {"Authorization": f"Bearer {admin_c}"})
+    accepted = request(base, "POST", "/api/v1/cache/memory/analyze", {"mode": "sampled"}, bearer(admin_c))
     job = wait_job(base, admin_c, accepted["statusUrl"])
-    flush_tenant(base, admin_c)
+    flush(base, admin_c)  # leave nothing behind in the shared Redis
     return job
 
 
-def flush_tenant(base, key):
-    """Leaves nothing behind in the shared Redis."""
-    accepted = request(base, "POST", "/api/v1/cache/flush", {}, {"Authorization": f"Bearer {key}"})
-    wait_job(base, key, accepted["statusUrl"])
+def flush(base, key):
+    """Flushes the key's tenant and returns the finished job."""
+    accepted = request(base, "POST", "/api/v1/cache/flush", {}, bearer(key))
+    return wait_job(base, key, accepted["statusUrl"])
 
 
 def main():
@@ -200,25 +205,20 @@ def main():
         run([str(api_bin), "migrate"], env=env)
         admin = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_A, "--role", "admin", "--json"], env=env))["key"]
         admin_c = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_C, "--role", "admin", "--json"], env=env))["key"]
-        procs.insert(0, subprocess.Popen([str(api_bin)], env=env, stderr=subprocess.DEVNULL))
+        api = subprocess.Popen([str(api_bin)], env=env, stderr=subprocess.DEVNULL)
+        procs.insert(0, api)
         procs.insert(0, subprocess.Popen([str(worker_bin)], env=env, stderr=subprocess.DEVNULL))
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/api/v1/cache/ping", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(api, base)
         request(base, "POST", "/internal/cache/set", {"key": "b", "value": "x" * 98, "ttl": 0},
                 {"X-Service-Token": TOKEN, "X-Tenant-Id": TENANT_B})
         get_b = f"{base}/internal/cache/get/b"
-        bearer = {"Authorization": f"Bearer {admin}"}
 
         results = {}
         if "flush" in PARTS:
-            results["flush"] = flush_under_load(base, admin, bearer, get_b)
+            results["flush"] = flush_under_load(base, admin, get_b)
         if "preload" in PARTS:
-            results["preload"] = preload(base, admin, bearer)
+            results["preload"] = preload(base, admin)
         if "analysis" in PARTS:
             results["analysis"] = analysis(base, admin_c)
     finally:
@@ -235,13 +235,13 @@ def main():
     print("|---|---|---|")
     if "flush" in results:
         ratios, rates = [], []
-        for flush, baseline, during in results["flush"]:
-            rate = flush["result"]["deleted"] / job_seconds(flush)
+        for job, baseline, during in results["flush"]:
+            rate = job["result"]["deleted"] / job_seconds(job)
             ratio = during["p99_ms"] / baseline["p99_ms"]
             rates.append(rate)
             ratios.append(ratio)
-            print(f"| flush, round {len(rates)} | {rate:,.0f} keys/s ({flush['result']['deleted']} keys in "
-                  f"{job_seconds(flush):.2f} s); tenant B p99 {baseline['p99_ms']:.2f} ms without, "
+            print(f"| flush, round {len(rates)} | {rate:,.0f} keys/s ({job['result']['deleted']} keys in "
+                  f"{job_seconds(job):.2f} s); tenant B p99 {baseline['p99_ms']:.2f} ms without, "
                   f"{during['p99_ms']:.2f} ms during (× {ratio:.2f}); answers {during['codes']} | |")
         print(f"| flush, median of {len(rates)} | {statistics.median(rates):,.0f} keys/s | ≥ 100 000 keys/s |")
         print(f"| tenant B p99 during / without flush, median of {len(ratios)} | × {statistics.median(ratios):.2f} | ≤ × 1.5 |")

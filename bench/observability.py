@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from data_plane import ensure_tools, free_port, log  # noqa: E402  (shared benchmark helpers)
+from data_plane import ensure_tools, free_port, log, wait_ready  # noqa: E402  (shared benchmark helpers)
 PARTS = os.environ.get("PARTS", "instrumentation,logs,memory").split(",")
 RUNS = int(os.environ.get("RUNS", "5"))
 DURATION = int(os.environ.get("DURATION", "8"))
@@ -69,14 +69,8 @@ def start_api(**extra):
     port = free_port()
     proc = subprocess.Popen([str(API)], env=env_for(port, **extra), stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/api/v1/cache/ping", timeout=1)
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    sys.exit("cache-api did not start")
+    wait_ready(proc, base)
+    return proc, base
 
 
 def start_worker():
