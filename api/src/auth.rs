@@ -207,7 +207,8 @@ pub async fn authorize(
     Ok(next.run(req).await)
 }
 
-fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer …` header (scheme in any case).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

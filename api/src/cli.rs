@@ -159,7 +159,7 @@ pub struct HttpSettings {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub api_key_cache_seconds: u64,
 
-    /// Bearer token `GET /metrics` requires (empty: open, for a private network).
+    /// Bearer tokens `GET /metrics` accepts, comma-separated for rotation (empty: open, for a private network).
     #[arg(
         long,
         env = "METRICS_TOKEN",

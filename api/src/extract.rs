@@ -18,8 +18,9 @@ pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 /// Header naming the tenant an internal caller acts for.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
-/// The accepted internal service tokens, kept only as SHA-256 digests and
-/// compared in constant time so that neither content nor length leaks.
+/// Accepted secret tokens (internal service tokens, metrics scrape tokens),
+/// kept only as SHA-256 digests and compared in constant time so that neither
+/// content nor length leaks.
 #[derive(Clone, Default)]
 pub struct ServiceTokens {
     digests: Vec<[u8; 32]>,

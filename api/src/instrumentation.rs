@@ -246,16 +246,9 @@ pub async fn scrape(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let expected = state.settings.metrics_token.expose();
-    if !expected.is_empty() {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let same: bool =
-            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
-        if !same {
+    if !state.metrics_tokens.is_empty() {
+        let given = crate::auth::bearer(&headers).unwrap_or("");
+        if !state.metrics_tokens.accepts(given.as_bytes()) {
             return Err(ApiError::Unauthorized {
                 message: "missing or wrong metrics token",
                 bearer: true,

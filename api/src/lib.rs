@@ -127,6 +127,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         jobs,
         key_cache: auth::KeyCache::new(args.http.api_key_cache()),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
+        metrics_tokens: ServiceTokens::from_list(args.http.metrics_token.expose()),
         settings: args.http.clone(),
         observability: args.observability.clone(),
         instruments,

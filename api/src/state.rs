@@ -25,6 +25,8 @@ pub struct Shared {
     pub jobs: JobQueue,
     pub key_cache: KeyCache,
     pub service_tokens: ServiceTokens,
+    /// `METRICS_TOKEN`: empty leaves `/metrics` open.
+    pub metrics_tokens: ServiceTokens,
     pub settings: HttpSettings,
     pub observability: ObservabilitySettings,
     pub instruments: Instruments,
