@@ -9,6 +9,7 @@ use std::time::Duration;
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Config, RedisStorage};
 use cache_shared::Error;
+use cache_shared::db::admin_actions;
 use cache_shared::db::jobs::{self, JobRecord, NewJob};
 use cache_shared::keys::TenantId;
 use cache_shared::oplog::{OpLog, Outcome};
@@ -165,6 +166,10 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
 }
 
+/// How much longer than a push an audit event of a job being queued is held
+/// back, so that it is settled (released or forgotten) before it could go out.
+const AUDIT_HOLD_MARGIN: Duration = Duration::from_secs(5);
+
 /// Records and enqueues jobs.
 #[derive(Clone)]
 pub struct JobQueue {
@@ -258,38 +263,45 @@ impl JobQueue {
         if !created {
             return Ok(record);
         }
-        let audited = match submission.spec.job_type() {
-            JobType::Flush | JobType::Restore => cache_shared::db::admin_actions::record(
-                &self.db,
-                record.created_by.as_deref().unwrap_or("internal"),
-                submission.tenant.as_str(),
-                submission.spec.job_type().as_str(),
-                &serde_json::json!({ "jobId": id, "params": new.params }),
-            )
-            .await
-            .map(Some),
-            _ => Ok(None),
-        };
         let flushed = match &submission.spec {
             JobSpec::Flush(params) => Some(params.describe()),
             _ => None,
         };
-        let pushed = match audited {
-            Ok(action) => {
-                let pushed = self.push(&id, &submission.tenant, submission.spec).await;
-                if let (Err(_), Some(action)) = (&pushed, action) {
-                    // The action did not happen: no audit event for it.
-                    if let Err(err) =
-                        cache_shared::db::admin_actions::forget(&self.db, action).await
-                    {
-                        tracing::error!(job_id = %id, %err, "could not remove the audit record of a job that failed to enqueue");
-                    }
+        // Flushes and restores are audited; the event is held until the push
+        // settles, so a job that never reaches the queue never reaches the
+        // audit service either.
+        let action = match submission.spec.job_type() {
+            JobType::Flush | JobType::Restore => {
+                let recorded = admin_actions::record_held(
+                    &self.db,
+                    record.created_by.as_deref().unwrap_or("internal"),
+                    submission.tenant.as_str(),
+                    submission.spec.job_type().as_str(),
+                    &serde_json::json!({ "jobId": id, "params": new.params }),
+                    self.push_timeout + AUDIT_HOLD_MARGIN,
+                )
+                .await;
+                match recorded {
+                    Ok(action) => Some(action),
+                    Err(err) => return Err(self.abandon(&id, err).await),
                 }
-                pushed
             }
-            Err(err) => Err(err),
+            _ => None,
         };
-        if let (Ok(()), Some(oplog), Some(target)) = (&pushed, &self.oplog, flushed) {
+        let pushed = self.push(&id, &submission.tenant, submission.spec).await;
+        if let Some(action) = action {
+            let settled = match &pushed {
+                Ok(()) => admin_actions::release(&self.db, action).await,
+                Err(_) => admin_actions::forget(&self.db, action).await,
+            };
+            if let Err(err) = settled {
+                tracing::error!(job_id = %id, %err, "could not settle the audit record of a job (its hold lapses on its own)");
+            }
+        }
+        if let Err(err) = pushed {
+            return Err(self.abandon(&id, err).await);
+        }
+        if let (Some(oplog), Some(target)) = (&self.oplog, flushed) {
             oplog.record(
                 submission.tenant.as_str(),
                 "flush",
@@ -299,14 +311,16 @@ impl JobQueue {
                 None,
             );
         }
-        if let Err(err) = pushed {
-            // Never leave a record for a job no worker will ever see.
-            if let Err(cleanup) = jobs::delete(&self.db, &id).await {
-                tracing::error!(job_id = %id, %cleanup, "could not remove the record of a job that failed to enqueue");
-            }
-            return Err(err);
-        }
         Ok(record)
+    }
+
+    /// Removes the record of a job that failed to enqueue (never leave a
+    /// record for a job no worker will ever see) and hands back the error.
+    async fn abandon(&self, id: &str, err: Error) -> Error {
+        if let Err(cleanup) = jobs::delete(&self.db, id).await {
+            tracing::error!(job_id = %id, %cleanup, "could not remove the record of a job that failed to enqueue");
+        }
+        err
     }
 
     /// Jobs waiting and dead in every queue (from the queues' own keys).

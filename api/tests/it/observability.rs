@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::api_keys::Role;
+use cache_shared::db::admin_actions;
 use cache_shared::rollup::{OpFigures, PeriodFigures};
 use chrono::{TimeZone, Utc};
 use reqwest::Method;
@@ -779,4 +780,75 @@ async fn admin_actions_reach_the_audit_service_even_after_a_whole_failed_round()
     })
     .await;
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_flush_audit_event_is_held_while_its_job_is_queued_and_released_after() {
+    let app = spawn_app().await;
+    let db = app.state.db.clone();
+    let admin = app.key(Role::Admin).await;
+    let accepted: Value = app
+        .public(Method::POST, "/api/v1/cache/flush", &admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (due, details): (bool, Value) = sqlx::query_as(
+        "select audit_next_at <= now(), details from admin_actions \
+         where tenant_id = $1 and action = 'flush'",
+    )
+    .bind(&app.tenant)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(due, "the queued flush's event is released at once");
+    assert_eq!(details["jobId"], accepted["jobId"]);
+
+    // The hold itself: not due until released; forgotten, it is gone.
+    let due_now = |id: i64| {
+        let db = db.clone();
+        async move {
+            let (due,): (bool,) =
+                sqlx::query_as("select audit_next_at <= now() from admin_actions where id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            due
+        }
+    };
+    let held = admin_actions::record_held(
+        &db,
+        "test",
+        &app.tenant,
+        "restore",
+        &json!({}),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    assert!(!due_now(held).await);
+    admin_actions::release(&db, held).await.unwrap();
+    assert!(due_now(held).await);
+    let abandoned = admin_actions::record_held(
+        &db,
+        "test",
+        &app.tenant,
+        "restore",
+        &json!({}),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    admin_actions::forget(&db, abandoned).await.unwrap();
+    let (left,): (i64,) = sqlx::query_as("select count(*) from admin_actions where id = $1")
+        .bind(abandoned)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    app.stop().await;
 }

@@ -3,13 +3,15 @@
 //! stays pending until the audit service has accepted it, so an outage of
 //! that service delays events but never loses one.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sqlx::{FromRow, PgExecutor};
 
 use crate::error::Error;
 
-/// Records an action; returns its id.
+/// Records an action that has happened; returns its id.
 ///
 /// # Errors
 ///
@@ -21,21 +23,57 @@ pub async fn record(
     action: &str,
     details: &Json,
 ) -> Result<i64, Error> {
+    record_held(exec, actor, tenant, action, details, Duration::ZERO).await
+}
+
+/// Records an action that is about to happen (a job being queued), kept
+/// from the audit service for `hold`: [`release`] once it happened,
+/// [`forget`] if it did not. A hold that is never settled lapses, and the
+/// event goes out then.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn record_held(
+    exec: impl PgExecutor<'_>,
+    actor: &str,
+    tenant: &str,
+    action: &str,
+    details: &Json,
+    hold: Duration,
+) -> Result<i64, Error> {
     let (id,): (i64,) = sqlx::query_as(
-        "insert into admin_actions (actor, tenant_id, action, details) \
-         values ($1, $2, $3, $4) returning id",
+        "insert into admin_actions (actor, tenant_id, action, details, audit_next_at) \
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5)) returning id",
     )
     .bind(actor)
     .bind(tenant)
     .bind(action)
     .bind(details)
+    .bind(hold.as_secs_f64())
     .fetch_one(exec)
     .await?;
     Ok(id)
 }
 
-/// Removes the record of an action that did not happen after all (its job
-/// could not be queued).
+/// Makes a held action due for the audit service now.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn release(exec: impl PgExecutor<'_>, id: i64) -> Result<(), Error> {
+    sqlx::query(
+        "update admin_actions set audit_next_at = now() \
+         where id = $1 and audit_delivered_at is null",
+    )
+    .bind(id)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Removes the record of a held action that did not happen after all (its
+/// job could not be queued); the hold kept it from the audit service.
 ///
 /// # Errors
 ///
@@ -57,7 +95,6 @@ pub struct PendingAudit {
     pub action: String,
     pub details: Json,
     pub created_at: DateTime<Utc>,
-    pub audit_attempts: i32,
 }
 
 /// Claims, for `lease_seconds`, the oldest pending events up to the first
@@ -84,7 +121,7 @@ pub async fn claim_audit(
          update admin_actions a set audit_attempts = audit_attempts + 1, \
                 audit_next_at = now() + make_interval(secs => $2) \
          from due where a.id = due.id \
-         returning a.id, a.actor, a.tenant_id, a.action, a.details, a.created_at, a.audit_attempts",
+         returning a.id, a.actor, a.tenant_id, a.action, a.details, a.created_at",
     )
     .bind(limit)
     .bind(lease_seconds)
@@ -146,17 +183,4 @@ pub async fn audit_failed(
     .execute(exec)
     .await?;
     Ok(())
-}
-
-/// Events not yet accepted by the audit service.
-///
-/// # Errors
-///
-/// [`Error::StoreUnavailable`].
-pub async fn audit_backlog(exec: impl PgExecutor<'_>) -> Result<i64, Error> {
-    let (n,): (i64,) =
-        sqlx::query_as("select count(*) from admin_actions where audit_delivered_at is null")
-            .fetch_one(exec)
-            .await?;
-    Ok(n)
 }
