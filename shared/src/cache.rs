@@ -164,10 +164,14 @@ impl Cache {
                 Ok(())
             })
             .await;
-        self.stats
-            .observe(Op::Set, &tstats, started, Some(key), result)?;
-        self.stats
-            .log_write(&tstats, Op::Set, Some(key), Some(value_bytes), started);
+        self.stats.observe_write(
+            Op::Set,
+            &tstats,
+            started,
+            Some(key),
+            Some(value_bytes),
+            result,
+        )?;
         Ok(expiry.reported())
     }
 
@@ -190,11 +194,9 @@ impl Cache {
                 Ok(removed > 0)
             })
             .await;
-        let removed = self
-            .stats
-            .observe(Op::Delete, &tstats, started, Some(key), result)?;
-        self.stats
-            .log_write(&tstats, Op::Delete, Some(key), None, started);
+        let removed =
+            self.stats
+                .observe_write(Op::Delete, &tstats, started, Some(key), None, result)?;
         Ok(removed)
     }
 
@@ -280,11 +282,15 @@ impl Cache {
         let ns = CacheNamespace::new(tenant);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut sizes = Vec::with_capacity(items.len());
+        // Sizes only for the operation log, when there is one.
+        let logging = self.stats.logs_writes();
+        let mut sizes = Vec::with_capacity(if logging { items.len() } else { 0 });
         for item in items {
             let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
             let encoded = self.codec.encode(&item.value);
-            sizes.push(encoded.len());
+            if logging {
+                sizes.push(encoded.len());
+            }
             let cmd = pipe.cmd("SET").arg(ns.key(&item.key)).arg(encoded);
             if let Some(seconds) = expiry.seconds() {
                 cmd.arg("EX").arg(seconds);
@@ -299,12 +305,12 @@ impl Cache {
                 Ok(())
             })
             .await;
+        let written = items
+            .iter()
+            .zip(sizes)
+            .map(|(item, size)| (Some(item.key.as_str()), Some(size)));
         self.stats
-            .observe(Op::Mset, &tstats, started, None, result)?;
-        for (item, size) in items.iter().zip(sizes) {
-            self.stats
-                .log_write(&tstats, Op::Mset, Some(&item.key), Some(size), started);
-        }
+            .observe_writes(Op::Mset, &tstats, started, None, written, result)?;
         Ok(items.len())
     }
 
@@ -390,11 +396,9 @@ impl Cache {
                 Ok(updated)
             })
             .await;
-        let updated = self
-            .stats
-            .observe(Op::Expire, &tstats, started, Some(key), result)?;
-        self.stats
-            .log_write(&tstats, Op::Expire, Some(key), None, started);
+        let updated =
+            self.stats
+                .observe_write(Op::Expire, &tstats, started, Some(key), None, result)?;
         Ok(updated)
     }
 
@@ -454,14 +458,10 @@ impl Cache {
                 Ok(from_redis_ttl(remaining))
             })
             .await;
-        let remaining = self
-            .stats
-            .observe(Op::Touch, &tstats, started, Some(key), result)?;
-        if ttl.is_some() {
-            self.stats
-                .log_write(&tstats, Op::Touch, Some(key), None, started);
-        }
-        Ok(remaining)
+        // A touch that sets a TTL is a write; one that only reads is not.
+        let written = ttl.map(|_| (Some(key), None));
+        self.stats
+            .observe_writes(Op::Touch, &tstats, started, Some(key), written, result)
     }
 
     /// Re-encodes one stored value compressed when that makes it smaller,

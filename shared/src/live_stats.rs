@@ -535,6 +535,50 @@ impl LiveStats {
         key: Option<&str>,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
+        self.observe_writes(op, tenant, started, key, std::iter::empty(), result)
+    }
+
+    /// [`LiveStats::observe`] for a write: its success is written to the
+    /// operation log too (`key` `None`: a key not to be logged, such as a
+    /// session id).
+    ///
+    /// # Errors
+    ///
+    /// `result`'s own error, unchanged.
+    pub fn observe_write<T>(
+        &self,
+        op: Op,
+        tenant: &TenantStats,
+        started: Instant,
+        key: Option<&str>,
+        value_bytes: Option<usize>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let written = std::iter::once((key, value_bytes));
+        self.observe_writes(op, tenant, started, key, written, result)
+    }
+
+    /// Whether successful writes reach the operation log: callers skip
+    /// gathering what only the log would use.
+    pub fn logs_writes(&self) -> bool {
+        self.enabled && self.oplog.is_some()
+    }
+
+    /// One call of `op` that wrote each of `written` (key, value bytes):
+    /// counted once, failed as a whole under `key`, succeeded item by item.
+    ///
+    /// # Errors
+    ///
+    /// `result`'s own error, unchanged.
+    pub fn observe_writes<'k, T>(
+        &self,
+        op: Op,
+        tenant: &TenantStats,
+        started: Instant,
+        key: Option<&str>,
+        written: impl IntoIterator<Item = (Option<&'k str>, Option<usize>)>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
         if !self.enabled {
             return result;
         }
@@ -551,36 +595,27 @@ impl LiveStats {
         }
         counters.calls.fetch_add(1, Ordering::Relaxed);
         counters.latency.record(us);
-        if let (Some(oplog), Err(err)) = (&self.oplog, &result) {
-            oplog.record(
-                &tenant.tenant,
-                op.name(),
-                key,
-                Outcome::Error(err.code()),
-                us,
-                None,
-            );
+        if let Some(oplog) = &self.oplog {
+            match &result {
+                Err(err) => oplog.record(
+                    &tenant.tenant,
+                    op.name(),
+                    key,
+                    Outcome::Error(err.code()),
+                    us,
+                    None,
+                ),
+                Ok(_) => {
+                    for (key, value_bytes) in written {
+                        oplog.record(&tenant.tenant, op.name(), key, Outcome::Ok, us, value_bytes);
+                    }
+                }
+            }
         }
         let now = now_seconds();
         self.tick(now, op);
         tenant.tick(now / 60, op);
         result
-    }
-
-    /// Writes a successful write of `key` (`None`: a key not to be logged,
-    /// such as a session id) to the operation log.
-    pub fn log_write(
-        &self,
-        tenant: &TenantStats,
-        op: Op,
-        key: Option<&str>,
-        value_bytes: Option<usize>,
-        started: Instant,
-    ) {
-        if let (true, Some(oplog)) = (self.enabled, &self.oplog) {
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            oplog.record(&tenant.tenant, op.name(), key, Outcome::Ok, us, value_bytes);
-        }
     }
 
     /// Counts a read of `key` that found (`hit`) or missed it; the read feeds

@@ -148,16 +148,10 @@ pub async fn set(
         })
         .await;
     let platform = cache.platform_stats();
-    cache.stats().observe(
-        Op::Permission,
-        &platform,
-        started,
-        Some(key.as_str()),
-        outcome,
-    )?;
+    let key = Some(key.as_str());
     cache
         .stats()
-        .log_write(&platform, Op::Permission, Some(key.as_str()), None, started);
+        .observe_write(Op::Permission, &platform, started, key, None, outcome)?;
     Ok(expiry.reported())
 }
 
@@ -232,12 +226,10 @@ pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error
         })
         .await;
     let platform = cache.platform_stats();
-    let deleted = cache
-        .stats()
-        .observe(Op::Permission, &platform, started, None, outcome)?;
-    cache
-        .stats()
-        .log_write(&platform, Op::Permission, None, None, started);
+    let deleted =
+        cache
+            .stats()
+            .observe_write(Op::Permission, &platform, started, None, None, outcome)?;
     Ok(deleted)
 }
 

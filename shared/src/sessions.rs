@@ -94,13 +94,10 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
         })
         .await;
     let platform = cache.platform_stats();
-    cache
-        .stats()
-        .observe(Op::Session, &platform, started, None, result)?;
     // A session id is a credential: logged without it.
     cache
         .stats()
-        .log_write(&platform, Op::Session, None, None, started);
+        .observe_write(Op::Session, &platform, started, None, None, result)?;
     Ok(Session {
         session_id: new.session_id,
         user_id: new.user_id,
@@ -177,12 +174,10 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
         })
         .await;
     let platform = cache.platform_stats();
-    let deleted = cache
-        .stats()
-        .observe(Op::Session, &platform, started, None, result)?;
-    cache
-        .stats()
-        .log_write(&platform, Op::Session, None, None, started);
+    let deleted =
+        cache
+            .stats()
+            .observe_write(Op::Session, &platform, started, None, None, result)?;
     Ok(deleted)
 }
 
