@@ -15,10 +15,12 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
-use cache_shared::live_stats::LiveStats;
+use cache_shared::live_stats::{LiveStats, hit_rate};
 use cache_shared::metrics::{self, MetricError, Metrics, OpMetrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics, RequestContext};
+use cache_shared::redis::BYTES_PER_MIB;
 use cache_shared::rollup::RecentFigures;
+use cache_shared::saturating_i64;
 use chrono::{DateTime, TimeZone, Utc};
 use prometheus::{
     Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -173,13 +175,20 @@ impl ApiMetrics {
     /// everything. A dependency that does not answer leaves its figures as
     /// they were (the scrape itself never fails).
     pub async fn render(&self, state: &AppState) -> String {
+        // Redis and the queues first, outside the lock: a slow Redis never
+        // lines scrapes up behind one another.
+        let (figures, depth) =
+            tokio::join!(state.cache.redis().server_figures(), state.jobs.depth());
+        // One at a time from here: mirrored counters add the difference.
         let _one_at_a_time = self.scrape.lock().await;
         let stats = state.cache.stats();
+        let snapshot = stats.snapshot();
+        let lookups = stats.lookups();
         if let Some(ops) = &state.instruments.ops {
-            ops.sync();
+            ops.sync(&snapshot, lookups);
         }
         self.ops_per_second.set(stats.operations_per_second());
-        if let Some(rate) = stats.hit_rate_percent() {
+        if let Some(rate) = hit_rate(lookups) {
             // Exported from the first read on: before it there is no rate.
             self.hit_rate_exported.get_or_init(|| {
                 if let Err(err) = self.registry.add(self.hit_rate.clone()) {
@@ -188,8 +197,7 @@ impl ApiMetrics {
             });
             self.hit_rate.set(rate);
         }
-        let (calls, errors) = stats
-            .snapshot()
+        let (calls, errors) = snapshot
             .iter()
             .fold((0, 0), |(c, e), op| (c + op.calls, e + op.errors));
         if calls > 0 {
@@ -198,37 +206,31 @@ impl ApiMetrics {
         let connections = state.cache.redis().connection_stats();
         metrics::mirror(&self.timeouts, connections.timeouts);
         metrics::mirror(&self.failovers, connections.failovers);
-        self.pool_size.set(gauge(connections.size));
-        self.pool_in_use.set(gauge(connections.in_use));
-        self.pool_idle.set(gauge(connections.idle));
-        self.pool_waiting.set(gauge(connections.waiting));
-        let (figures, depth) =
-            tokio::join!(state.cache.redis().server_figures(), state.jobs.depth());
+        self.pool_size.set(saturating_i64(connections.size));
+        self.pool_in_use.set(saturating_i64(connections.in_use));
+        self.pool_idle.set(saturating_i64(connections.idle));
+        self.pool_waiting.set(saturating_i64(connections.waiting));
         if let Ok(f) = figures {
-            const MIB: f64 = 1024.0 * 1024.0;
-            self.memory_mb.set(f.used_memory_bytes as f64 / MIB);
-            self.memory_max_mb.set(f.max_memory_bytes as f64 / MIB);
+            self.memory_mb
+                .set(f.used_memory_bytes as f64 / BYTES_PER_MIB);
+            self.memory_max_mb
+                .set(f.max_memory_bytes as f64 / BYTES_PER_MIB);
             self.active_connections
-                .set(i64::try_from(f.connected_clients).unwrap_or(i64::MAX));
-            self.total_keys
-                .set(i64::try_from(f.total_keys).unwrap_or(i64::MAX));
+                .set(saturating_i64(f.connected_clients));
+            self.total_keys.set(saturating_i64(f.total_keys));
         }
         if let Ok(depth) = depth {
             for q in depth.queues {
                 self.queue_depth
                     .with_label_values(&[q.job_type.as_str()])
-                    .set(i64::try_from(q.waiting).unwrap_or(i64::MAX));
+                    .set(saturating_i64(q.waiting));
                 self.queue_dead
                     .with_label_values(&[q.job_type.as_str()])
-                    .set(i64::try_from(q.dead).unwrap_or(i64::MAX));
+                    .set(saturating_i64(q.dead));
             }
         }
         self.registry.render()
     }
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// `GET /metrics`: the Prometheus text format; with `METRICS_TOKEN` set, only

@@ -24,3 +24,9 @@ pub mod telemetry;
 pub mod ttl;
 
 pub use error::Error;
+
+/// A count as PostgreSQL's `bigint` and Prometheus's integer gauges hold it:
+/// beyond `i64::MAX` it saturates rather than fails.
+pub fn saturating_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}

@@ -17,7 +17,7 @@ use prometheus::{
     Registry, TextEncoder, proto,
 };
 
-use crate::live_stats::{LiveStats, Op, bucket_upper_us};
+use crate::live_stats::{LiveStats, Op, OpSnapshot, bucket_upper_us};
 
 /// Upper bounds of `cache_response_time_ms`, in milliseconds (each rounded up
 /// to the live histogram's bucket bound).
@@ -114,7 +114,6 @@ pub fn mirror(counter: &IntCounter, total: u64) {
 /// figures.
 #[derive(Debug, Clone)]
 pub struct OpMetrics {
-    stats: Arc<LiveStats>,
     ok: Vec<IntCounter>,
     errors: Vec<IntCounter>,
     hits: IntCounter,
@@ -123,7 +122,7 @@ pub struct OpMetrics {
 
 impl OpMetrics {
     pub fn new(metrics: &Metrics, stats: Arc<LiveStats>) -> Result<Self, MetricError> {
-        metrics.add(ResponseTimes::new(Arc::clone(&stats))?)?;
+        metrics.add(ResponseTimes::new(stats)?)?;
         let outcomes = metrics.counter_vec(
             "cache_operations_total",
             "Cache operations by outcome; rate() of it is the operations per second.",
@@ -140,20 +139,20 @@ impl OpMetrics {
                 .collect(),
             hits: metrics.counter("cache_hits_total", "Reads that found their key.")?,
             misses: metrics.counter("cache_misses_total", "Reads that did not find their key.")?,
-            stats,
         })
     }
 
     /// Brings the counters up to the live figures (call before rendering).
-    pub fn sync(&self) {
-        for snapshot in self.stats.snapshot() {
+    /// `snapshot` and `(hits, misses)` are [`LiveStats::snapshot`] and
+    /// [`LiveStats::lookups`], taken once per scrape by the caller.
+    pub fn sync(&self, snapshot: &[OpSnapshot], (hits, misses): (u64, u64)) {
+        for snapshot in snapshot {
             let i = snapshot.op as usize;
             if let (Some(ok), Some(errors)) = (self.ok.get(i), self.errors.get(i)) {
                 mirror(ok, snapshot.calls - snapshot.errors.min(snapshot.calls));
                 mirror(errors, snapshot.errors);
             }
         }
-        let (hits, misses) = self.stats.lookups();
         mirror(&self.hits, hits);
         mirror(&self.misses, misses);
     }
@@ -299,7 +298,7 @@ mod tests {
         let failed = Err::<(), _>(crate::Error::internal("x"));
         let _ = stats.observe(Op::Get, &tenant, slow, None, failed);
         stats.record_lookup(&tenant, Op::Get, "k", true);
-        ops.sync();
+        ops.sync(&stats.snapshot(), stats.lookups());
         let text = metrics.render();
         let get =
             |le: &str| format!("cache_response_time_ms_bucket{{operation=\"get\",le=\"{le}\"}}");

@@ -196,7 +196,7 @@ impl OpLog {
             operation: operation.to_owned(),
             cache_key: key.map(ToOwned::to_owned),
             outcome: outcome.name().to_owned(),
-            latency_us: i64::try_from(latency_us).unwrap_or(i64::MAX),
+            latency_us: crate::saturating_i64(latency_us),
             value_bytes: value_bytes.and_then(|b| i64::try_from(b).ok()),
             error_code: match outcome {
                 Outcome::Error(code) => Some(code.to_owned()),
@@ -239,7 +239,9 @@ impl OpLog {
             buffer.drain(..self.batch).collect()
         };
         drop(buffer);
-        self.metrics.buffered.sub(gauge_value(batch.len()));
+        self.metrics
+            .buffered
+            .sub(crate::saturating_i64(batch.len()));
         batch
     }
 
@@ -249,7 +251,7 @@ impl OpLog {
         let n = batch.len();
         buffer.splice(0..0, batch);
         drop(buffer);
-        self.metrics.buffered.add(gauge_value(n));
+        self.metrics.buffered.add(crate::saturating_i64(n));
     }
 
     pub fn len(&self) -> usize {
@@ -259,10 +261,6 @@ impl OpLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn gauge_value(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A uniform draw in `[0, 1)` from a per-thread xorshift generator: reads

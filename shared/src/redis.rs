@@ -69,6 +69,9 @@ pub struct ServerFigures {
     pub expired_keys: u64,
 }
 
+/// Bytes in a MiB, the unit the design reports memory in.
+pub const BYTES_PER_MIB: f64 = 1024.0 * 1024.0;
+
 /// Connection counters for health and the connections report.
 #[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

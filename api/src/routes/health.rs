@@ -6,6 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use cache_shared::health::{self, HealthReport, Status};
+use cache_shared::live_stats::hit_rate;
+use cache_shared::redis::BYTES_PER_MIB;
 use serde::Serialize;
 
 use crate::error::{ApiError, SERVICE_NAME};
@@ -181,8 +183,8 @@ pub(crate) async fn metrics_report(state: &AppState) -> Result<MetricsReport, Er
     let used = figures.used_memory_bytes;
     let (hits, misses) = state.cache.stats().lookups();
     Ok(MetricsReport {
-        hit_rate: state.cache.stats().hit_rate_percent(),
-        memory_usage: used as f64 / (1024.0 * 1024.0),
+        hit_rate: hit_rate((hits, misses)),
+        memory_usage: used as f64 / BYTES_PER_MIB,
         memory_usage_bytes: used,
         connection_count: figures.connected_clients,
         operations_per_second: state.cache.stats().operations_per_second(),

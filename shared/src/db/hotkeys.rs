@@ -72,7 +72,7 @@ pub async fn replace_window(
 ) -> Result<(), Error> {
     let mut top: Vec<(&String, i64)> = reads
         .iter()
-        .map(|(k, &n)| (k, i64::try_from(n).unwrap_or(i64::MAX)))
+        .map(|(k, &n)| (k, crate::saturating_i64(n)))
         .collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     top.truncate(KEYS_PER_WINDOW);

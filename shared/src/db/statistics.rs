@@ -119,10 +119,10 @@ pub async fn add_contribution(
     .bind(tenant)
     .bind(period_start)
     .bind(period_minutes)
-    .bind(count(s.total_operations))
-    .bind(count(s.hits))
-    .bind(count(s.misses))
-    .bind(count(s.errors))
+    .bind(crate::saturating_i64(s.total_operations))
+    .bind(crate::saturating_i64(s.hits))
+    .bind(crate::saturating_i64(s.misses))
+    .bind(crate::saturating_i64(s.errors))
     .bind(s.hit_rate)
     .bind(s.avg_latency_ms)
     .bind(s.p95_latency_ms)
@@ -139,8 +139,4 @@ pub async fn add_contribution(
     .await?;
     tx.commit().await?;
     Ok(Some(merged))
-}
-
-fn count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
