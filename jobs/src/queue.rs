@@ -23,7 +23,6 @@ use crate::backup::{BackupParams, RestoreParams};
 use crate::compress::CompressParams;
 use crate::fetch::AllowList;
 use crate::flush::FlushParams;
-use crate::internal::{LogPersistJob, StatsRollupJob};
 use crate::memory_analysis::AnalysisParams;
 use crate::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
@@ -55,12 +54,14 @@ impl QueueSettings {
 
     /// The apalis storage of `J`'s queue on `conn`.
     pub fn storage<J: Queued>(&self, conn: ConnectionManager) -> RedisStorage<J> {
-        RedisStorage::new(conn).with_config(
-            Config::default()
-                .queue(crate::queue_name(&self.prefix, J::QUEUE))
-                .heartbeat_interval(self.heartbeat)
-                .missed_heartbeats(self.missed_heartbeats),
-        )
+        RedisStorage::new(conn).with_config(self.config(J::QUEUE))
+    }
+
+    fn config(&self, queue: &str) -> Config {
+        Config::default()
+            .queue(crate::queue_name(&self.prefix, queue))
+            .heartbeat_interval(self.heartbeat)
+            .missed_heartbeats(self.missed_heartbeats)
     }
 }
 
@@ -365,30 +366,25 @@ impl JobQueue {
     /// [`Error::CacheUnavailable`].
     pub async fn vacuum(&self, older_than: Duration) -> Result<u64, Error> {
         let mut removed = 0;
-        removed += self.vacuum_type::<FlushJob>(older_than).await?;
-        removed += self.vacuum_type::<PreloadJob>(older_than).await?;
-        removed += self.vacuum_type::<SessionCleanupJob>(older_than).await?;
-        removed += self.vacuum_type::<CollectStatsJob>(older_than).await?;
-        removed += self.vacuum_type::<MemoryAnalysisJob>(older_than).await?;
-        removed += self.vacuum_type::<CompressJob>(older_than).await?;
-        removed += self.vacuum_type::<BackupJob>(older_than).await?;
-        removed += self.vacuum_type::<RestoreJob>(older_than).await?;
-        removed += self.vacuum_type::<StatsRollupJob>(older_than).await?;
-        removed += self.vacuum_type::<LogPersistJob>(older_than).await?;
+        for queue in crate::all_queues() {
+            removed += self.vacuum_queue(queue, older_than).await?;
+        }
         Ok(removed)
     }
 
-    async fn vacuum_type<J: Queued>(&self, older_than: Duration) -> Result<u64, Error> {
+    async fn vacuum_queue(&self, queue: &str, older_than: Duration) -> Result<u64, Error> {
         use apalis_core::backend::Vacuum;
         use deadpool_redis::redis;
 
         let unavailable = |e: &dyn std::fmt::Display| Error::CacheUnavailable(e.to_string().into());
-        let mut storage = self.settings.storage::<J>(self.conn.clone());
+        let config = self.settings.config(queue);
+        // Vacuuming never reads a job's payload: one storage type serves every queue.
+        let mut storage =
+            RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(config.clone());
         let removed = storage
             .vacuum_before(older_than)
             .await
             .map_err(|e| unavailable(&e))?;
-        let config = Config::default().queue(crate::queue_name(&self.settings.prefix, J::QUEUE));
         let mut conn = self.conn.clone();
         for set in [config.done_jobs_set(), config.dead_jobs_set()] {
             let ids: Vec<String> = redis::cmd("SMEMBERS")

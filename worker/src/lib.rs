@@ -14,7 +14,7 @@ use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use cache_jobs::context::{JobContext, Pacing, PreloadSources};
 use cache_jobs::fetch::{AllowList, FetchLimits};
-use cache_jobs::internal::{LogPersistJob, StatsRollupJob};
+use cache_jobs::internal::{InternalJob, LogPersistJob, StatsRollupJob};
 use cache_jobs::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
@@ -220,97 +220,29 @@ pub async fn run(
     let queues = settings.queue_settings();
     let concurrency = usize::from(settings.worker_concurrency);
 
-    let monitor = Monitor::new();
-    let monitor = register::<FlushJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
+    let registrar = Registrar {
+        queues: &queues,
+        conn: &conn,
+        ctx: &ctx,
         concurrency,
-        &name,
-        handle::<FlushJob>,
-    );
-    let monitor = register::<PreloadJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<PreloadJob>,
-    );
-    let monitor = register::<SessionCleanupJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<SessionCleanupJob>,
-    );
-    let monitor = register::<CollectStatsJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<CollectStatsJob>,
-    );
-    let monitor = register::<MemoryAnalysisJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<MemoryAnalysisJob>,
-    );
-    let monitor = register::<CompressJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<CompressJob>,
-    );
-    let monitor = register::<BackupJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<BackupJob>,
-    );
-    let monitor = register::<RestoreJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        handle::<RestoreJob>,
-    );
-    let monitor = register::<StatsRollupJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        upkeep::handle::<StatsRollupJob>,
-    );
-    let monitor = register::<LogPersistJob, _, _>(
-        monitor,
-        &queues,
-        &conn,
-        &ctx,
-        concurrency,
-        &name,
-        upkeep::handle::<LogPersistJob>,
-    );
+        process_name: &name,
+    };
+    // Every queue of `cache_jobs::all_queues`, each drained by its handler.
+    let queue_workers = [
+        Registrar::job::<FlushJob>,
+        Registrar::job::<PreloadJob>,
+        Registrar::job::<SessionCleanupJob>,
+        Registrar::job::<CollectStatsJob>,
+        Registrar::job::<MemoryAnalysisJob>,
+        Registrar::job::<CompressJob>,
+        Registrar::job::<BackupJob>,
+        Registrar::job::<RestoreJob>,
+        Registrar::upkeep::<StatsRollupJob>,
+        Registrar::upkeep::<LogPersistJob>,
+    ];
+    let monitor = queue_workers
+        .iter()
+        .fold(Monitor::new(), |monitor, add| add(&registrar, monitor));
     let monitor = monitor
         .should_restart(|worker, err| {
             let delay = restart_backoff(worker.restarts());
@@ -391,32 +323,45 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers a queue worker for `J` delivering to `handler`; the factory
-/// runs again on every restart, each time under a fresh name (apalis
-/// refuses a name seen recently).
-fn register<J: Queued, H, Fut>(
-    monitor: Monitor,
-    queues: &QueueSettings,
-    conn: &ConnectionManager,
-    ctx: &JobContext,
+/// What every queue worker of this process is built from.
+struct Registrar<'a> {
+    queues: &'a QueueSettings,
+    conn: &'a ConnectionManager,
+    ctx: &'a JobContext,
     concurrency: usize,
-    process_name: &str,
-    handler: H,
-) -> Monitor
-where
-    H: Fn(J, Data<JobContext>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
-{
-    let storage = queues.storage::<J>(conn.clone());
-    let ctx = ctx.clone();
-    let prefix = format!("{process_name}-{}", J::QUEUE);
-    monitor.register(move |_restarts| {
-        WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
-            .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-            .data(ctx.clone())
-            .concurrency(concurrency)
-            .build(handler.clone())
-    })
+    process_name: &'a str,
+}
+
+impl Registrar<'_> {
+    /// A job queue: the runner keeps each job's record.
+    fn job<J: Job>(&self, monitor: Monitor) -> Monitor {
+        self.register::<J, _, _>(monitor, handle::<J>)
+    }
+
+    /// An upkeep queue: no job record, retried until it lands.
+    fn upkeep<J: InternalJob>(&self, monitor: Monitor) -> Monitor {
+        self.register::<J, _, _>(monitor, upkeep::handle::<J>)
+    }
+
+    /// A restartable worker for `J`'s queue under a name unique to this
+    /// process and start (apalis refuses a name still registered).
+    fn register<J: Queued, H, Fut>(&self, monitor: Monitor, handler: H) -> Monitor
+    where
+        H: Fn(J, Data<JobContext>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
+    {
+        let storage = self.queues.storage::<J>(self.conn.clone());
+        let ctx = self.ctx.clone();
+        let concurrency = self.concurrency;
+        let prefix = format!("{}-{}", self.process_name, J::QUEUE);
+        monitor.register(move |_restarts| {
+            WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
+                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                .data(ctx.clone())
+                .concurrency(concurrency)
+                .build(handler.clone())
+        })
+    }
 }
 
 /// One delivery: the runner records the outcome; only a record that could not
