@@ -89,6 +89,8 @@ def start_api(mode):
         INTERNAL_SERVICE_TOKEN=TOKEN,
         REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}",
         REDIS_CLIENT=mode,
+        # Its own queues: the operation log it ships is not for a real worker.
+        QUEUE_PREFIX=f"bench-data-plane-{os.getpid()}",
         RUST_LOG="info",
     )
     proc = subprocess.Popen(

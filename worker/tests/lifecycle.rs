@@ -26,9 +26,17 @@ async fn heartbeats_with_prefix(prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     let prefix = format!("test-{}", ulid::Ulid::new());
-    let mut settings = Cli::try_parse_from(["cache-worker", "--worker-name", &prefix])
-        .unwrap()
-        .settings();
+    // Queues of its own: jobs other processes left in the default ones
+    // would otherwise move this worker's counters.
+    let mut settings = Cli::try_parse_from([
+        "cache-worker",
+        "--worker-name",
+        &prefix,
+        "--queue-prefix",
+        &prefix,
+    ])
+    .unwrap()
+    .settings();
     settings.database.database_url =
         cache_shared::db::testing::fresh_database(&settings.database.database_url)
             .await
