@@ -178,20 +178,33 @@ impl Histogram {
 
     pub fn latency(&self) -> Latency {
         let (counts, sum_us, max_us) = self.totals();
-        latency_of(&counts, sum_us, max_us)
+        dense_latency(&counts, sum_us, max_us)
     }
 }
 
-/// Count, mean and percentiles of a histogram's bucket counts.
-fn latency_of(counts: &[u64], sum_us: u64, max_us: u64) -> Latency {
-    let count: u64 = counts.iter().sum();
-    if count == 0 {
+/// [`latency_of`] a dense histogram (one count per bucket), its calls the
+/// counts' sum.
+fn dense_latency(counts: &[u64], sum_us: u64, max_us: u64) -> Latency {
+    let calls = counts.iter().sum();
+    latency_of(counts.iter().copied().enumerate(), calls, sum_us, max_us)
+}
+
+/// Count, mean and percentiles of `calls` whose latencies fell into
+/// `buckets` ((bucket, count), ascending; this module's bucket layout). A
+/// percentile is the upper bound of the bucket holding it, never above the
+/// largest call seen.
+pub(crate) fn latency_of<B>(buckets: B, calls: u64, sum_us: u64, max_us: u64) -> Latency
+where
+    B: IntoIterator<Item = (usize, u64)> + Clone,
+{
+    if calls == 0 {
         return Latency::default();
     }
+    let counted: u64 = buckets.clone().into_iter().map(|(_, n)| n).sum();
     let at = |q: f64| {
-        let rank = ((q * count as f64).ceil() as u64).max(1);
+        let rank = ((q * counted as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (bucket, &n) in counts.iter().enumerate() {
+        for (bucket, n) in buckets.clone() {
             seen += n;
             if seen >= rank {
                 return bucket_upper_us(bucket).min(max_us) as f64 / 1000.0;
@@ -200,8 +213,8 @@ fn latency_of(counts: &[u64], sum_us: u64, max_us: u64) -> Latency {
         max_us as f64 / 1000.0
     };
     Latency {
-        count,
-        mean_ms: sum_us as f64 / count as f64 / 1000.0,
+        count: calls,
+        mean_ms: sum_us as f64 / calls as f64 / 1000.0,
         p50_ms: at(0.50),
         p95_ms: at(0.95),
         p99_ms: at(0.99),
@@ -741,7 +754,7 @@ impl LiveStats {
                     op,
                     calls,
                     errors,
-                    latency: latency_of(&counts, sum_us, max_us),
+                    latency: dense_latency(&counts, sum_us, max_us),
                 }
             })
             .collect()

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::live_stats::{Latency, LiveStats, Op, TenantStats, bucket_upper_us};
+use crate::live_stats::{Latency, LiveStats, Op, TenantStats, bucket_upper_us, latency_of};
 
 /// Cumulative counters of one tenant at one moment.
 #[derive(Debug, Clone, Default)]
@@ -76,14 +76,7 @@ impl PeriodFigures {
         self.hits += other.hits;
         self.misses += other.misses;
         for (name, theirs) in &other.ops {
-            let ours = self.ops.entry(name.clone()).or_default();
-            ours.calls += theirs.calls;
-            ours.errors += theirs.errors;
-            ours.sum_us += theirs.sum_us;
-            ours.max_us = ours.max_us.max(theirs.max_us);
-            for (&bucket, &n) in &theirs.buckets {
-                *ours.buckets.entry(bucket).or_default() += n;
-            }
+            self.ops.entry(name.clone()).or_default().add(theirs);
         }
         for (key, &reads) in &other.hot_keys {
             *self.hot_keys.entry(key.clone()).or_default() += reads;
@@ -93,24 +86,18 @@ impl PeriodFigures {
     pub fn summary(&self) -> Summary {
         let mut all = OpFigures::default();
         for op in self.ops.values() {
-            all.calls += op.calls;
-            all.errors += op.errors;
-            all.sum_us += op.sum_us;
-            all.max_us = all.max_us.max(op.max_us);
-            for (&bucket, &n) in &op.buckets {
-                *all.buckets.entry(bucket).or_default() += n;
-            }
+            all.add(op);
         }
-        let timed = (all.calls > 0).then_some(&all);
+        let timed = (all.calls > 0).then(|| all.latency());
         Summary {
             total_operations: all.calls,
             hits: self.hits,
             misses: self.misses,
             errors: all.errors,
             hit_rate: crate::live_stats::hit_rate((self.hits, self.misses)),
-            avg_latency_ms: timed.map(|a| a.sum_us as f64 / a.calls as f64 / 1000.0),
-            p95_latency_ms: timed.map(|a| a.percentile_ms(0.95)),
-            p99_latency_ms: timed.map(|a| a.percentile_ms(0.99)),
+            avg_latency_ms: timed.map(|l| l.mean_ms),
+            p95_latency_ms: timed.map(|l| l.p95_ms),
+            p99_latency_ms: timed.map(|l| l.p99_ms),
         }
     }
 }
@@ -118,32 +105,19 @@ impl PeriodFigures {
 impl OpFigures {
     /// Count, mean and percentiles of the calls in these figures.
     pub fn latency(&self) -> Latency {
-        if self.calls == 0 {
-            return Latency::default();
-        }
-        Latency {
-            count: self.calls,
-            mean_ms: self.sum_us as f64 / self.calls as f64 / 1000.0,
-            p50_ms: self.percentile_ms(0.50),
-            p95_ms: self.percentile_ms(0.95),
-            p99_ms: self.percentile_ms(0.99),
-            max_ms: self.max_us as f64 / 1000.0,
-        }
+        let buckets = self.buckets.iter().map(|(&bucket, &n)| (bucket, n));
+        latency_of(buckets, self.calls, self.sum_us, self.max_us)
     }
 
-    /// The `q` quantile in milliseconds: the upper bound of the bucket that
-    /// holds it (never above the largest call seen).
-    fn percentile_ms(&self, q: f64) -> f64 {
-        let count: u64 = self.buckets.values().sum();
-        let rank = ((q * count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (&bucket, &n) in &self.buckets {
-            seen += n;
-            if seen >= rank {
-                return bucket_upper_us(bucket).min(self.max_us) as f64 / 1000.0;
-            }
+    /// Adds another instance's (or period's) figures of the same operation.
+    pub fn add(&mut self, other: &OpFigures) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.sum_us += other.sum_us;
+        self.max_us = self.max_us.max(other.max_us);
+        for (&bucket, &n) in &other.buckets {
+            *self.buckets.entry(bucket).or_default() += n;
         }
-        self.max_us as f64 / 1000.0
     }
 }
 
