@@ -64,23 +64,22 @@ pub struct ApiMetrics {
 #[derive(Debug)]
 pub struct Instruments {
     pub metrics: ApiMetrics,
-    /// Route templates for HTTP figures, set once the router is built.
-    pub http_routes: OnceLock<HttpRoutes>,
     /// Periods shipped and kept for sliding-window figures.
     pub recent: RecentFigures,
-    stats: Arc<LiveStats>,
     /// `None` when instrumentation is off.
     pub ops: Option<OpMetrics>,
-    pub oplog: Option<Arc<OpLog>>,
 }
 
 impl Instruments {
+    /// The instruments and the live figures cache operations record into
+    /// (with the operation log, when instrumentation is on).
+    ///
     /// # Errors
     ///
     /// A metric that cannot be defined (a programming error).
-    pub fn new(settings: &ObservabilitySettings) -> Result<Self, MetricError> {
+    pub fn new(settings: &ObservabilitySettings) -> Result<(Self, Arc<LiveStats>), MetricError> {
         let registry = Metrics::default();
-        let (stats, ops, oplog) = if settings.instrumentation {
+        let (stats, ops) = if settings.instrumentation {
             let oplog = Arc::new(OpLog::new(
                 settings.log_read_sample_rate,
                 usize::try_from(settings.log_batch_size).unwrap_or(1000),
@@ -89,23 +88,16 @@ impl Instruments {
             ));
             let stats = Arc::new(LiveStats::instrumented(Some(Arc::clone(&oplog))));
             let ops = OpMetrics::new(&registry, Arc::clone(&stats))?;
-            (stats, Some(ops), Some(oplog))
+            (stats, Some(ops))
         } else {
-            (Arc::new(LiveStats::disabled()), None, None)
+            (Arc::new(LiveStats::disabled()), None)
         };
-        Ok(Self {
+        let instruments = Self {
             metrics: ApiMetrics::new(registry)?,
-            http_routes: OnceLock::new(),
             recent: RecentFigures::default(),
-            stats,
             ops,
-            oplog,
-        })
-    }
-
-    /// The live figures the cache operations record into.
-    pub fn live_stats(&self) -> Arc<LiveStats> {
-        Arc::clone(&self.stats)
+        };
+        Ok((instruments, stats))
     }
 }
 
@@ -360,12 +352,22 @@ impl HttpRoutes {
 /// template and status. It wraps the router as a whole: no per-route boxing.
 #[derive(Debug, Clone)]
 pub struct ObserveRequests {
+    observer: Arc<Observer>,
+}
+
+/// What counting a request needs: the metrics (in the state) and the
+/// route templates requests are counted under.
+#[derive(Debug)]
+struct Observer {
     state: AppState,
+    routes: HttpRoutes,
 }
 
 impl ObserveRequests {
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(state: AppState, routes: HttpRoutes) -> Self {
+        Self {
+            observer: Arc::new(Observer { state, routes }),
+        }
     }
 }
 
@@ -375,7 +377,7 @@ impl<S> Layer<S> for ObserveRequests {
     fn layer(&self, inner: S) -> Self::Service {
         ObserveService {
             inner,
-            state: self.state.clone(),
+            observer: Arc::clone(&self.observer),
         }
     }
 }
@@ -383,7 +385,7 @@ impl<S> Layer<S> for ObserveRequests {
 #[derive(Debug, Clone)]
 pub struct ObserveService<S> {
     inner: S,
-    state: AppState,
+    observer: Arc<Observer>,
 }
 
 impl<S, B> Service<axum::http::Request<B>> for ObserveService<S>
@@ -401,23 +403,18 @@ where
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let context = RequestContext::new(
             req.headers()
-                .get("x-request-id")
+                .get(&crate::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         );
         let method = req.method().clone();
-        let route = self
-            .state
-            .instruments
-            .http_routes
-            .get()
-            .map_or(0, |routes| routes.route_of(req.uri().path()));
+        let route = self.observer.routes.route_of(req.uri().path());
         ObserveFuture {
             started: Instant::now(),
             inner: oplog::scope(context, self.inner.call(req)),
             method,
             route,
-            state: self.state.clone(),
+            observer: Arc::clone(&self.observer),
         }
     }
 }
@@ -430,7 +427,7 @@ pin_project_lite::pin_project! {
         started: Instant,
         method: Method,
         route: usize,
-        state: AppState,
+        observer: Arc<Observer>,
     }
 }
 
@@ -443,16 +440,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let instruments = &this.state.instruments;
-        if let Some(routes) = instruments.http_routes.get() {
-            routes.observe(
-                &instruments.metrics,
-                *this.route,
-                this.method,
-                response.status(),
-                this.started.elapsed(),
-            );
-        }
+        this.observer.routes.observe(
+            &this.observer.state.instruments.metrics,
+            *this.route,
+            this.method,
+            response.status(),
+            this.started.elapsed(),
+        );
         Poll::Ready(Ok(response))
     }
 }

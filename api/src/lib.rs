@@ -106,9 +106,8 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let redis = RedisStore::new(&args.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
     let limits = CacheLimits::from_settings(&args.cache);
-    let instruments =
+    let (instruments, stats) =
         Instruments::new(&args.observability).context("defining the Prometheus metrics")?;
-    let stats = instruments.live_stats();
     let queue_conn =
         cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())
             .context("parsing REDIS_URL")?;
@@ -120,7 +119,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         args.redis.command_timeout(),
     )
     .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts))
-    .with_oplog(instruments.oplog.clone());
+    .with_oplog(stats.oplog().cloned());
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, stats),
         db,
@@ -136,9 +135,18 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     }))
 }
 
+/// The request id header: taken from the caller or set (a ULID), echoed in
+/// the answer, carried by logs and operation-log records.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// All routes. Routing comes before authentication: unknown paths are `404`
 /// and wrong methods `405` with or without credentials.
 pub fn router(state: AppState) -> Router {
+    routed(state).0
+}
+
+/// The router and its route templates (what the HTTP figures count under).
+fn routed(state: AppState) -> (Router, instrumentation::HttpRoutes) {
     let (routes, doc) = documented_routes(&state).split_for_parts();
     let templates = doc
         .paths
@@ -146,15 +154,13 @@ pub fn router(state: AppState) -> Router {
         .keys()
         .map(String::as_str)
         .chain(openapi::PATHS);
-    let _ = state
-        .instruments
-        .http_routes
-        .set(instrumentation::HttpRoutes::new(templates));
-    routes
+    let templates = instrumentation::HttpRoutes::new(templates);
+    let router = routes
         .merge(openapi::serve(doc))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    (router, templates)
 }
 
 /// The router inside the middleware every request crosses: request ids,
@@ -171,22 +177,22 @@ pub fn app(
 > + Clone
 + Send
 + 'static {
-    let request_id = HeaderName::from_static("x-request-id");
     let max_body_bytes = state.settings.max_body_bytes;
+    let (router, templates) = routed(state.clone());
     let observe = state
         .cache
         .stats()
         .is_enabled()
-        .then(|| instrumentation::ObserveRequests::new(state.clone()));
+        .then(|| instrumentation::ObserveRequests::new(state.clone(), templates));
     tower::ServiceBuilder::new()
         .map_response(axum::response::IntoResponse::into_response)
-        .layer(SetRequestIdLayer::new(request_id.clone(), UlidRequestId))
-        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, UlidRequestId))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req
                     .headers()
-                    .get("x-request-id")
+                    .get(&REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 // Debug level: a span per request costs measurable throughput,
@@ -196,7 +202,7 @@ pub fn app(
         )
         .option_layer(observe)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .service(router(state))
+        .service(router)
 }
 
 /// Every documented route: each comes with its OpenAPI entry, so the
