@@ -132,6 +132,23 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
+/// An optional number from the query string that must lie in `range`:
+/// anything else is a `400` naming `field`, with `message`.
+pub fn bounded_param<T: std::str::FromStr + PartialOrd>(
+    text: Option<&str>,
+    field: &'static str,
+    range: std::ops::RangeInclusive<T>,
+    message: &'static str,
+) -> Result<Option<T>, ApiError> {
+    text.map(|text| {
+        text.parse::<T>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| ApiError::bad_request(field, message))
+    })
+    .transpose()
+}
+
 /// A query string deserialized into `T`, with malformed ones answered in our envelope.
 #[derive(Debug)]
 pub struct QueryParams<T>(pub T);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody, PathParam, QueryParams};
+use crate::extract::{InternalCaller, JsonBody, PathParam, QueryParams, bounded_param};
 use crate::state::AppState;
 use crate::views::{JobAccepted, JobView};
 use utoipa_axum::router::OpenApiRouter;
@@ -267,16 +267,13 @@ async fn list_jobs(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("limit", "limit must be an integer from 1 to 500")
-            })?,
-    };
+    let limit = bounded_param(
+        query.limit.as_deref(),
+        "limit",
+        1..=500,
+        "limit must be an integer from 1 to 500",
+    )?
+    .unwrap_or(50i64);
     let job_type = match query.job_type.as_deref() {
         None => None,
         Some(text) => Some(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::QueryParams;
+use crate::extract::{QueryParams, bounded_param};
 use crate::state::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -194,16 +194,14 @@ async fn latency(
     caller: Caller,
     QueryParams(q): QueryParams<LatencyQuery>,
 ) -> Result<Json<LatencyView>, ApiError> {
-    let minutes = match q.window.as_deref() {
-        None => 5,
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=15).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("window", "window must be minutes from 1 to 15")
-            })?,
-    };
+    let window = q.window.as_deref();
+    let minutes = bounded_param(
+        window,
+        "window",
+        1..=15,
+        "window must be minutes from 1 to 15",
+    )?
+    .unwrap_or(5u64);
     let period_minutes = (state.observability.stats_rollup_seconds / 60).max(1);
     let periods = usize::try_from(minutes.div_ceil(period_minutes)).unwrap_or(1);
     let tenant = state.cache.stats().tenant(&caller.tenant);
@@ -318,22 +316,20 @@ async fn hotkeys(
     caller: Caller,
     QueryParams(q): QueryParams<HotkeysQuery>,
 ) -> Result<Json<HotkeysView>, ApiError> {
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit", "limit must be from 1 to 64"))?,
-    };
-    if let Some(window) = q.window.as_deref() {
-        let minutes = window
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=10_080).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("window", "window must be minutes from 1 to 10080")
-            })?;
+    let limit = bounded_param(
+        q.limit.as_deref(),
+        "limit",
+        1..=64,
+        "limit must be from 1 to 64",
+    )?
+    .unwrap_or(20usize);
+    let window = bounded_param(
+        q.window.as_deref(),
+        "window",
+        1..=10_080,
+        "window must be minutes from 1 to 10080",
+    )?;
+    if let Some(minutes) = window {
         let since = Utc::now() - chrono::Duration::minutes(minutes);
         let rows = hotkey_rows::since(&state.db, caller.tenant.as_str(), since, limit as i64)
             .await

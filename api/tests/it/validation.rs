@@ -264,3 +264,32 @@ async fn path_segments_that_are_not_utf8_are_refused() {
         .unwrap();
     assert_error(response, 400, "VALIDATION_ERROR").await;
 }
+
+#[tokio::test]
+async fn numeric_query_parameters_outside_their_range_are_refused_by_name() {
+    let app = spawn_app().await;
+    let reader = app.key(cache_shared::api_keys::Role::Reader).await;
+    for (path, field, fine) in [
+        ("/api/v1/cache/latency?window=", "window", "15"),
+        ("/api/v1/cache/hotkeys?limit=", "limit", "64"),
+        ("/api/v1/cache/hotkeys?window=", "window", "10080"),
+        ("/api/v1/jobs?limit=", "limit", "500"),
+    ] {
+        let ok = app
+            .public(Method::GET, &format!("{path}{fine}"), &reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{path}{fine}");
+        for bad in ["0", "100000", "-1", "two", ""] {
+            let refused = app
+                .public(Method::GET, &format!("{path}{bad}"), &reader)
+                .send()
+                .await
+                .unwrap();
+            let body = assert_error(refused, 400, "VALIDATION_ERROR").await;
+            assert_eq!(body["details"]["field"], field, "{path}{bad}");
+        }
+    }
+    app.stop().await;
+}
