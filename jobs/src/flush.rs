@@ -123,7 +123,7 @@ pub async fn run(
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
-    let step = i64::try_from(ctx.pacing.flush_batch).unwrap_or(50);
+    let step = cache_shared::saturating_i64(ctx.pacing.flush_batch);
     let mut examined: i64 = 0;
     let mut cursor: u64 = 0;
     loop {

@@ -145,9 +145,7 @@ impl RollupTracker {
         periods.sort_by(|a, b| a.0.cmp(&b.0));
         periods
     }
-}
 
-impl RollupTracker {
     /// What `tenant` did since the last period ended (nothing is consumed).
     pub fn current(&self, tenant: &TenantStats) -> PeriodFigures {
         delta(self.baselines.get(tenant.tenant()), &tenant.totals())
@@ -186,9 +184,12 @@ impl RecentFigures {
         }
         for (tenant, figures) in &ended {
             let ring = recent.periods.entry(tenant.clone()).or_default();
+            // Windows need the counts, not the hot keys.
             ring.push_back(PeriodFigures {
+                hits: figures.hits,
+                misses: figures.misses,
+                ops: figures.ops.clone(),
                 hot_keys: BTreeMap::new(),
-                ..figures.clone()
             });
         }
         recent.periods.retain(|_, ring| {
