@@ -852,3 +852,46 @@ async fn a_flush_audit_event_is_held_while_its_job_is_queued_and_released_after(
     assert_eq!(left, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_retention_sweep_removes_only_records_past_the_cutoff_with_two_sweepers() {
+    // A database of its own: other tests' workers sweep the shared one.
+    let own_db = cache_shared::db::testing::fresh_database(&settings(&[]).database.database_url)
+        .await
+        .unwrap();
+    let app = spawn_app_with(settings(&["--database-url", &own_db])).await;
+    let db = app.state.db.clone();
+    let tenant = unique("retention");
+    let record = |i: i32, age_days: i64| cache_shared::oplog::LogRecord {
+        request_id: format!("{tenant}-{i}"),
+        item: 0,
+        tenant_id: tenant.clone(),
+        operation: "set".into(),
+        cache_key: Some(format!("k{i}")),
+        outcome: "ok".into(),
+        latency_us: 1,
+        value_bytes: None,
+        error_code: None,
+        actor: None,
+        occurred_at: Utc::now() - chrono::Duration::days(age_days),
+    };
+    let old: Vec<_> = (0..250).map(|i| record(i, 40)).collect();
+    let recent: Vec<_> = (250..260).map(|i| record(i, 20)).collect();
+    cache_shared::db::oplog::insert_batch(&db, &[old, recent].concat())
+        .await
+        .unwrap();
+    let cutoff = Utc::now() - chrono::Duration::days(30);
+    let (a, b) = tokio::join!(
+        cache_shared::db::oplog::purge_before(&db, cutoff, 20),
+        cache_shared::db::oplog::purge_before(&db, cutoff, 20),
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 250);
+    let (left,): (i64,) =
+        sqlx::query_as("select count(*) from cache_operation_logs where tenant_id = $1")
+            .bind(&tenant)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(left, 10);
+    app.stop().await;
+}

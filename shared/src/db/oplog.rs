@@ -77,9 +77,12 @@ pub async fn insert_batch(exec: impl PgExecutor<'_>, batch: &[LogRecord]) -> Res
 pub async fn purge_before(pool: &PgPool, cutoff: DateTime<Utc>, chunk: i64) -> Result<u64, Error> {
     let mut deleted = 0;
     loop {
+        // Workers sweeping at once take disjoint chunks (skip locked)
+        // instead of queueing on each other's rows, each until none is left.
         let done = sqlx::query(
             "delete from cache_operation_logs where id in \
-               (select id from cache_operation_logs where occurred_at < $1 limit $2)",
+               (select id from cache_operation_logs where occurred_at < $1 \
+                limit $2 for update skip locked)",
         )
         .bind(cutoff)
         .bind(chunk)
