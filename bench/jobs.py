@@ -8,11 +8,18 @@ PostgreSQL, then:
   1. GET latency of tenant B at a fixed rate (oha -q RATE, latency-corrected),
      without any job running (the baseline);
   2. seeds KEYS keys into tenant A and flushes them while the same load runs
-     against tenant B: flush keys/s and tenant B's p99 next to the baseline;
-     steps 1 and 2 alternate RUNS times and the median ratio is the figure
-     (one pair swings by ± 20 % on a small machine);
+     against tenant B: flush keys/s, tenant B's p99 over the requests sent
+     while the flush ran (oha's per-request records, cut to the job's
+     startedAt..finishedAt) next to the baseline, and the CPU the api, the
+     worker and Redis used meanwhile; steps 1 and 2 alternate RUNS times and
+     the median ratio is the figure (one pair swings by ± 20 % on a small
+     machine);
   3. preloads PRELOAD_ITEMS inline items (jobs of 10 000 items, the contract's
-     cap per job, all submitted at once): keys/s from first start to last finish;
+     cap per job) twice: queued while no worker runs, then drained by a
+     fresh worker (keys/s from first start to last finish: the write path,
+     not the pace of submissions), and submitted while the worker runs
+     (keys/s from the first submission to the last finish, the api's intake
+     included);
   4. seeds KEYS keys again and runs a sampled memory analysis over them.
 
 Rates come from the jobs' own startedAt/finishedAt. Environment: PARTS
@@ -28,6 +35,7 @@ processes sharing every core. Without it the shared local Redis is used.
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -104,35 +112,72 @@ def wait_job(base, key, url):
         time.sleep(0.05)
 
 
-def oha(url, tenant, seconds):
-    return subprocess.Popen(
-        ["oha", "--no-tui", "--output-format", "json", "--latency-correction",
-         "-q", str(RATE), "-z", f"{seconds}s", "-c", "50",
-         "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}", url],
-        stdout=subprocess.PIPE, text=True,
-    )
+class Load:
+    """Tenant B's GETs at RATE for `seconds`, every request kept (oha's sqlite
+    records) so that latency can be read over any window of the run."""
+
+    def __init__(self, url, tenant, seconds):
+        self.db = Path(tempfile.mkdtemp(prefix="bench-oha-")) / "requests.db"
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            ["oha", "--no-tui", "--output-format", "json", "--latency-correction",
+             "-q", str(RATE), "-z", f"{seconds}s", "-c", "50", "--db-url", str(self.db),
+             "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}", url],
+            stdout=subprocess.PIPE, text=True,
+        )
+
+    def result(self, since=None, until=None):
+        """p50/p99 (ms, from each request's scheduled start) of the requests
+        scheduled between the wall-clock times `since` and `until`."""
+        out, _ = self.proc.communicate()
+        codes = json.loads(out).get("statusCodeDistribution", {})
+        lo = -1e9 if since is None else since - self.started
+        hi = 1e9 if until is None else until - self.started
+        with sqlite3.connect(self.db) as db:
+            latencies = sorted(row[0] for row in db.execute(
+                "select end - coalesce(start_latency_correction, start) from oha "
+                "where coalesce(start_latency_correction, start) between ? and ?", (lo, hi)))
+        shutil.rmtree(self.db.parent)
+        if not latencies:
+            sys.exit("oha recorded no request in the window")
+
+        def pct(q):
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+        return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(latencies), "codes": codes}
 
 
-def oha_result(proc):
-    out, _ = proc.communicate()
-    data = json.loads(out)
-    pct = data["latencyPercentiles"]
-    return {"p50_ms": pct["p50"] * 1000, "p99_ms": pct["p99"] * 1000,
-            "codes": data.get("statusCodeDistribution", {})}
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def flush_under_load(base, admin, get_b):
-    """Tenant B's GET latency without, then during, a flush of tenant A; RUNS pairs."""
+def redis_pid():
+    info = run(["redis-cli", "-p", str(REDIS_PORT), "info", "server"])
+    return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("process_id:")))
+
+
+def flush_under_load(base, admin, get_b, pids):
+    """Tenant B's GET latency without, then during, a flush of tenant A; RUNS
+    pairs. `pids` names the processes whose CPU use is read over each flush."""
     rounds = []
     for round_no in range(1, RUNS + 1):
         log(f"round {round_no}/{RUNS}: baseline, tenant B GETs at {RATE}/s for {LOAD_SECONDS}s")
-        baseline = oha_result(oha(get_b, TENANT_B, LOAD_SECONDS))
+        baseline = Load(get_b, TENANT_B, LOAD_SECONDS).result()
         log(f"round {round_no}/{RUNS}: seeding {KEYS} keys into tenant A")
         seed(TENANT_A, KEYS)
         log(f"round {round_no}/{RUNS}: flushing tenant A while tenant B is under load")
-        load = oha(get_b, TENANT_B, LOAD_SECONDS)
+        load = Load(get_b, TENANT_B, LOAD_SECONDS)
         time.sleep(2)
-        rounds.append((flush(base, admin), baseline, oha_result(load)))
+        pids = dict(pids, load=load.proc.pid)
+        before, wall = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+        job = flush(base, admin)
+        wall = time.monotonic() - wall
+        cpu = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
+        during = load.result(timestamp(job["startedAt"]).timestamp(), timestamp(job["finishedAt"]).timestamp())
+        rounds.append((job, baseline, during, cpu))
     return rounds
 
 
@@ -156,19 +201,40 @@ def own_redis():
     sys.exit("the benchmark's redis-server did not start")
 
 
-def preload(base, admin):
-    """Inline preloads submitted at once: keys/s from first start to last finish."""
-    log(f"preloading {PRELOAD_ITEMS} inline items")
-    urls = []
+def preload(base, admin, workers):
+    """PRELOAD_ITEMS inline items in jobs of 10 000, twice: queued while no
+    worker runs, then drained by a fresh one (keys/s from the first job's
+    start to the last one's finish: the write path), and submitted while the
+    worker runs (keys/s from the first submission to the last finish: what a
+    caller sees, the api's intake included)."""
+    log(f"preloading {PRELOAD_ITEMS} inline items, queued before a worker starts")
+    workers.stop()
+    jobs, intake = submit_preloads(base, admin)
+    workers.start()
+    jobs = [wait_job(base, admin, u) for u in jobs]
+    first = min(timestamp(j["startedAt"]) for j in jobs)
+    last = max(timestamp(j["finishedAt"]) for j in jobs)
+    loaded = sum(j["result"]["loaded"] for j in jobs)
+    write_path = loaded / (last - first).total_seconds()
+    flush(base, admin)
+
+    log(f"preloading {PRELOAD_ITEMS} inline items, submitted while the worker runs")
+    submitted = datetime.now().astimezone()
+    jobs, _ = submit_preloads(base, admin)
+    jobs = [wait_job(base, admin, u) for u in jobs]
+    last = max(timestamp(j["finishedAt"]) for j in jobs)
+    end_to_end = sum(j["result"]["loaded"] for j in jobs) / (last - submitted).total_seconds()
+    flush(base, admin)
+    return write_path, end_to_end, loaded, len(jobs), intake
+
+
+def submit_preloads(base, admin):
+    """Submits the preload jobs; their status URLs and the seconds it took."""
+    urls, started = [], time.monotonic()
     for start in range(0, PRELOAD_ITEMS, 10_000):
         items = [{"key": f"pre:{i}", "value": {"i": i}} for i in range(start, min(start + 10_000, PRELOAD_ITEMS))]
         urls.append(request(base, "POST", "/api/v1/cache/preload", {"items": items}, bearer(admin))["statusUrl"])
-    preloads = [wait_job(base, admin, u) for u in urls]
-    first = min(timestamp(j["startedAt"]) for j in preloads)
-    last = max(timestamp(j["finishedAt"]) for j in preloads)
-    loaded = sum(j["result"]["loaded"] for j in preloads)
-    flush(base, admin)
-    return loaded / (last - first).total_seconds(), loaded, len(preloads)
+    return urls, time.monotonic() - started
 
 
 def analysis(base, admin_c):
@@ -187,6 +253,22 @@ def flush(base, key):
     return wait_job(base, key, accepted["statusUrl"])
 
 
+class Worker:
+    """The benchmark's cache-worker, stopped and started between parts."""
+
+    def __init__(self, binary, env):
+        self.binary, self.env, self.proc = binary, env, None
+
+    def start(self):
+        self.proc = subprocess.Popen([str(self.binary)], env=self.env, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
 def main():
     ensure_tools()
     if not shutil.which("redis-cli"):
@@ -201,13 +283,14 @@ def main():
                INTERNAL_SERVICE_TOKEN=TOKEN, QUEUE_PREFIX=f"bench-{STAMP}", RUST_LOG="warn",
                REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}")
     procs = [redis] if redis else []
+    workers = Worker(worker_bin, env)
     try:
         run([str(api_bin), "migrate"], env=env)
         admin = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_A, "--role", "admin", "--json"], env=env))["key"]
         admin_c = json.loads(run([str(api_bin), "keys", "create", "--tenant", TENANT_C, "--role", "admin", "--json"], env=env))["key"]
         api = subprocess.Popen([str(api_bin)], env=env, stderr=subprocess.DEVNULL)
         procs.insert(0, api)
-        procs.insert(0, subprocess.Popen([str(worker_bin)], env=env, stderr=subprocess.DEVNULL))
+        workers.start()
         base = f"http://127.0.0.1:{port}"
         wait_ready(api, base)
         request(base, "POST", "/internal/cache/set", {"key": "b", "value": "x" * 98, "ttl": 0},
@@ -216,13 +299,15 @@ def main():
 
         results = {}
         if "flush" in PARTS:
-            results["flush"] = flush_under_load(base, admin, get_b)
+            pids = {"api": api.pid, "worker": workers.proc.pid, "redis": redis_pid()}
+            results["flush"] = flush_under_load(base, admin, get_b, pids)
         if "preload" in PARTS:
-            results["preload"] = preload(base, admin)
+            results["preload"] = preload(base, admin, workers)
         if "analysis" in PARTS:
             results["analysis"] = analysis(base, admin_c)
     finally:
         # Worker and api first (they drain into Redis), the benchmark's own Redis last.
+        workers.stop()
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
@@ -235,19 +320,23 @@ def main():
     print("|---|---|---|")
     if "flush" in results:
         ratios, rates = [], []
-        for job, baseline, during in results["flush"]:
+        for job, baseline, during, cpu in results["flush"]:
             rate = job["result"]["deleted"] / job_seconds(job)
             ratio = during["p99_ms"] / baseline["p99_ms"]
             rates.append(rate)
             ratios.append(ratio)
+            cores = ", ".join(f"{name} {share:.0%}" for name, share in cpu.items())
             print(f"| flush, round {len(rates)} | {rate:,.0f} keys/s ({job['result']['deleted']} keys in "
                   f"{job_seconds(job):.2f} s); tenant B p99 {baseline['p99_ms']:.2f} ms without, "
-                  f"{during['p99_ms']:.2f} ms during (× {ratio:.2f}); answers {during['codes']} | |")
+                  f"{during['p99_ms']:.2f} ms during (× {ratio:.2f}, {during['requests']} requests); "
+                  f"CPU of a core meanwhile: {cores}; answers over the load {during['codes']} | |")
         print(f"| flush, median of {len(rates)} | {statistics.median(rates):,.0f} keys/s | ≥ 100 000 keys/s |")
         print(f"| tenant B p99 during / without flush, median of {len(ratios)} | × {statistics.median(ratios):.2f} | ≤ × 1.5 |")
     if "preload" in results:
-        rate, loaded, jobs = results["preload"]
-        print(f"| preload | {rate:,.0f} keys/s ({loaded} keys, {jobs} jobs) | ≥ 100 000 keys/s |")
+        write_path, end_to_end, loaded, jobs, intake = results["preload"]
+        print(f"| preload, jobs queued then run | {write_path:,.0f} keys/s ({loaded} keys, {jobs} jobs; "
+              f"the api took {intake:.2f} s to accept them) | ≥ 100 000 keys/s |")
+        print(f"| preload, first submission to last finish | {end_to_end:,.0f} keys/s | |")
     if "analysis" in results:
         job = results["analysis"]
         print(f"| memory analysis, sampled, of {KEYS} keys | {job_seconds(job):.2f} s "

@@ -135,6 +135,8 @@ pub struct JobView {
     pub status: String,
     pub progress: Progress,
     pub attempts: i32,
+    /// What the job was asked to do; inline preload items are counted
+    /// (`itemCount`), not repeated.
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
     #[schema(value_type = Option<Object>)]

@@ -148,11 +148,21 @@ impl JobSpec {
             .map_err(|e| Error::validation("params", format!("not a valid {job_type} job: {e}")))
     }
 
-    fn params_json(&self) -> Result<serde_json::Value, Error> {
-        let tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
+    /// The parameters as the job's record keeps them: as given, except that
+    /// inline preload items travel in the queue only and the record counts
+    /// them. A 10 000-item body would otherwise be parsed again by
+    /// PostgreSQL and echoed by every status poll of the job.
+    fn recorded_params(&self) -> Result<serde_json::Value, Error> {
+        if let JobSpec::Preload(PreloadParams {
+            items: Some(items), ..
+        }) = self
+        {
+            return Ok(serde_json::json!({ "itemCount": items.len() }));
+        }
+        let mut tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
         Ok(tagged
-            .get("params")
-            .cloned()
+            .get_mut("params")
+            .map(serde_json::Value::take)
             .unwrap_or_else(|| serde_json::json!({})))
     }
 }
@@ -256,7 +266,7 @@ impl JobQueue {
             id: id.clone(),
             job_type: submission.spec.job_type().as_str().to_owned(),
             tenant_id: submission.tenant.as_str().to_owned(),
-            params: submission.spec.params_json()?,
+            params: submission.spec.recorded_params()?,
             created_by: submission.created_by,
         };
         let (record, created) =

@@ -485,6 +485,8 @@ async fn a_preload_writes_its_items_and_refuses_bad_ones_up_front() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"], json!({"loaded": 2500, "skipped": 0}));
     assert_eq!(job["progress"], json!({"done": 2500, "total": 2500}));
+    // The record counts inline items; the items themselves travel in the queue.
+    assert_eq!(job["params"], json!({"itemCount": 2500}));
     let got: Value = app
         .public(Method::GET, "/api/v1/cache/keys/pre:2499", &admin)
         .send()
