@@ -5,26 +5,26 @@ latency other tenants see while a flush runs, all in one run.
 Builds the release api and worker, starts both against the local Redis and
 PostgreSQL, then:
 
-  1. GET latency of tenant B at a fixed rate (oha -q RATE, latency-corrected),
-     without any job running (the baseline);
-  2. seeds KEYS keys into tenant A and flushes them while the same load runs
-     against tenant B: flush keys/s, tenant B's p99 over the requests sent
-     while the flush ran (oha's per-request records, cut to the job's
-     startedAt..finishedAt) next to the baseline, and the CPU the api, the
-     worker and Redis used meanwhile; steps 1 and 2 alternate RUNS times and
-     the median ratio is the figure (one pair swings by ± 20 % on a small
-     machine);
-  3. preloads PRELOAD_ITEMS inline items (jobs of 10 000 items, the contract's
+  1. seeds KEYS keys into tenant A, runs GETs of tenant B at a fixed rate
+     (oha -q RATE, latency-corrected) for LOAD_SECONDS and flushes tenant A
+     from second FLUSH_AFTER: flush keys/s, and tenant B's p50 and p99 over
+     the requests scheduled while the flush ran (oha's per-request records,
+     cut to the job's startedAt..finishedAt) against those of the same run
+     before the flush, with the CPU the api, the worker, Redis and the load
+     generator used meanwhile; RUNS rounds, the median p99 ratio is the
+     figure (the p99 of separate runs drifts by ± 50 % on a small shared
+     machine, so both sides of a ratio come from one run);
+  2. preloads PRELOAD_ITEMS inline items (jobs of 10 000 items, the contract's
      cap per job) twice: queued while no worker runs, then drained by a
      fresh worker (keys/s from first start to last finish: the write path,
      not the pace of submissions), and submitted while the worker runs
      (keys/s from the first submission to the last finish, the api's intake
      included);
-  4. seeds KEYS keys again and runs a sampled memory analysis over them.
+  3. seeds KEYS keys again and runs a sampled memory analysis over them.
 
 Rates come from the jobs' own startedAt/finishedAt. Environment: PARTS
 (flush,preload,analysis), KEYS (1000000), PRELOAD_ITEMS (100000), RATE (2000),
-LOAD_SECONDS (20), RUNS (3).
+LOAD_SECONDS (25), FLUSH_AFTER (11), RUNS (5).
 
 REDIS_CORE=N runs the benchmark against a redis-server of its own pinned to
 CPU N, with everything else (api, worker, load generator) kept off that CPU:
@@ -51,9 +51,10 @@ from data_plane import ensure_tools, free_port, log, wait_ready  # noqa: E402  (
 KEYS = int(os.environ.get("KEYS", "1000000"))
 PRELOAD_ITEMS = int(os.environ.get("PRELOAD_ITEMS", "100000"))
 RATE = int(os.environ.get("RATE", "2000"))
-LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "20"))
+LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "25"))
+FLUSH_AFTER = int(os.environ.get("FLUSH_AFTER", "11"))
 PARTS = os.environ.get("PARTS", "flush,preload,analysis").split(",")
-RUNS = int(os.environ.get("RUNS", "3"))
+RUNS = int(os.environ.get("RUNS", "5"))
 REDIS_CORE = os.environ.get("REDIS_CORE")
 REDIS_PORT = 6379
 TOKEN = "bench-token"
@@ -126,25 +127,29 @@ class Load:
             stdout=subprocess.PIPE, text=True,
         )
 
-    def result(self, since=None, until=None):
-        """p50/p99 (ms, from each request's scheduled start) of the requests
-        scheduled between the wall-clock times `since` and `until`."""
+    def finish(self):
+        """Waits for the run; each request's (wall-clock scheduled start,
+        latency from it in ms), and the answers' status codes."""
         out, _ = self.proc.communicate()
         codes = json.loads(out).get("statusCodeDistribution", {})
-        lo = -1e9 if since is None else since - self.started
-        hi = 1e9 if until is None else until - self.started
         with sqlite3.connect(self.db) as db:
-            latencies = sorted(row[0] for row in db.execute(
-                "select end - coalesce(start_latency_correction, start) from oha "
-                "where coalesce(start_latency_correction, start) between ? and ?", (lo, hi)))
+            requests = [(self.started + at, latency * 1000) for at, latency in db.execute(
+                "select coalesce(start_latency_correction, start), "
+                "end - coalesce(start_latency_correction, start) from oha")]
         shutil.rmtree(self.db.parent)
-        if not latencies:
-            sys.exit("oha recorded no request in the window")
+        return requests, codes
 
-        def pct(q):
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
-        return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(latencies), "codes": codes}
+def percentiles(latencies):
+    """p50 and p99 (nearest rank) of latencies in ms, and how many there were."""
+    ordered = sorted(latencies)
+    if not ordered:
+        sys.exit("oha recorded no request in a window")
+
+    def pct(q):
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(ordered)}
 
 
 def cpu_seconds(pid):
@@ -160,24 +165,32 @@ def redis_pid():
 
 
 def flush_under_load(base, admin, get_b, pids):
-    """Tenant B's GET latency without, then during, a flush of tenant A; RUNS
-    pairs. `pids` names the processes whose CPU use is read over each flush."""
+    """RUNS rounds of one load run each on tenant B with a flush of tenant A
+    starting FLUSH_AFTER seconds in: tenant B's latency over the requests
+    scheduled while the flush ran against that of the same run before it
+    (its first second left out), so both sides of the ratio share the
+    machine's state of the moment. `pids` names the processes whose CPU use
+    is read over the flush."""
     rounds = []
     for round_no in range(1, RUNS + 1):
-        log(f"round {round_no}/{RUNS}: baseline, tenant B GETs at {RATE}/s for {LOAD_SECONDS}s")
-        baseline = Load(get_b, TENANT_B, LOAD_SECONDS).result()
         log(f"round {round_no}/{RUNS}: seeding {KEYS} keys into tenant A")
         seed(TENANT_A, KEYS)
-        log(f"round {round_no}/{RUNS}: flushing tenant A while tenant B is under load")
+        log(f"round {round_no}/{RUNS}: tenant B GETs at {RATE}/s for {LOAD_SECONDS}s, "
+            f"tenant A flushed from second {FLUSH_AFTER}")
         load = Load(get_b, TENANT_B, LOAD_SECONDS)
-        time.sleep(2)
+        time.sleep(FLUSH_AFTER)
         pids = dict(pids, load=load.proc.pid)
         before, wall = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
         job = flush(base, admin)
         wall = time.monotonic() - wall
         cpu = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
-        during = load.result(timestamp(job["startedAt"]).timestamp(), timestamp(job["finishedAt"]).timestamp())
-        rounds.append((job, baseline, during, cpu))
+        requests, codes = load.finish()
+        started, finished = (timestamp(job[k]).timestamp() for k in ("startedAt", "finishedAt"))
+        if finished > load.started + LOAD_SECONDS - 1:
+            sys.exit(f"the flush outlasted the load: raise LOAD_SECONDS above {LOAD_SECONDS}")
+        during = [ms for at, ms in requests if started <= at <= finished]
+        without = [ms for at, ms in requests if load.started + 1 <= at < started]
+        rounds.append((job, percentiles(without), percentiles(during), cpu, codes))
     return rounds
 
 
@@ -320,16 +333,17 @@ def main():
     print("|---|---|---|")
     if "flush" in results:
         ratios, rates = [], []
-        for job, baseline, during, cpu in results["flush"]:
+        for job, baseline, during, cpu, codes in results["flush"]:
             rate = job["result"]["deleted"] / job_seconds(job)
             ratio = during["p99_ms"] / baseline["p99_ms"]
             rates.append(rate)
             ratios.append(ratio)
             cores = ", ".join(f"{name} {share:.0%}" for name, share in cpu.items())
             print(f"| flush, round {len(rates)} | {rate:,.0f} keys/s ({job['result']['deleted']} keys in "
-                  f"{job_seconds(job):.2f} s); tenant B p99 {baseline['p99_ms']:.2f} ms without, "
-                  f"{during['p99_ms']:.2f} ms during (× {ratio:.2f}, {during['requests']} requests); "
-                  f"CPU of a core meanwhile: {cores}; answers over the load {during['codes']} | |")
+                  f"{job_seconds(job):.2f} s); tenant B before / during the flush: p50 "
+                  f"{baseline['p50_ms']:.2f} / {during['p50_ms']:.2f} ms, p99 {baseline['p99_ms']:.2f} / "
+                  f"{during['p99_ms']:.2f} ms (× {ratio:.2f}; {baseline['requests']} / {during['requests']} "
+                  f"requests); CPU of a core during it: {cores}; answers over the run {codes} | |")
         print(f"| flush, median of {len(rates)} | {statistics.median(rates):,.0f} keys/s | ≥ 100 000 keys/s |")
         print(f"| tenant B p99 during / without flush, median of {len(ratios)} | × {statistics.median(ratios):.2f} | ≤ × 1.5 |")
     if "preload" in results:
