@@ -222,9 +222,9 @@ def preload(base, admin, workers):
     caller sees, the api's intake included)."""
     log(f"preloading {PRELOAD_ITEMS} inline items, queued before a worker starts")
     workers.stop()
-    jobs, intake = submit_preloads(base, admin)
+    urls, intake = submit_preloads(base, admin)
     workers.start()
-    jobs = [wait_job(base, admin, u) for u in jobs]
+    jobs = [wait_job(base, admin, u) for u in urls]
     first = min(timestamp(j["startedAt"]) for j in jobs)
     last = max(timestamp(j["finishedAt"]) for j in jobs)
     loaded = sum(j["result"]["loaded"] for j in jobs)
@@ -233,8 +233,8 @@ def preload(base, admin, workers):
 
     log(f"preloading {PRELOAD_ITEMS} inline items, submitted while the worker runs")
     submitted = datetime.now().astimezone()
-    jobs, _ = submit_preloads(base, admin)
-    jobs = [wait_job(base, admin, u) for u in jobs]
+    urls, _ = submit_preloads(base, admin)
+    jobs = [wait_job(base, admin, u) for u in urls]
     last = max(timestamp(j["finishedAt"]) for j in jobs)
     end_to_end = sum(j["result"]["loaded"] for j in jobs) / (last - submitted).total_seconds()
     flush(base, admin)
