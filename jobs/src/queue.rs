@@ -181,6 +181,21 @@ pub struct Submission {
 /// back, so that it is settled (released or forgotten) before it could go out.
 const AUDIT_HOLD_MARGIN: Duration = Duration::from_secs(5);
 
+/// What one [`JobQueue::recover_lost`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Pushed onto their queue again from their records.
+    pub requeued: u64,
+    /// Ended `failed`: their records cannot rebuild them.
+    pub failed: u64,
+}
+
+/// Most jobs one recovery pass looks at (the oldest first).
+const RECOVERY_BATCH: i64 = 500;
+
+/// The error of a job that vanished from its queue and cannot be rebuilt.
+pub const LOST_FROM_QUEUE: &str = "lost from its queue (Redis lost its data) and not rebuildable from its record (inline preload items travel in the queue only): submit it again";
+
 /// Records and enqueues jobs.
 #[derive(Clone)]
 pub struct JobQueue {
@@ -268,6 +283,7 @@ impl JobQueue {
             tenant_id: submission.tenant.as_str().to_owned(),
             params: submission.spec.recorded_params()?,
             created_by: submission.created_by,
+            queue_prefix: self.settings.prefix.clone(),
         };
         let (record, created) =
             jobs::insert(&self.db, &new, submission.idempotency_key.as_deref()).await?;
@@ -299,7 +315,9 @@ impl JobQueue {
             }
             _ => None,
         };
-        let pushed = self.push(&id, &submission.tenant, submission.spec).await;
+        let pushed = self
+            .push(&id, submission.tenant.as_str(), submission.spec)
+            .await;
         if let Some(action) = action {
             let settled = match &pushed {
                 Ok(()) => admin_actions::release(&self.db, action).await,
@@ -364,6 +382,68 @@ impl JobQueue {
             });
         }
         Ok(depth)
+    }
+
+    /// Puts back on their queue the jobs whose queue entry is gone (Redis
+    /// restarted without persistence, or lost its data), rebuilt from their
+    /// records, which would otherwise say `queued` or `running` forever. A
+    /// queued job is checked once its record has not changed for
+    /// `queued_for`, a running one once it has not reported for
+    /// `running_idle` (choose it longer than the queue's own hand-over of a
+    /// dead worker's jobs). Inline preload items live only in the queue: such
+    /// a job ends `failed`, saying so. Safe from every worker at once: the
+    /// queue ignores a push of an id it holds, and failing is a
+    /// compare-and-set on the record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`], [`Error::StoreUnavailable`].
+    pub async fn recover_lost(
+        &self,
+        queued_for: Duration,
+        running_idle: Duration,
+    ) -> Result<Recovered, Error> {
+        use deadpool_redis::redis;
+
+        let mut recovered = Recovered::default();
+        let candidates = jobs::unsettled(
+            &self.db,
+            &self.settings.prefix,
+            queued_for,
+            running_idle,
+            RECOVERY_BATCH,
+        )
+        .await?;
+        if candidates.is_empty() {
+            return Ok(recovered);
+        }
+        let mut pipe = redis::pipe();
+        for (id, job_type) in &candidates {
+            pipe.hexists(self.settings.config(job_type).job_data_hash(), id);
+        }
+        let held: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+        for ((id, _), held) in candidates.iter().zip(held) {
+            if held {
+                continue;
+            }
+            let Some(record) = jobs::get(&self.db, id, None).await? else {
+                continue;
+            };
+            match JobSpec::from_parts(&record.job_type, &record.params.to_string()) {
+                Ok(spec) => {
+                    self.push(id, &record.tenant_id, spec).await?;
+                    tracing::warn!(job_id = %id, job_type = %record.job_type, "job missing from its queue; queued again from its record");
+                    recovered.requeued += 1;
+                }
+                Err(_) => {
+                    if jobs::fail_unfinished(&self.db, id, LOST_FROM_QUEUE).await? {
+                        tracing::warn!(job_id = %id, job_type = %record.job_type, "job missing from its queue and not rebuildable; failed");
+                        recovered.failed += 1;
+                    }
+                }
+            }
+        }
+        Ok(recovered)
     }
 
     /// Removes finished jobs' queue data older than `older_than` (PostgreSQL
@@ -454,9 +534,9 @@ impl JobQueue {
         Ok(removed as u64)
     }
 
-    async fn push(&self, id: &str, tenant: &TenantId, spec: JobSpec) -> Result<(), Error> {
+    async fn push(&self, id: &str, tenant: &str, spec: JobSpec) -> Result<(), Error> {
         let job_id = id.to_owned();
-        let tenant_id = tenant.as_str().to_owned();
+        let tenant_id = tenant.to_owned();
         match spec {
             JobSpec::Flush(params) => {
                 self.push_job(FlushJob {

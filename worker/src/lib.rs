@@ -1,8 +1,9 @@
 //! `cache-worker`: the process that runs the service's jobs. It registers one
 //! queue worker per job type (bounded concurrency, unique names, restarted
 //! when its backend fails), reports itself alive through heartbeats that
-//! `/health` reads, and on SIGTERM stops fetching, lets running jobs finish
-//! their batch and exits. It never serves requests.
+//! `/health` reads, sweeps finished jobs' queue data, puts back jobs that
+//! vanished from their queue, and on SIGTERM stops fetching, lets running
+//! jobs finish their batch and exits. It never serves requests.
 
 mod upkeep;
 
@@ -19,7 +20,7 @@ use cache_jobs::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
 };
-use cache_jobs::queue::{JobQueue, QueueSettings};
+use cache_jobs::queue::{JobQueue, QueueSettings, Recovered};
 use cache_jobs::runner::{self, Delivery, Job, Queued};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
@@ -274,6 +275,14 @@ pub async fn run(
         Duration::from_secs(settings.queue_keep_finished_seconds),
         heartbeat_stopped.clone(),
     ));
+    let recovery = tokio::spawn(recovery_loop(
+        job_queue.clone(),
+        queues
+            .heartbeat
+            .saturating_mul(u32::try_from(queues.missed_heartbeats).unwrap_or(u32::MAX))
+            + RECOVER_AFTER,
+        heartbeat_stopped.clone(),
+    ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
     let retention = tokio::spawn(upkeep::retention_loop(
         db.clone(),
@@ -305,6 +314,7 @@ pub async fn run(
     for (task, what) in [
         (heartbeat, "heartbeat"),
         (hygiene, "queue vacuum"),
+        (recovery, "lost-job recovery"),
         (scheduler, "scheduler"),
         (retention, "log retention"),
         (audit, "audit delivery"),
@@ -426,6 +436,35 @@ async fn vacuum_loop(
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "vacuumed finished jobs from the queues"),
                 Err(err) => tracing::warn!(%err, "queue vacuum failed; retrying next round"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How long a job's record may say `queued` unchanged (or `running` beyond
+/// the queue's own hand-over of a dead worker's jobs) before recovery checks
+/// that its queue still holds it.
+const RECOVER_AFTER: Duration = Duration::from_secs(60);
+
+/// How often recovery looks: a lost job is back within about a minute and a half.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Puts jobs that vanished from their queue (Redis restarted without its
+/// data) back from their records, every [`RECOVERY_INTERVAL`].
+async fn recovery_loop(
+    queue: JobQueue,
+    running_idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(RECOVERY_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => match queue.recover_lost(RECOVER_AFTER, running_idle).await {
+                Ok(done) if done == Recovered::default() => {}
+                Ok(done) => tracing::warn!(requeued = done.requeued, failed = done.failed, "jobs missing from their queues recovered"),
+                Err(err) => tracing::warn!(%err, "lost-job recovery failed; retrying next round"),
             },
             _ = stop.changed() => return,
         }

@@ -661,3 +661,81 @@ async fn an_operator_backs_up_to_a_file_and_restores_from_it() {
     std::fs::remove_file(&path).unwrap();
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
+    use cache_jobs::queue::Recovered;
+    use cache_shared::api_keys::Role;
+    use std::time::Duration;
+
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    seed(&app, 50).await;
+    // No worker yet: both jobs wait in their queues.
+    let flush_url = submit_flush(&app, &admin).await;
+    let accepted: Value = app
+        .public(Method::POST, "/api/v1/cache/preload", &admin)
+        .json(&json!({"items": [{"key": "inline", "value": 1}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let preload_url = accepted["statusUrl"].as_str().unwrap().to_owned();
+
+    // Redis loses the queues' data, as a restart without persistence would.
+    let mut raw = app.raw_redis().await;
+    let (mut cursor, mut queue_keys) = (0u64, Vec::<String>::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:*", app.queue_prefix))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        queue_keys.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert!(!queue_keys.is_empty(), "the jobs were queued");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&queue_keys)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let jobs = &app.state.jobs;
+    let recovered = jobs
+        .recover_lost(Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        recovered,
+        Recovered {
+            requeued: 1,
+            failed: 1
+        }
+    );
+    // The flush is back in its queue: another pass leaves everything alone.
+    let again = jobs
+        .recover_lost(Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(again, Recovered::default());
+
+    let lost = app.wait_public_job(&admin, &preload_url).await;
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(lost["error"], cache_jobs::queue::LOST_FROM_QUEUE);
+    let worker = app.spawn_worker();
+    let flushed = app.wait_public_job(&admin, &flush_url).await;
+    assert_eq!(flushed["status"], "succeeded", "{flushed}");
+    assert_eq!(flushed["result"], json!({"deleted": 50}));
+    assert_eq!(count_keys(&app).await, 0);
+    worker.stop().await;
+}

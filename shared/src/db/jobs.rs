@@ -81,6 +81,8 @@ pub struct NewJob {
     pub tenant_id: String,
     pub params: Json,
     pub created_by: Option<String>,
+    /// The queue prefix it is pushed under (see [`unsettled`]).
+    pub queue_prefix: String,
 }
 
 const COLUMNS: &str = "id, job_type, tenant_id, params, status, progress_done, progress_total, \
@@ -128,14 +130,15 @@ pub async fn insert(
         }
     }
     let job: JobRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into jobs (id, job_type, tenant_id, params, created_by) \
-         values ($1, $2, $3, $4, $5) returning {COLUMNS}"
+        "insert into jobs (id, job_type, tenant_id, params, created_by, queue_prefix) \
+         values ($1, $2, $3, $4, $5, $6) returning {COLUMNS}"
     )))
     .bind(&new.id)
     .bind(&new.job_type)
     .bind(&new.tenant_id)
     .bind(&new.params)
     .bind(&new.created_by)
+    .bind(&new.queue_prefix)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(key) = idempotency_key {
@@ -305,6 +308,59 @@ pub async fn finish(
     .execute(exec)
     .await?;
     Ok(())
+}
+
+/// Jobs pushed under `queue_prefix` whose record still says `queued` with no
+/// change for `queued_for`, or `running` with no report for `running_idle`,
+/// oldest first, at most `limit`, as (id, job type): the ones whose queue
+/// entries recovery checks.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn unsettled(
+    exec: impl PgExecutor<'_>,
+    queue_prefix: &str,
+    queued_for: std::time::Duration,
+    running_idle: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(String, String)>, Error> {
+    let rows = sqlx::query_as(
+        "select id, job_type from jobs \
+         where queue_prefix = $1 \
+           and ((status = 'queued' and updated_at < now() - make_interval(secs => $2)) \
+             or (status = 'running' and updated_at < now() - make_interval(secs => $3))) \
+         order by updated_at limit $4",
+    )
+    .bind(queue_prefix)
+    .bind(queued_for.as_secs_f64())
+    .bind(running_idle.as_secs_f64())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows)
+}
+
+/// Ends a job that has not finished as `failed` with `error`; whether it
+/// had not finished (a job that ended meanwhile keeps its own outcome).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn fail_unfinished(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    error: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "update jobs set status = 'failed', error = $2, finished_at = now(), updated_at = now() \
+         where id = $1 and status in ('queued', 'running')",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Cancels a job: a queued one at once, a running one at its next batch.
