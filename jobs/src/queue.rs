@@ -283,7 +283,6 @@ impl JobQueue {
             tenant_id: submission.tenant.as_str().to_owned(),
             params: submission.spec.recorded_params()?,
             created_by: submission.created_by,
-            queue_prefix: self.settings.prefix.clone(),
         };
         let (record, created) =
             jobs::insert(&self.db, &new, submission.idempotency_key.as_deref()).await?;
@@ -329,6 +328,9 @@ impl JobQueue {
         }
         if let Err(err) = pushed {
             return Err(self.abandon(&id, err).await);
+        }
+        if let Err(err) = jobs::mark_enqueued(&self.db, &id, &self.settings.prefix).await {
+            tracing::warn!(job_id = %id, %err, "job queued, but its record does not say so: recovery will not cover it if the queue loses it");
         }
         if let (Some(oplog), Some(target)) = (&self.oplog, flushed) {
             oplog.record(
@@ -384,16 +386,18 @@ impl JobQueue {
         Ok(depth)
     }
 
-    /// Puts back on their queue the jobs whose queue entry is gone (Redis
-    /// restarted without persistence, or lost its data), rebuilt from their
-    /// records, which would otherwise say `queued` or `running` forever. A
-    /// queued job is checked once its record has not changed for
-    /// `queued_for`, a running one once it has not reported for
-    /// `running_idle` (choose it longer than the queue's own hand-over of a
-    /// dead worker's jobs). Inline preload items live only in the queue: such
-    /// a job ends `failed`, saying so. Safe from every worker at once: the
-    /// queue ignores a push of an id it holds, and failing is a
-    /// compare-and-set on the record.
+    /// Puts back on their queue the jobs whose queued payload is gone (Redis
+    /// restarted without its data), rebuilt from their records, which would
+    /// otherwise say `queued` or `running` forever. Only jobs recorded as
+    /// queued under this prefix are looked at: a queued one once its record
+    /// has not changed for `queued_for`, a running one once it has not
+    /// reported for `running_idle` (choose it well beyond the queue's own
+    /// hand-over of a dead worker's jobs and the longest silence of a live
+    /// one), never one whose cancellation was asked. Lost means the queue's
+    /// payload hash no longer holds the id. Inline preload items travel in
+    /// the queue only: such a job ends `failed`, saying so. Safe from every
+    /// worker at once: each job is claimed by a compare-and-set on its
+    /// record, and the queue ignores a push of an id it holds.
     ///
     /// # Errors
     ///
@@ -406,44 +410,65 @@ impl JobQueue {
         use deadpool_redis::redis;
 
         let mut recovered = Recovered::default();
-        let candidates = jobs::unsettled(
-            &self.db,
-            &self.settings.prefix,
-            queued_for,
-            running_idle,
-            RECOVERY_BATCH,
-        )
-        .await?;
-        if candidates.is_empty() {
-            return Ok(recovered);
-        }
-        let mut pipe = redis::pipe();
-        for (id, job_type) in &candidates {
-            pipe.hexists(self.settings.config(job_type).job_data_hash(), id);
-        }
-        let held: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
-        for ((id, _), held) in candidates.iter().zip(held) {
-            if held {
-                continue;
-            }
-            let Some(record) = jobs::get(&self.db, id, None).await? else {
-                continue;
+        let mut after = String::new();
+        loop {
+            let batch = jobs::unsettled(
+                &self.db,
+                &self.settings.prefix,
+                queued_for,
+                running_idle,
+                &after,
+                RECOVERY_BATCH,
+            )
+            .await?;
+            let Some(last) = batch.last() else {
+                return Ok(recovered);
             };
-            match JobSpec::from_parts(&record.job_type, &record.params.to_string()) {
-                Ok(spec) => {
-                    self.push(id, &record.tenant_id, spec).await?;
-                    tracing::warn!(job_id = %id, job_type = %record.job_type, "job missing from its queue; queued again from its record");
-                    recovered.requeued += 1;
+            after.clone_from(&last.id);
+            let mut pipe = redis::pipe();
+            for job in &batch {
+                pipe.hexists(self.settings.config(&job.job_type).job_data_hash(), &job.id);
+            }
+            let held: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+            for (job, held) in batch.iter().zip(held) {
+                if !held {
+                    self.recover(job, &mut recovered).await?;
                 }
-                Err(_) => {
-                    if jobs::fail_unfinished(&self.db, id, LOST_FROM_QUEUE).await? {
-                        tracing::warn!(job_id = %id, job_type = %record.job_type, "job missing from its queue and not rebuildable; failed");
-                        recovered.failed += 1;
-                    }
+            }
+            if batch.len() < RECOVERY_BATCH as usize {
+                return Ok(recovered);
+            }
+        }
+    }
+
+    /// Pushes one lost job again from its record, or fails it when the
+    /// record cannot rebuild it; nothing when another worker claimed it first.
+    async fn recover(&self, job: &jobs::Unsettled, recovered: &mut Recovered) -> Result<(), Error> {
+        let Some(record) = jobs::claim_unsettled(&self.db, job).await? else {
+            return Ok(());
+        };
+        match JobSpec::from_parts(&record.job_type, &record.params.to_string()) {
+            Ok(spec) => {
+                self.push(&record.id, &record.tenant_id, spec).await?;
+                tracing::warn!(job_id = %record.id, job_type = %record.job_type, "job missing from its queue; queued again from its record");
+                recovered.requeued += 1;
+            }
+            Err(err) => {
+                let inline_preload = record.params.get("itemCount").is_some();
+                let reason = if inline_preload {
+                    LOST_FROM_QUEUE.to_owned()
+                } else {
+                    format!(
+                        "lost from its queue (Redis lost its data) and its record no longer describes a job: {err}"
+                    )
+                };
+                if jobs::fail_unfinished(&self.db, &record.id, &reason).await? {
+                    tracing::warn!(job_id = %record.id, job_type = %record.job_type, %reason, "job missing from its queue; failed");
+                    recovered.failed += 1;
                 }
             }
         }
-        Ok(recovered)
+        Ok(())
     }
 
     /// Removes finished jobs' queue data older than `older_than` (PostgreSQL

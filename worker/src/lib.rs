@@ -280,7 +280,7 @@ pub async fn run(
         queues
             .heartbeat
             .saturating_mul(u32::try_from(queues.missed_heartbeats).unwrap_or(u32::MAX))
-            + RECOVER_AFTER,
+            + RECOVER_RUNNING_AFTER,
         heartbeat_stopped.clone(),
     ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
@@ -442,10 +442,14 @@ async fn vacuum_loop(
     }
 }
 
-/// How long a job's record may say `queued` unchanged (or `running` beyond
-/// the queue's own hand-over of a dead worker's jobs) before recovery checks
+/// How long a job's record may say `queued` unchanged before recovery checks
 /// that its queue still holds it.
 const RECOVER_AFTER: Duration = Duration::from_secs(60);
+
+/// How long a running job may go without reporting, beyond the queue's own
+/// hand-over of a dead worker's jobs, before recovery checks its queue: far
+/// longer than any batch of a live job (each is bounded by its timeout).
+const RECOVER_RUNNING_AFTER: Duration = Duration::from_secs(300);
 
 /// How often recovery looks: a lost job is back within about a minute and a half.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);

@@ -256,3 +256,35 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
     assert_eq!(stopped.crashes, MAX_CRASHES);
     assert!(stopped.error.unwrap().contains("died"));
 }
+
+#[tokio::test]
+async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
+    let prefix = format!("crash-{}", ulid::Ulid::new());
+    let own = own_redis().await;
+    let mut settings = settings(&prefix, &own.url);
+    let (queue, db) = setup(&mut settings).await;
+    let record = queue
+        .submit(Submission {
+            tenant: TenantId::parse("crashy", "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams::default()),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    // Started, cancelled while running, then its worker died.
+    assert!(matches!(
+        jobs::start(&db, &record.id).await.unwrap(),
+        jobs::Start::Run { .. }
+    ));
+    jobs::cancel(&db, &record.id, None).await.unwrap();
+    assert_eq!(job(&db, &record.id).await.status, "running");
+    // The queue delivers it again: it is settled, not run.
+    assert!(matches!(
+        jobs::start(&db, &record.id).await.unwrap(),
+        jobs::Start::Skip
+    ));
+    let settled = job(&db, &record.id).await;
+    assert_eq!(settled.status, "cancelled");
+    assert!(settled.finished_at.is_some());
+}

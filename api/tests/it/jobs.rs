@@ -683,6 +683,18 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         .await
         .unwrap();
     let preload_url = accepted["statusUrl"].as_str().unwrap().to_owned();
+    // A record whose push never happened (the api answered an error): never
+    // started behind its caller's back.
+    let unpushed = cache_shared::db::jobs::NewJob {
+        id: ulid::Ulid::new().to_string(),
+        job_type: "flush".into(),
+        tenant_id: app.tenant.clone(),
+        params: json!({}),
+        created_by: None,
+    };
+    cache_shared::db::jobs::insert(&app.state.db, &unpushed, None)
+        .await
+        .unwrap();
 
     // Redis loses the queues' data, as a restart without persistence would.
     let mut raw = app.raw_redis().await;
@@ -738,4 +750,9 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
     assert_eq!(flushed["result"], json!({"deleted": 50}));
     assert_eq!(count_keys(&app).await, 0);
     worker.stop().await;
+    let untouched = cache_shared::db::jobs::get(&app.state.db, &unpushed.id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.status, "queued");
 }

@@ -81,8 +81,6 @@ pub struct NewJob {
     pub tenant_id: String,
     pub params: Json,
     pub created_by: Option<String>,
-    /// The queue prefix it is pushed under (see [`unsettled`]).
-    pub queue_prefix: String,
 }
 
 const COLUMNS: &str = "id, job_type, tenant_id, params, status, progress_done, progress_total, \
@@ -130,15 +128,14 @@ pub async fn insert(
         }
     }
     let job: JobRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into jobs (id, job_type, tenant_id, params, created_by, queue_prefix) \
-         values ($1, $2, $3, $4, $5, $6) returning {COLUMNS}"
+        "insert into jobs (id, job_type, tenant_id, params, created_by) \
+         values ($1, $2, $3, $4, $5) returning {COLUMNS}"
     )))
     .bind(&new.id)
     .bind(&new.job_type)
     .bind(&new.tenant_id)
     .bind(&new.params)
     .bind(&new.created_by)
-    .bind(&new.queue_prefix)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(key) = idempotency_key {
@@ -237,26 +234,31 @@ pub enum Start {
 }
 
 /// Marks a job running. A job found already `running` was started by a
-/// worker that died without finishing: that run counts as a crash.
+/// worker that died without finishing: that run counts as a crash (and if
+/// its cancellation was pending, it ends `cancelled` instead of running).
 ///
 /// # Errors
 ///
 /// [`Error::StoreUnavailable`].
 pub async fn start(exec: impl PgExecutor<'_>, id: &str) -> Result<Start, Error> {
-    let row: Option<(i32, i32)> = sqlx::query_as(
+    // A job delivered again after its worker died while a cancellation was
+    // pending ends `cancelled` here: nobody else would settle it.
+    let row: Option<(i32, i32, bool)> = sqlx::query_as(
         "update jobs set \
              crashes = crashes + case when status = 'running' then 1 else 0 end, \
-             status = 'running', attempts = attempts + 1, \
+             status = case when cancel_requested then 'cancelled' else 'running' end, \
+             attempts = attempts + case when cancel_requested then 0 else 1 end, \
+             finished_at = case when cancel_requested then now() else finished_at end, \
              started_at = coalesce(started_at, now()), updated_at = now() \
-         where id = $1 and status in ('queued', 'running') and not cancel_requested \
-         returning attempts, crashes",
+         where id = $1 and status in ('queued', 'running') \
+         returning attempts, crashes, cancel_requested",
     )
     .bind(id)
     .fetch_optional(exec)
     .await?;
     Ok(match row {
-        Some((attempt, crashes)) => Start::Run { attempt, crashes },
-        None => Start::Skip,
+        Some((attempt, crashes, false)) => Start::Run { attempt, crashes },
+        Some((_, _, true)) | None => Start::Skip,
     })
 }
 
@@ -310,10 +312,20 @@ pub async fn finish(
     Ok(())
 }
 
-/// Jobs pushed under `queue_prefix` whose record still says `queued` with no
-/// change for `queued_for`, or `running` with no report for `running_idle`,
-/// oldest first, at most `limit`, as (id, job type): the ones whose queue
-/// entries recovery checks.
+/// A job recovery looks at: its record says `queued` or `running`.
+#[derive(Debug, Clone, FromRow)]
+pub struct Unsettled {
+    pub id: String,
+    pub job_type: String,
+    /// What [`claim_unsettled`] compares, so that one worker takes the job.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Jobs on the queues under `queue_prefix` whose record still says `queued`
+/// with no change for `queued_for`, or `running` with no report for
+/// `running_idle`, and that nobody asked to cancel: the ones whose queue
+/// entries recovery checks. At most `limit`, in id order after `after`, so a
+/// pass can walk them all however long the backlog.
 ///
 /// # Errors
 ///
@@ -323,22 +335,69 @@ pub async fn unsettled(
     queue_prefix: &str,
     queued_for: std::time::Duration,
     running_idle: std::time::Duration,
+    after: &str,
     limit: i64,
-) -> Result<Vec<(String, String)>, Error> {
+) -> Result<Vec<Unsettled>, Error> {
     let rows = sqlx::query_as(
-        "select id, job_type from jobs \
-         where queue_prefix = $1 \
-           and ((status = 'queued' and updated_at < now() - make_interval(secs => $2)) \
-             or (status = 'running' and updated_at < now() - make_interval(secs => $3))) \
-         order by updated_at limit $4",
+        "select id, job_type, updated_at from jobs \
+         where queue_prefix = $1 and id > $2 and not cancel_requested \
+           and ((status = 'queued' and updated_at < now() - make_interval(secs => $3)) \
+             or (status = 'running' and updated_at < now() - make_interval(secs => $4))) \
+         order by id limit $5",
     )
     .bind(queue_prefix)
+    .bind(after)
     .bind(queued_for.as_secs_f64())
     .bind(running_idle.as_secs_f64())
     .bind(limit)
     .fetch_all(exec)
     .await?;
     Ok(rows)
+}
+
+/// Takes an unsettled job for recovery if its record is as `job` saw it
+/// (still unfinished, not cancelled, not changed since): of several workers
+/// recovering at once, one gets it. Touching the record also keeps the next
+/// passes off it for a while.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn claim_unsettled(
+    exec: impl PgExecutor<'_>,
+    job: &Unsettled,
+) -> Result<Option<JobRecord>, Error> {
+    let claimed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update jobs set updated_at = now() \
+         where id = $1 and updated_at = $2 and status in ('queued', 'running') \
+           and not cancel_requested \
+         returning {COLUMNS}"
+    )))
+    .bind(&job.id)
+    .bind(job.updated_at)
+    .fetch_optional(exec)
+    .await?;
+    Ok(claimed)
+}
+
+/// Records that a job is on its queue under `queue_prefix`: from then on
+/// recovery may push it again if the queue loses it (never before, so a job
+/// whose push failed is not started behind its caller's back).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn mark_enqueued(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    queue_prefix: &str,
+) -> Result<(), Error> {
+    sqlx::query("update jobs set queue_prefix = $2 where id = $1")
+        .bind(id)
+        .bind(queue_prefix)
+        .execute(exec)
+        .await?;
+    Ok(())
 }
 
 /// Ends a job that has not finished as `failed` with `error`; whether it
