@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, Monitor, PollSnapshot, PollStrategy, WorkerBuilder,
+    WorkerBuilderExt,
+};
 use cache_jobs::context::{JobContext, Pacing, PreloadSources};
 use cache_jobs::fetch::{AllowList, FetchLimits};
 use cache_jobs::internal::{InternalJob, LogPersistJob, StatsRollupJob};
@@ -162,6 +165,41 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often an idle queue worker looks for new jobs.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Wakes an idle queue worker every period to look for jobs. apalis's own
+/// interval strategy re-arms its timer after a tick without polling it, so
+/// a worker whose fetch right after a tick came back empty while its job
+/// slots were full was left with no timer: it slept until its next
+/// heartbeat and jobs queued meanwhile waited seconds. This one always
+/// leaves the next tick armed.
+struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    fn new(period: Duration) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(interval)
+    }
+}
+
+impl PollStrategy for Ticker {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut ticked = false;
+        // Polled until pending, so the waker is registered for the next tick.
+        while self.0.poll_tick(cx).is_ready() {
+            ticked = true;
+        }
+        if ticked {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
 
 /// Deadline of the queue's own Redis calls (fetching, acknowledging).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -366,7 +404,11 @@ impl Registrar<'_> {
         let prefix = format!("{}-{}", self.process_name, J::QUEUE);
         monitor.register(move |_restarts| {
             WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
-                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                .backend(
+                    storage
+                        .clone()
+                        .poll_with_strategy(Ticker::new(POLL_INTERVAL)),
+                )
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(handler.clone())
@@ -512,5 +554,38 @@ mod tests {
     fn restarts_back_off_up_to_thirty_seconds() {
         let delays: Vec<u64> = (0..8).map(|n| restart_backoff(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    /// Counts the wake-ups a strategy arranges.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn wakes_after_each_tick(mut strategy: impl PollStrategy) -> Vec<usize> {
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let snapshot = PollSnapshot::default();
+        let mut seen = Vec::new();
+        let _ = strategy.poll_drive(&mut cx, &snapshot);
+        for _ in 0..3 {
+            tokio::time::sleep(POLL_INTERVAL * 2).await;
+            seen.push(wakes.0.load(std::sync::atomic::Ordering::SeqCst));
+            // The worker, woken, drives the strategy once and then waits.
+            let _ = strategy.poll_drive(&mut cx, &snapshot);
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_worker_is_woken_at_every_tick() {
+        assert_eq!(
+            wakes_after_each_tick(Ticker::new(POLL_INTERVAL)).await,
+            [1, 2, 3]
+        );
     }
 }
