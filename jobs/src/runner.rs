@@ -91,12 +91,39 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
         tracing::error!(job_id = id, job_type = %J::TYPE, "{message}");
         (JobStatus::Failed, None, Some(message))
     } else {
-        run_with_retries(ctx, job).await
+        alive_while(&ctx.db, id, RECORD_BEAT, run_with_retries(ctx, job)).await
     };
     jobs::finish(&ctx.db, id, status, result.as_ref(), error.as_deref()).await?;
     ctx.metrics
         .finished(J::TYPE.as_str(), status.as_str(), started.elapsed());
     Ok(())
+}
+
+/// How often a running job's record is touched while it runs, whatever its
+/// batches do (a retry's backoff, a slow download): well inside the silence
+/// after which recovery looks for it in its queue.
+pub const RECORD_BEAT: Duration = Duration::from_secs(60);
+
+/// Runs `work`, touching job `id`'s record every `beat` meanwhile.
+pub async fn alive_while<T>(
+    db: &sqlx::PgPool,
+    id: &str,
+    beat: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => {
+                if let Err(err) = jobs::touch(db, id).await {
+                    tracing::warn!(job_id = id, %err, "could not touch a running job's record; retrying next beat");
+                }
+            }
+        }
+    }
 }
 
 /// Runs `job` under the retry policy; its final status, result and error.

@@ -489,9 +489,9 @@ async fn vacuum_loop(
 const RECOVER_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a running job may go without reporting, beyond the queue's own
-/// hand-over of a dead worker's jobs, before recovery checks its queue: far
-/// longer than any batch of a live job (each is bounded by its timeout).
-const RECOVER_RUNNING_AFTER: Duration = Duration::from_secs(300);
+/// hand-over of a dead worker's jobs, before recovery checks its queue: five
+/// times the beat at which a live job's record is touched.
+const RECOVER_RUNNING_AFTER: Duration = Duration::from_secs(runner::RECORD_BEAT.as_secs() * 5);
 
 /// How often recovery looks: a lost job is back within about a minute and a half.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);

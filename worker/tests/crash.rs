@@ -288,3 +288,40 @@ async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
     assert_eq!(settled.status, "cancelled");
     assert!(settled.finished_at.is_some());
 }
+
+#[tokio::test]
+async fn a_running_jobs_record_is_touched_while_its_work_goes_on() {
+    let prefix = format!("crash-{}", ulid::Ulid::new());
+    let own = own_redis().await;
+    let mut settings = settings(&prefix, &own.url);
+    let (queue, db) = setup(&mut settings).await;
+    let record = queue
+        .submit(Submission {
+            tenant: TenantId::parse("crashy", "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams::default()),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    jobs::start(&db, &record.id).await.unwrap();
+    let touched = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "select updated_at from jobs where id = $1",
+        )
+        .bind(&record.id)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    let before = touched().await;
+    // Work that reports nothing for six beats.
+    let beat = Duration::from_millis(50);
+    runner::alive_while(&db, &record.id, beat, tokio::time::sleep(beat * 6)).await;
+    let after = touched().await;
+    assert!(
+        after - before >= chrono::Duration::milliseconds(150),
+        "the record was last touched {} ms after the start",
+        (after - before).num_milliseconds()
+    );
+}

@@ -286,6 +286,20 @@ pub async fn progress(
     Ok(cancel.is_none_or(|(c,)| c))
 }
 
+/// Says a running job's worker is still at it, whatever its batches do, so
+/// that recovery never mistakes a live job for a lost one.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn touch(exec: impl PgExecutor<'_>, id: &str) -> Result<(), Error> {
+    sqlx::query("update jobs set updated_at = now() where id = $1 and status = 'running'")
+        .bind(id)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
 /// Records a job's final state.
 ///
 /// # Errors
