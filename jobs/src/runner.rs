@@ -91,7 +91,15 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
         tracing::error!(job_id = id, job_type = %J::TYPE, "{message}");
         (JobStatus::Failed, None, Some(message))
     } else {
-        alive_while(&ctx.db, id, RECORD_BEAT, run_with_retries(ctx, job)).await
+        // Boxed: a handler's future is large, and moved by value it would
+        // cost every caller's stack its size again.
+        alive_while(
+            &ctx.db,
+            id,
+            RECORD_BEAT,
+            Box::pin(run_with_retries(ctx, job)),
+        )
+        .await
     };
     jobs::finish(&ctx.db, id, status, result.as_ref(), error.as_deref()).await?;
     ctx.metrics
