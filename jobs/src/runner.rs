@@ -112,24 +112,32 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
 /// after which recovery looks for it in its queue.
 pub const RECORD_BEAT: Duration = Duration::from_secs(60);
 
-/// Runs `work`, touching job `id`'s record every `beat` meanwhile.
+/// Runs `work`, touching job `id`'s record every `beat` meanwhile (both
+/// polled together: a slow touch never holds the work up).
 pub async fn alive_while<T>(
     db: &sqlx::PgPool,
     id: &str,
     beat: Duration,
     work: impl Future<Output = T>,
 ) -> T {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut work = std::pin::pin!(work);
+    let mut touches = std::pin::pin!(touch_every(db, id, beat));
     loop {
         tokio::select! {
             done = &mut work => return done,
-            _ = ticks.tick() => {
-                if let Err(err) = jobs::touch(db, id).await {
-                    tracing::warn!(job_id = id, %err, "could not touch a running job's record; retrying next beat");
-                }
-            }
+            () = &mut touches => {}
+        }
+    }
+}
+
+/// Touches job `id`'s record every `beat`, forever.
+async fn touch_every(db: &sqlx::PgPool, id: &str, beat: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = jobs::touch(db, id).await {
+            tracing::warn!(job_id = id, %err, "could not touch a running job's record; retrying next beat");
         }
     }
 }
