@@ -121,6 +121,25 @@ async fn job(db: &sqlx::PgPool, id: &str) -> JobRecord {
     jobs::get(db, id, None).await.unwrap().unwrap()
 }
 
+/// A flush of tenant `crashy` queued on a Redis of the test's own (alive as
+/// long as the handle), with no worker: tests drive its record by hand.
+async fn queued_flush() -> (OwnRedis, sqlx::PgPool, JobRecord) {
+    let prefix = format!("crash-{}", ulid::Ulid::new());
+    let own = own_redis().await;
+    let mut settings = settings(&prefix, &own.url);
+    let (queue, db) = setup(&mut settings).await;
+    let record = queue
+        .submit(Submission {
+            tenant: TenantId::parse("crashy", "t").unwrap(),
+            spec: JobSpec::Flush(FlushParams::default()),
+            created_by: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    (own, db, record)
+}
+
 async fn wait_for(
     db: &sqlx::PgPool,
     id: &str,
@@ -259,19 +278,7 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
 
 #[tokio::test]
 async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
-    let prefix = format!("crash-{}", ulid::Ulid::new());
-    let own = own_redis().await;
-    let mut settings = settings(&prefix, &own.url);
-    let (queue, db) = setup(&mut settings).await;
-    let record = queue
-        .submit(Submission {
-            tenant: TenantId::parse("crashy", "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams::default()),
-            created_by: None,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap();
+    let (_redis, db, record) = queued_flush().await;
     // Started, cancelled while running, then its worker died.
     assert!(matches!(
         jobs::start(&db, &record.id).await.unwrap(),
@@ -291,19 +298,7 @@ async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
 
 #[tokio::test]
 async fn a_running_jobs_record_is_touched_while_its_work_goes_on() {
-    let prefix = format!("crash-{}", ulid::Ulid::new());
-    let own = own_redis().await;
-    let mut settings = settings(&prefix, &own.url);
-    let (queue, db) = setup(&mut settings).await;
-    let record = queue
-        .submit(Submission {
-            tenant: TenantId::parse("crashy", "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams::default()),
-            created_by: None,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap();
+    let (_redis, db, record) = queued_flush().await;
     jobs::start(&db, &record.id).await.unwrap();
     let touched = || async {
         sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(

@@ -415,22 +415,27 @@ async fn a_backup_restores_into_another_tenant_with_values_and_ttls() {
 
 /// Keys of the app's tenant, counted with a full SCAN.
 async fn count_keys(app: &TestApp) -> i64 {
+    scan(app, &format!("c:{{{}}}:*", app.tenant)).await.len() as i64
+}
+
+/// Every key matching `pattern`, by SCAN.
+async fn scan(app: &TestApp, pattern: &str) -> Vec<String> {
     let mut raw = app.raw_redis().await;
-    let (mut cursor, mut count) = (0u64, 0i64);
+    let (mut cursor, mut found) = (0u64, Vec::new());
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("c:{{{}}}:*", app.tenant))
+            .arg(pattern)
             .arg("COUNT")
             .arg(10_000)
             .query_async(&mut raw)
             .await
             .unwrap();
-        count += keys.len() as i64;
+        found.extend(keys);
         cursor = next;
         if cursor == 0 {
-            return count;
+            return found;
         }
     }
 }
@@ -697,25 +702,9 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         .unwrap();
 
     // Redis loses the queues' data, as a restart without persistence would.
-    let mut raw = app.raw_redis().await;
-    let (mut cursor, mut queue_keys) = (0u64, Vec::<String>::new());
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}:*", app.queue_prefix))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        queue_keys.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let queue_keys = scan(&app, &format!("{}:*", app.queue_prefix)).await;
     assert!(!queue_keys.is_empty(), "the jobs were queued");
+    let mut raw = app.raw_redis().await;
     let _: i64 = redis::cmd("DEL")
         .arg(&queue_keys)
         .query_async(&mut raw)
