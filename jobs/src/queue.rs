@@ -57,6 +57,12 @@ impl QueueSettings {
         RedisStorage::new(conn).with_config(self.config(J::QUEUE))
     }
 
+    /// How long a dead worker's jobs wait before the queue hands them to
+    /// another (apalis's own reckoning of an orphaned worker).
+    pub fn hand_over(&self) -> Duration {
+        self.config("").orphaned_duration()
+    }
+
     fn config(&self, queue: &str) -> Config {
         Config::default()
             .queue(crate::queue_name(&self.prefix, queue))
@@ -157,7 +163,7 @@ impl JobSpec {
             items: Some(items), ..
         }) = self
         {
-            return Ok(serde_json::json!({ "itemCount": items.len() }));
+            return Ok(serde_json::json!({ ITEM_COUNT: items.len() }));
         }
         let mut tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
         Ok(tagged
@@ -190,7 +196,10 @@ pub struct Recovered {
     pub failed: u64,
 }
 
-/// Most jobs one recovery pass looks at (the oldest first).
+/// The field a job record counts inline preload items in, in place of them.
+const ITEM_COUNT: &str = "itemCount";
+
+/// Jobs one recovery query reads (a pass walks them all, in id order).
 const RECOVERY_BATCH: i64 = 500;
 
 /// The error of a job that vanished from its queue and cannot be rebuilt.
@@ -454,7 +463,7 @@ impl JobQueue {
                 recovered.requeued += 1;
             }
             Err(err) => {
-                let inline_preload = record.params.get("itemCount").is_some();
+                let inline_preload = record.params.get(ITEM_COUNT).is_some();
                 let reason = if inline_preload {
                     LOST_FROM_QUEUE.to_owned()
                 } else {

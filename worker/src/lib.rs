@@ -315,10 +315,7 @@ pub async fn run(
     ));
     let recovery = tokio::spawn(recovery_loop(
         job_queue.clone(),
-        queues
-            .heartbeat
-            .saturating_mul(u32::try_from(queues.missed_heartbeats).unwrap_or(u32::MAX))
-            + RECOVER_RUNNING_AFTER,
+        queues.hand_over() + RECOVER_RUNNING_AFTER,
         heartbeat_stopped.clone(),
     ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));

@@ -123,7 +123,7 @@ async fn job(db: &sqlx::PgPool, id: &str) -> JobRecord {
 
 /// A flush of tenant `crashy` queued on a Redis of the test's own (alive as
 /// long as the handle), with no worker: tests drive its record by hand.
-async fn queued_flush() -> (OwnRedis, sqlx::PgPool, JobRecord) {
+async fn queued_flush(params: FlushParams) -> (OwnRedis, WorkerSettings, sqlx::PgPool, JobRecord) {
     let prefix = format!("crash-{}", ulid::Ulid::new());
     let own = own_redis().await;
     let mut settings = settings(&prefix, &own.url);
@@ -131,13 +131,13 @@ async fn queued_flush() -> (OwnRedis, sqlx::PgPool, JobRecord) {
     let record = queue
         .submit(Submission {
             tenant: TenantId::parse("crashy", "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams::default()),
+            spec: JobSpec::Flush(params),
             created_by: None,
             idempotency_key: None,
         })
         .await
         .unwrap();
-    (own, db, record)
+    (own, settings, db, record)
 }
 
 async fn wait_for(
@@ -223,22 +223,11 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
 
 #[tokio::test]
 async fn a_job_that_keeps_killing_its_worker_is_stopped() {
-    let prefix = format!("crash-{}", ulid::Ulid::new());
-    let own = own_redis().await;
-    let mut settings = settings(&prefix, &own.url);
-    let (queue, db) = setup(&mut settings).await;
-    let record = queue
-        .submit(Submission {
-            tenant: TenantId::parse("crashy", "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams {
-                namespace: Some(format!("none-such-{}", ulid::Ulid::new())),
-                ..FlushParams::default()
-            }),
-            created_by: None,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap();
+    let (_redis, settings, db, record) = queued_flush(FlushParams {
+        namespace: Some(format!("none-such-{}", ulid::Ulid::new())),
+        ..FlushParams::default()
+    })
+    .await;
     // Deliveries that each died mid-run: the record stays `running`.
     for _ in 0..MAX_CRASHES {
         assert!(matches!(
@@ -278,7 +267,7 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
 
 #[tokio::test]
 async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
-    let (_redis, db, record) = queued_flush().await;
+    let (_redis, _, db, record) = queued_flush(FlushParams::default()).await;
     // Started, cancelled while running, then its worker died.
     assert!(matches!(
         jobs::start(&db, &record.id).await.unwrap(),
@@ -298,7 +287,7 @@ async fn a_job_whose_worker_died_with_a_cancellation_pending_ends_cancelled() {
 
 #[tokio::test]
 async fn a_running_jobs_record_is_touched_while_its_work_goes_on() {
-    let (_redis, db, record) = queued_flush().await;
+    let (_redis, _, db, record) = queued_flush(FlushParams::default()).await;
     jobs::start(&db, &record.id).await.unwrap();
     let touched = || async {
         sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
