@@ -422,35 +422,44 @@ async fn handle<J: Job>(job: J, ctx: Data<JobContext>) -> Result<(), BoxDynError
     }
 }
 
-async fn heartbeat_loop(
-    redis: RedisStore,
-    name: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                if let Err(err) = health::heartbeat(&redis, &name).await {
-                    tracing::warn!(%err, "heartbeat failed; retrying next tick");
-                }
-            }
-            _ = stop.changed() => return,
+async fn heartbeat_loop(redis: RedisStore, name: String, stop: tokio::sync::watch::Receiver<bool>) {
+    let (redis, name) = (&redis, &name);
+    every(HEARTBEAT_INTERVAL, stop, move || async move {
+        if let Err(err) = health::heartbeat(redis, name).await {
+            tracing::warn!(%err, "heartbeat failed; retrying next tick");
         }
-    }
+    })
+    .await;
 }
 
 /// Fires due cron ticks every second (each tick once, whatever the number of workers).
-async fn schedule_loop(queue: JobQueue, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+async fn schedule_loop(queue: JobQueue, stop: tokio::sync::watch::Receiver<bool>) {
+    let queue = &queue;
+    every(Duration::from_secs(1), stop, move || async move {
+        match cache_jobs::schedule::fire_due(queue).await {
+            Ok(0) => {}
+            Ok(fired) => tracing::info!(fired, "scheduled jobs started"),
+            Err(err) => tracing::warn!(%err, "schedules not checked; retrying next second"),
+        }
+    })
+    .await;
+}
+
+/// Runs `round` at once and then every `period` (a late round is not made
+/// up for) until `stop` changes; a round under way finishes first.
+pub(crate) async fn every<F, Fut>(
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = ticker.tick() => match cache_jobs::schedule::fire_due(&queue).await {
-                Ok(0) => {}
-                Ok(fired) => tracing::info!(fired, "scheduled jobs started"),
-                Err(err) => tracing::warn!(%err, "schedules not checked; retrying next second"),
-            },
+            _ = ticker.tick() => round().await,
             _ = stop.changed() => return,
         }
     }
@@ -466,19 +475,17 @@ async fn vacuum_loop(
     queue: JobQueue,
     interval: Duration,
     keep: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => match queue.vacuum(keep).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "vacuumed finished jobs from the queues"),
-                Err(err) => tracing::warn!(%err, "queue vacuum failed; retrying next round"),
-            },
-            _ = stop.changed() => return,
+    let queue = &queue;
+    every(interval, stop, move || async move {
+        match queue.vacuum(keep).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "vacuumed finished jobs from the queues"),
+            Err(err) => tracing::warn!(%err, "queue vacuum failed; retrying next round"),
         }
-    }
+    })
+    .await;
 }
 
 /// How long a job's record may say `queued` unchanged before recovery checks
@@ -498,20 +505,21 @@ const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
 async fn recovery_loop(
     queue: JobQueue,
     running_idle: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(RECOVERY_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => match queue.recover_lost(RECOVER_AFTER, running_idle).await {
-                Ok(done) if done == Recovered::default() => {}
-                Ok(done) => tracing::warn!(requeued = done.requeued, failed = done.failed, "jobs missing from their queues recovered"),
-                Err(err) => tracing::warn!(%err, "lost-job recovery failed; retrying next round"),
-            },
-            _ = stop.changed() => return,
+    let queue = &queue;
+    every(RECOVERY_INTERVAL, stop, move || async move {
+        match queue.recover_lost(RECOVER_AFTER, running_idle).await {
+            Ok(done) if done == Recovered::default() => {}
+            Ok(done) => tracing::warn!(
+                requeued = done.requeued,
+                failed = done.failed,
+                "jobs missing from their queues recovered"
+            ),
+            Err(err) => tracing::warn!(%err, "lost-job recovery failed; retrying next round"),
         }
-    }
+    })
+    .await;
 }
 
 /// A name unique to this process: a restarted worker must never collide with

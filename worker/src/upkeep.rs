@@ -54,21 +54,21 @@ const RETENTION_CHUNK: i64 = 10_000;
 
 /// Deletes operation log records older than `days` at start and then daily.
 /// Every worker may run it: deleting what is already gone is harmless.
-pub(crate) async fn retention_loop(db: PgPool, days: u32, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(RETENTION_EVERY);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
-                match cache_shared::db::oplog::purge_before(&db, cutoff, RETENTION_CHUNK).await {
-                    Ok(0) => {}
-                    Ok(deleted) => tracing::info!(deleted, days, "operation log records past retention deleted"),
-                    Err(err) => tracing::warn!(%err, "log retention sweep failed; retrying tomorrow"),
-                }
-            }
-            _ = stop.changed() => return,
+pub(crate) async fn retention_loop(db: PgPool, days: u32, stop: watch::Receiver<bool>) {
+    let db = &db;
+    crate::every(RETENTION_EVERY, stop, move || async move {
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        match cache_shared::db::oplog::purge_before(db, cutoff, RETENTION_CHUNK).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(
+                deleted,
+                days,
+                "operation log records past retention deleted"
+            ),
+            Err(err) => tracing::warn!(%err, "log retention sweep failed; retrying tomorrow"),
         }
-    }
+    })
+    .await;
 }
 
 /// Audit events claimed per round.
