@@ -40,6 +40,18 @@ pub struct Caller {
     pub tenant: TenantId,
 }
 
+impl Caller {
+    /// This caller as the job policy sees it.
+    pub fn requester(&self) -> cache_jobs::policy::Requester {
+        cache_jobs::policy::Requester {
+            plane: cache_jobs::policy::Plane::Public,
+            tenant: self.tenant.clone(),
+            role: self.role,
+            label: self.key_id.clone(),
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 

@@ -127,6 +127,9 @@ impl ApiError {
                     Error::Conflict(message) => {
                         Reply::new(StatusCode::CONFLICT, error.code(), message.clone())
                     }
+                    Error::Forbidden(message) => {
+                        Reply::new(StatusCode::FORBIDDEN, error.code(), message.clone())
+                    }
                     Error::PayloadTooLarge { message, limit } => Reply {
                         limit: Some(*limit),
                         ..Reply::new(StatusCode::PAYLOAD_TOO_LARGE, error.code(), message.clone())

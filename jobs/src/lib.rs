@@ -15,6 +15,7 @@ pub mod internal;
 pub mod memory_analysis;
 pub mod outbound;
 pub mod payloads;
+pub mod policy;
 pub mod preload;
 pub mod progress;
 pub mod queue;

@@ -11,7 +11,6 @@ use apalis_redis::{Config, RedisStorage};
 use cache_shared::Error;
 use cache_shared::db::admin_actions;
 use cache_shared::db::jobs::{self, JobRecord, NewJob};
-use cache_shared::keys::TenantId;
 use cache_shared::oplog::{OpLog, Outcome};
 use cache_shared::sessions::Owner;
 use deadpool_redis::redis::aio::ConnectionManager;
@@ -28,6 +27,7 @@ use crate::payloads::{
     BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
     SessionCleanupJob,
 };
+use crate::policy::Authorized;
 use crate::preload::PreloadParams;
 use crate::runner::Queued;
 
@@ -173,16 +173,6 @@ impl JobSpec {
     }
 }
 
-/// A request to start a job.
-#[derive(Debug, Clone)]
-pub struct Submission {
-    pub tenant: TenantId,
-    pub spec: JobSpec,
-    /// Who asked (an API key id or a service), for the record.
-    pub created_by: Option<String>,
-    pub idempotency_key: Option<String>,
-}
-
 /// How much longer than a push an audit event of a job being queued is held
 /// back, so that it is settled (released or forgotten) before it could go out.
 const AUDIT_HOLD_MARGIN: Duration = Duration::from_secs(5);
@@ -258,12 +248,12 @@ impl JobQueue {
         self
     }
 
-    /// Checks a job's parameters as [`JobQueue::submit`] would.
+    /// Checks a job's parameters, as [`JobQueue::authorize`] does first.
     ///
     /// # Errors
     ///
     /// As [`JobSpec::validate`].
-    pub fn validate(&self, spec: &JobSpec) -> Result<(), Error> {
+    pub(crate) fn validate(&self, spec: &JobSpec) -> Result<(), Error> {
         spec.validate(self.max_value_bytes, &self.allow)
     }
 
@@ -275,43 +265,46 @@ impl JobQueue {
         &self.settings
     }
 
-    /// Validates, records and enqueues a job; a repeated idempotency key
-    /// within 24 hours answers with the job it first created.
+    /// Records and enqueues a job the policy let through
+    /// ([`JobQueue::authorize`]); a repeated idempotency key within 24 hours
+    /// answers with the job it first created.
     ///
     /// # Errors
     ///
-    /// [`Error::Validation`] for bad parameters (nothing recorded),
     /// [`Error::StoreUnavailable`] or [`Error::CacheUnavailable`] when a
     /// dependency is down (nothing left behind).
-    pub async fn submit(&self, submission: Submission) -> Result<JobRecord, Error> {
-        self.validate(&submission.spec)?;
+    pub async fn submit(
+        &self,
+        job: Authorized,
+        idempotency_key: Option<&str>,
+    ) -> Result<JobRecord, Error> {
+        let (tenant, spec, created_by) = job.into_parts();
         let id = ulid::Ulid::new().to_string();
         let new = NewJob {
             id: id.clone(),
-            job_type: submission.spec.job_type().as_str().to_owned(),
-            tenant_id: submission.tenant.as_str().to_owned(),
-            params: submission.spec.recorded_params()?,
-            created_by: submission.created_by,
+            job_type: spec.job_type().as_str().to_owned(),
+            tenant_id: tenant.as_str().to_owned(),
+            params: spec.recorded_params()?,
+            created_by: Some(created_by),
         };
-        let (record, created) =
-            jobs::insert(&self.db, &new, submission.idempotency_key.as_deref()).await?;
+        let (record, created) = jobs::insert(&self.db, &new, idempotency_key).await?;
         if !created {
             return Ok(record);
         }
-        let flushed = match &submission.spec {
+        let flushed = match &spec {
             JobSpec::Flush(params) => Some(params.describe()),
             _ => None,
         };
         // Flushes and restores are audited; the event is held until the push
         // settles, so a job that never reaches the queue never reaches the
         // audit service either.
-        let action = match submission.spec.job_type() {
+        let action = match spec.job_type() {
             JobType::Flush | JobType::Restore => {
                 let recorded = admin_actions::record_held(
                     &self.db,
                     record.created_by.as_deref().unwrap_or("internal"),
-                    submission.tenant.as_str(),
-                    submission.spec.job_type().as_str(),
+                    tenant.as_str(),
+                    spec.job_type().as_str(),
                     &serde_json::json!({ "jobId": id, "params": new.params }),
                     self.push_timeout + AUDIT_HOLD_MARGIN,
                 )
@@ -323,9 +316,7 @@ impl JobQueue {
             }
             _ => None,
         };
-        let pushed = self
-            .push(&id, submission.tenant.as_str(), submission.spec)
-            .await;
+        let pushed = self.push(&id, tenant.as_str(), spec).await;
         if let Some(action) = action {
             let settled = match &pushed {
                 Ok(()) => admin_actions::release(&self.db, action).await,
@@ -343,7 +334,7 @@ impl JobQueue {
         }
         if let (Some(oplog), Some(target)) = (&self.oplog, flushed) {
             oplog.record(
-                submission.tenant.as_str(),
+                tenant.as_str(),
                 "flush",
                 Some(&target),
                 Outcome::Ok,

@@ -1,22 +1,33 @@
 //! Cron schedules of jobs: parsing (5-field or seconds-first 6-field cron, an
-//! IANA timezone) and firing due ticks. A tick is claimed in PostgreSQL with a
-//! compare-and-set before its job is submitted, so with any number of workers
-//! each tick fires exactly once.
+//! IANA timezone) and firing due ticks. A schedule fires as the API key that
+//! last defined it: every tick goes through the job policy again with that
+//! key's rights, and a schedule whose key is revoked or expired, or whose
+//! job is no longer allowed, is disabled with the reason. A tick is claimed
+//! in PostgreSQL with a compare-and-set before its job is submitted, so with
+//! any number of workers each tick fires exactly once.
 
 use std::str::FromStr;
 
 use cache_shared::Error;
-use cache_shared::db::schedules;
+use cache_shared::api_keys::Role;
+use cache_shared::db::{api_keys, schedules};
 use cache_shared::keys::TenantId;
 use chrono::{DateTime, Utc};
 
-use crate::queue::{JobQueue, JobSpec, Submission};
+use crate::policy::{Authorized, Plane, Requester};
+use crate::queue::{JobQueue, JobSpec};
+
+/// Longest cron expression or timezone name accepted.
+const MAX_FIELD_BYTES: usize = 255;
 
 /// A parsed cron expression in its timezone.
 #[derive(Debug, Clone)]
 pub struct CronSpec {
     schedule: cron::Schedule,
     timezone: chrono_tz::Tz,
+    /// Whether the seconds field names more than one second, so ticks can
+    /// come more often than once a minute.
+    sub_minute: bool,
 }
 
 impl CronSpec {
@@ -27,8 +38,15 @@ impl CronSpec {
     ///
     /// [`Error::Validation`] naming `cron` or `timezone`.
     pub fn parse(expression: &str, timezone: &str) -> Result<Self, Error> {
-        let fields = expression.split_whitespace().count();
-        let expression = match fields {
+        printable(expression, "cron")?;
+        printable(timezone, "timezone")?;
+        let fields: Vec<&str> = expression.split_whitespace().collect();
+        let one_second = fields
+            .first()
+            .and_then(|s| s.parse::<u8>().ok())
+            .is_some_and(|s| s < 60);
+        let sub_minute = fields.len() > 5 && !one_second;
+        let expression = match fields.len() {
             5 => format!("0 {expression}"),
             6 | 7 => expression.to_owned(),
             _ => {
@@ -46,7 +64,26 @@ impl CronSpec {
                 "timezone must be an IANA name such as UTC or Europe/Paris",
             )
         })?;
-        Ok(Self { schedule, timezone })
+        Ok(Self {
+            schedule,
+            timezone,
+            sub_minute,
+        })
+    }
+
+    /// Schedules defined by a non-operator fire at most once a minute.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming `cron` when this one would fire more often.
+    pub fn check_rate(&self, role: Role) -> Result<(), Error> {
+        if self.sub_minute && role != Role::Operator {
+            return Err(Error::validation(
+                "cron",
+                "a schedule fires at most once a minute: its seconds field must be one second (0-59)",
+            ));
+        }
+        Ok(())
     }
 
     /// The first tick strictly after `after`.
@@ -56,6 +93,33 @@ impl CronSpec {
             .next()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// A text field of a schedule: at most 255 bytes, no control characters
+/// (PostgreSQL text cannot hold NUL).
+fn printable(text: &str, field: &'static str) -> Result<(), Error> {
+    if text.len() > MAX_FIELD_BYTES {
+        return Err(Error::validation(
+            field,
+            format!("{field} must be at most {MAX_FIELD_BYTES} bytes"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::validation(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A schedule's name: optional, printable, at most 255 bytes.
+///
+/// # Errors
+///
+/// [`Error::Validation`] naming `name`.
+pub fn check_name(name: Option<&str>) -> Result<(), Error> {
+    name.map_or(Ok(()), |n| printable(n, "name"))
 }
 
 /// The job a schedule starts, from its stored type and parameters.
@@ -78,15 +142,17 @@ pub async fn fire_due(queue: &JobQueue) -> Result<usize, Error> {
         let Some(due) = schedule.next_run_at else {
             continue;
         };
-        let parsed = CronSpec::parse(&schedule.cron, &schedule.timezone)
-            .and_then(|cron| Ok((cron, job_spec(&schedule.job_type, &schedule.params)?)))
-            .and_then(|(cron, spec)| Ok((cron, spec, TenantId::from_record(&schedule.tenant_id)?)));
-        let (cron, spec, tenant) = match parsed {
-            Ok(parsed) => parsed,
+        let (cron, job) = match as_creator(queue, &schedule, due).await {
+            Ok(allowed) => allowed,
+            Err(err @ (Error::StoreUnavailable(_) | Error::CacheUnavailable(_))) => {
+                // The tick stays due: the next round asks again.
+                tracing::warn!(schedule = %schedule.id, %err, "schedule not checked; retrying next round");
+                continue;
+            }
             Err(err) => {
-                // Validated on the way in; a schedule broken since is parked.
-                tracing::error!(schedule = %schedule.id, %err, "schedule no longer valid; disabling it");
-                schedules::claim(queue.db(), &schedule.id, due, None).await?;
+                let reason = format!("disabled at {}: {err}", due.to_rfc3339());
+                tracing::warn!(schedule = %schedule.id, %reason, "schedule may no longer fire");
+                schedules::disable(queue.db(), &schedule.id, &reason).await?;
                 continue;
             }
         };
@@ -95,16 +161,7 @@ pub async fn fire_due(queue: &JobQueue) -> Result<usize, Error> {
         if !schedules::claim(queue.db(), &schedule.id, due, next).await? {
             continue; // another worker took this tick
         }
-        match queue
-            .submit(Submission {
-                tenant,
-                spec,
-                // The tick in the record: a tick fired twice would show twice.
-                created_by: Some(format!("schedule:{}@{}", schedule.id, due.to_rfc3339())),
-                idempotency_key: None,
-            })
-            .await
-        {
+        match queue.submit(job, None).await {
             Ok(job) => {
                 schedules::record_job(queue.db(), &schedule.id, &job.id).await?;
                 fired += 1;
@@ -115,6 +172,51 @@ pub async fn fire_due(queue: &JobQueue) -> Result<usize, Error> {
         }
     }
     Ok(fired)
+}
+
+/// The job of one tick, authorized as the schedule's creator would be now.
+///
+/// # Errors
+///
+/// [`Error::Forbidden`] when the creator's key is unusable or may no longer
+/// start this job, [`Error::Validation`] for a schedule broken since it was
+/// stored, [`Error::StoreUnavailable`].
+async fn as_creator(
+    queue: &JobQueue,
+    schedule: &schedules::ScheduleRecord,
+    due: DateTime<Utc>,
+) -> Result<(CronSpec, Authorized), Error> {
+    let cron = CronSpec::parse(&schedule.cron, &schedule.timezone)?;
+    let spec = job_spec(&schedule.job_type, &schedule.params)?;
+    let tenant = TenantId::from_record(&schedule.tenant_id)?;
+    let key_id = schedule
+        .created_by
+        .as_deref()
+        .ok_or_else(|| Error::Forbidden("the schedule has no creator key".into()))?;
+    let key = api_keys::find_by_id(queue.db(), key_id)
+        .await?
+        .filter(|key| key.is_usable(Utc::now()))
+        .ok_or_else(|| {
+            Error::Forbidden(format!(
+                "its creator key {key_id} is revoked, expired or gone"
+            ))
+        })?;
+    let role = key.role();
+    if role != Role::Operator && key.tenant_id != tenant.as_str() {
+        return Err(Error::Forbidden(format!(
+            "its creator key {key_id} belongs to another tenant"
+        )));
+    }
+    cron.check_rate(role)?;
+    let requester = Requester {
+        plane: Plane::Public,
+        tenant,
+        role,
+        // The tick in the record: a tick fired twice would show twice.
+        label: format!("schedule:{}@{}", schedule.id, due.to_rfc3339()),
+    };
+    let job = queue.authorize(&requester, spec).await?;
+    Ok((cron, job))
 }
 
 #[cfg(test)]
@@ -139,6 +241,27 @@ mod tests {
         assert!(CronSpec::parse("* * *", "UTC").is_err());
         assert!(CronSpec::parse("61 * * * *", "UTC").is_err());
         assert!(CronSpec::parse("* * * * *", "Mars/Olympus").is_err());
+        assert!(CronSpec::parse("* * * * *\u{0}", "UTC").is_err());
+        assert!(CronSpec::parse(&"1,".repeat(200), "UTC").is_err());
+        assert!(CronSpec::parse("* * * * *", "UTC\u{0}").is_err());
+    }
+
+    #[test]
+    fn only_operators_schedule_more_than_once_a_minute() {
+        for every_minute in ["* * * * *", "30 * * * * *", "0 */5 * * * *"] {
+            let cron = CronSpec::parse(every_minute, "UTC").unwrap();
+            assert!(cron.check_rate(Role::Admin).is_ok(), "{every_minute}");
+        }
+        for faster in [
+            "* * * * * *",
+            "*/10 * * * * *",
+            "0,30 * * * * *",
+            "0-1 * * * * *",
+        ] {
+            let cron = CronSpec::parse(faster, "UTC").unwrap();
+            assert!(cron.check_rate(Role::Admin).is_err(), "{faster}");
+            assert!(cron.check_rate(Role::Operator).is_ok(), "{faster}");
+        }
     }
 
     #[test]

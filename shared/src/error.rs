@@ -22,6 +22,9 @@ pub enum Error {
     /// A request that contradicts the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a role or tenant rule); says which rule.
+    #[error("{0}")]
+    Forbidden(String),
     /// A value or body over its configured limit.
     #[error("{message}")]
     PayloadTooLarge { message: String, limit: usize },
@@ -56,6 +59,7 @@ impl Error {
             Error::KeyNotFound { .. } => "KEY_NOT_FOUND",
             Error::NotFound { .. } => "NOT_FOUND",
             Error::Conflict(_) => "CONFLICT",
+            Error::Forbidden(_) => "FORBIDDEN",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::CacheUnavailable(_) => "CACHE_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",

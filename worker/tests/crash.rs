@@ -12,7 +12,8 @@ use cache_jobs::context::{JobContext, Pacing, PreloadSources};
 use cache_jobs::fetch::{AllowList, FetchLimits};
 use cache_jobs::flush::FlushParams;
 use cache_jobs::payloads::FlushJob;
-use cache_jobs::queue::{JobQueue, JobSpec, QueueSettings, Submission};
+use cache_jobs::policy::Requester;
+use cache_jobs::queue::{JobQueue, JobSpec, QueueSettings};
 use cache_jobs::runner::{self, Delivery, MAX_CRASHES};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::db::jobs::{self, JobRecord};
@@ -128,15 +129,14 @@ async fn queued_flush(params: FlushParams) -> (OwnRedis, WorkerSettings, sqlx::P
     let own = own_redis().await;
     let mut settings = settings(&prefix, &own.url);
     let (queue, db) = setup(&mut settings).await;
-    let record = queue
-        .submit(Submission {
-            tenant: TenantId::parse("crashy", "t").unwrap(),
-            spec: JobSpec::Flush(params),
-            created_by: None,
-            idempotency_key: None,
-        })
+    let job = queue
+        .authorize(
+            &Requester::internal(TenantId::parse("crashy", "t").unwrap()),
+            JobSpec::Flush(params),
+        )
         .await
         .unwrap();
+    let record = queue.submit(job, None).await.unwrap();
     (own, settings, db, record)
 }
 
@@ -175,15 +175,14 @@ async fn a_flush_survives_a_killed_worker_and_deletes_every_key_once() {
         let () = pipe.query_async(&mut conn).await.unwrap();
     }
 
-    let record = queue
-        .submit(Submission {
-            tenant: TenantId::parse(&tenant, "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams::default()),
-            created_by: None,
-            idempotency_key: None,
-        })
+    let flush = queue
+        .authorize(
+            &Requester::internal(TenantId::parse(&tenant, "t").unwrap()),
+            JobSpec::Flush(FlushParams::default()),
+        )
         .await
         .unwrap();
+    let record = queue.submit(flush, None).await.unwrap();
     let mut first = spawn_worker(&settings);
     wait_for(&db, &record.id, Duration::from_secs(30), |j| {
         j.progress_done > 0

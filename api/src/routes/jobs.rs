@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use cache_jobs::JobType;
-use cache_jobs::queue::{JobSpec, Submission};
+use cache_jobs::policy::Requester;
+use cache_jobs::queue::JobSpec;
 use cache_shared::Error;
-use cache_shared::api_keys::Role;
 use cache_shared::db::jobs::{self, JobFilter, JobStatus};
 use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
@@ -58,14 +58,15 @@ async fn submit(
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     let op = ApiError::op("job.submit");
+    let idempotency_key = idempotency_key(headers)?;
+    let job = state
+        .jobs
+        .authorize(&Requester::internal(caller.tenant.clone()), spec)
+        .await
+        .map_err(&op)?;
     let record = state
         .jobs
-        .submit(Submission {
-            tenant: caller.tenant.clone(),
-            spec,
-            created_by: Some("internal".into()),
-            idempotency_key: idempotency_key(headers)?,
-        })
+        .submit(job, idempotency_key.as_deref())
         .await
         .map_err(op)?;
     let url = status_url(&record.id);
@@ -160,46 +161,6 @@ pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(get_job, cancel_job))
-}
-
-/// Checks what a job reads or writes outside the cache: files on the worker
-/// are for operators; another tenant's backup reads as absent unless an
-/// operator asks for it.
-///
-/// # Errors
-///
-/// `403` for a non-operator naming a file, `404` for a backup not visible.
-pub(crate) async fn authorize_sources(
-    state: &AppState,
-    caller: &Caller,
-    spec: &JobSpec,
-) -> Result<(), ApiError> {
-    let op = ApiError::op("job.submit");
-    let (file, backup_id) = match spec {
-        JobSpec::Backup(p) => (p.file.as_deref(), None),
-        JobSpec::Restore(p) => (p.file.as_deref(), p.backup_id.as_deref()),
-        JobSpec::Preload(p) => (None, p.backup_id.as_deref()),
-        _ => (None, None),
-    };
-    if file.is_some() && caller.role != Role::Operator {
-        return Err(ApiError::Forbidden(
-            "only an operator may name a file on the worker".into(),
-        ));
-    }
-    if let Some(id) = backup_id {
-        let backup = cache_shared::db::backups::get(state.jobs.db(), id)
-            .await
-            .map_err(&op)?;
-        let visible = backup.is_some_and(|b| {
-            caller.role == Role::Operator || b.tenant_id == caller.tenant.as_str()
-        });
-        if !visible {
-            return Err(op(Error::NotFound {
-                what: format!("backup '{id}'"),
-            }));
-        }
-    }
-    Ok(())
 }
 
 /// `POST /api/v1/jobs` body: a job type and what its own endpoint takes.

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_jobs::flush::FlushParams;
 use cache_jobs::preload::PreloadParams;
-use cache_jobs::queue::{JobSpec, Submission};
+use cache_jobs::queue::JobSpec;
 use cache_shared::api_keys::Role;
 use cache_shared::codec::Value;
 use cache_shared::ttl::Expiry;
@@ -311,25 +311,18 @@ pub(crate) async fn start_job(
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    crate::routes::jobs::authorize_sources(state, caller, &spec).await?;
-    if let JobSpec::Flush(params) = &spec
-        && params.whole_server
-        && caller.role != Role::Operator
-    {
-        return Err(ApiError::Forbidden(
-            "only an operator may flush the whole server".into(),
-        ));
-    }
+    let op = ApiError::op("job.submit");
+    let idempotency_key = idempotency_key(headers)?;
+    let job = state
+        .jobs
+        .authorize(&caller.requester(), spec)
+        .await
+        .map_err(&op)?;
     let record = state
         .jobs
-        .submit(Submission {
-            tenant: caller.tenant.clone(),
-            spec,
-            created_by: Some(caller.key_id.clone()),
-            idempotency_key: idempotency_key(headers)?,
-        })
+        .submit(job, idempotency_key.as_deref())
         .await
-        .map_err(ApiError::op("job.submit"))?;
+        .map_err(op)?;
     let url = public_status_url(&record.id, caller);
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }

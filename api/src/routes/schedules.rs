@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cache_jobs::schedule::{CronSpec, job_spec};
+use cache_jobs::schedule::{CronSpec, check_name, job_spec};
 use cache_shared::Error;
 use cache_shared::db::schedules::{self, ScheduleFields, ScheduleRecord};
 use chrono::Utc;
@@ -57,6 +57,9 @@ struct ScheduleView {
     next_run_at: Option<String>,
     last_run_at: Option<String>,
     last_job_id: Option<String>,
+    /// Why the service disabled it (its creator key was revoked, or its job
+    /// is no longer allowed); `null` otherwise.
+    disabled_reason: Option<String>,
     created_at: String,
 }
 
@@ -73,6 +76,7 @@ impl From<ScheduleRecord> for ScheduleView {
             next_run_at: r.next_run_at.map(timestamp),
             last_run_at: r.last_run_at.map(timestamp),
             last_job_id: r.last_job_id,
+            disabled_reason: r.disabled_reason,
             created_at: timestamp(r.created_at),
         }
     }
@@ -83,15 +87,21 @@ struct ScheduleList {
     schedules: Vec<ScheduleView>,
 }
 
-/// Checks a body and turns it into stored fields, with the first run computed.
-fn fields(state: &AppState, body: ScheduleBody) -> Result<ScheduleFields, Error> {
+/// Checks a body as the job it fires would be checked for `caller` (the
+/// schedule fires with the caller's rights) and turns it into stored
+/// fields, with the first run computed.
+async fn fields(
+    state: &AppState,
+    caller: &Caller,
+    body: ScheduleBody,
+) -> Result<ScheduleFields, Error> {
+    check_name(body.name.as_deref())?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
     let cron = CronSpec::parse(&body.cron, &timezone)?;
+    cron.check_rate(caller.role)?;
     let params = body.params.unwrap_or_else(|| serde_json::json!({}));
-    state.jobs.validate(&job_spec(&body.job_type, &params)?)?;
-    if body.name.as_ref().is_some_and(|n| n.len() > 255) {
-        return Err(Error::validation("name", "name must be at most 255 bytes"));
-    }
+    let spec = job_spec(&body.job_type, &params)?;
+    state.jobs.authorize(&caller.requester(), spec).await?;
     let enabled = body.enabled.unwrap_or(true);
     Ok(ScheduleFields {
         name: body.name,
@@ -124,7 +134,7 @@ async fn create(
     JsonBody(body): JsonBody<ScheduleBody>,
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let op = ApiError::op("schedules.create");
-    let fields = fields(&state, body).map_err(&op)?;
+    let fields = fields(&state, &caller, body).await.map_err(&op)?;
     let id = ulid::Ulid::new().to_string();
     let record = schedules::insert(
         &state.db,
@@ -195,12 +205,18 @@ async fn replace(
     JsonBody(body): JsonBody<ScheduleBody>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let op = ApiError::op("schedules.update");
-    let fields = fields(&state, body).map_err(&op)?;
-    let row = schedules::update(&state.db, &id, caller.tenant.as_str(), &fields)
-        .await
-        .map_err(&op)?
-        .ok_or_else(|| not_found(&id))
-        .map_err(&op)?;
+    let fields = fields(&state, &caller, body).await.map_err(&op)?;
+    let row = schedules::update(
+        &state.db,
+        &id,
+        caller.tenant.as_str(),
+        &fields,
+        &caller.key_id,
+    )
+    .await
+    .map_err(&op)?
+    .ok_or_else(|| not_found(&id))
+    .map_err(&op)?;
     Ok(Json(row.into()))
 }
 

@@ -1,7 +1,8 @@
 //! Jobs end to end: the api records and enqueues, an in-process worker runs.
 
 use cache_jobs::flush::FlushParams;
-use cache_jobs::queue::{JobSpec, Submission};
+use cache_jobs::policy::Requester;
+use cache_jobs::queue::JobSpec;
 use cache_shared::keys::TenantId;
 use deadpool_redis::redis;
 use reqwest::Method;
@@ -209,17 +210,16 @@ async fn flush_of_one_tenant_leaves_other_tenants_byte_identical() {
         .await
         .unwrap();
 
-    let record = app
+    let job = app
         .state
         .jobs
-        .submit(Submission {
-            tenant: TenantId::parse(&app.tenant, "t").unwrap(),
-            spec: JobSpec::Flush(FlushParams::default()),
-            created_by: None,
-            idempotency_key: None,
-        })
+        .authorize(
+            &Requester::internal(TenantId::parse(&app.tenant, "t").unwrap()),
+            JobSpec::Flush(FlushParams::default()),
+        )
         .await
         .unwrap();
+    let record = app.state.jobs.submit(job, None).await.unwrap();
     let job = app
         .wait_for_job(&format!("/internal/cache/jobs/{}", record.id))
         .await;

@@ -19,4 +19,5 @@ mod public;
 mod schedules;
 mod server;
 mod sessions;
+mod tenant_safety;
 mod validation;

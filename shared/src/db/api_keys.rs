@@ -120,6 +120,24 @@ pub async fn find_by_hash(
     Ok(record)
 }
 
+/// The key with this id, usable or not.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn find_by_id(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<Option<ApiKeyRecord>, Error> {
+    let record = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from api_keys where id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(exec)
+    .await?;
+    Ok(record)
+}
+
 /// Keys newest first, of one tenant or all.
 ///
 /// # Errors

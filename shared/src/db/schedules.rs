@@ -19,6 +19,10 @@ pub struct ScheduleRecord {
     pub next_run_at: Option<DateTime<Utc>>,
     pub last_run_at: Option<DateTime<Utc>>,
     pub last_job_id: Option<String>,
+    /// The API key whose rights the schedule fires with (the last to define it).
+    pub created_by: Option<String>,
+    /// Why the service disabled the schedule, if it did.
+    pub disabled_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -36,7 +40,7 @@ pub struct ScheduleFields {
 }
 
 const COLUMNS: &str = "id, tenant_id, name, cron, timezone, job_type, params, enabled, \
-     next_run_at, last_run_at, last_job_id, created_at, updated_at";
+     next_run_at, last_run_at, last_job_id, created_by, disabled_reason, created_at, updated_at";
 
 /// # Errors
 ///
@@ -68,7 +72,9 @@ pub async fn insert(
     Ok(row)
 }
 
-/// Replaces a schedule's fields; `None` when it is not the tenant's.
+/// Replaces a schedule's fields; `None` when it is not the tenant's. The
+/// schedule fires as `defined_by` from now on, and is no longer disabled by
+/// the service.
 ///
 /// # Errors
 ///
@@ -78,10 +84,12 @@ pub async fn update(
     id: &str,
     tenant: &str,
     fields: &ScheduleFields,
+    defined_by: &str,
 ) -> Result<Option<ScheduleRecord>, Error> {
     let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update schedules set name = $3, cron = $4, timezone = $5, job_type = $6, params = $7, \
-             enabled = $8, next_run_at = $9, updated_at = now() \
+             enabled = $8, next_run_at = $9, created_by = $10, disabled_reason = null, \
+             updated_at = now() \
          where id = $1 and tenant_id = $2 returning {COLUMNS}"
     )))
     .bind(id)
@@ -93,6 +101,7 @@ pub async fn update(
     .bind(&fields.params)
     .bind(fields.enabled)
     .bind(fields.next_run_at)
+    .bind(defined_by)
     .fetch_optional(exec)
     .await?;
     Ok(row)
@@ -179,6 +188,23 @@ pub async fn claim(
     .execute(exec)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Stops a schedule that may no longer fire, saying why (shown to its tenant).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn disable(exec: impl PgExecutor<'_>, id: &str, reason: &str) -> Result<(), Error> {
+    sqlx::query(
+        "update schedules set enabled = false, next_run_at = null, disabled_reason = $2, \
+             updated_at = now() where id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(exec)
+    .await?;
+    Ok(())
 }
 
 /// Records the job a tick started.
