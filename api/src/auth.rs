@@ -210,6 +210,9 @@ pub async fn authorize(
         }
         Some(tenant) => tenant,
     };
+    if policy::is_metered(&route) {
+        state.rate.check(&state.limits, &tenant)?;
+    }
     req.extensions_mut().insert(Caller {
         key_id: record.id,
         role,
@@ -285,7 +288,31 @@ pub mod policy {
         ("GET", "/api/v1/admin/keys", Role::Operator),
         ("POST", "/api/v1/admin/keys", Role::Operator),
         ("DELETE", "/api/v1/admin/keys/{id}", Role::Operator),
+        (
+            "GET",
+            "/api/v1/admin/tenants/{tenant}/limits",
+            Role::Operator,
+        ),
+        (
+            "PUT",
+            "/api/v1/admin/tenants/{tenant}/limits",
+            Role::Operator,
+        ),
     ];
+
+    /// Routes whose calls count against the tenant's rate (API.md §9: key
+    /// operations and batches, not jobs or management).
+    const METERED: &[&str] = &[
+        "/api/v1/cache/keys/{key}",
+        "/api/v1/cache/keys/{key}/expire",
+        "/api/v1/cache/keys/{key}/ttl",
+        "/api/v1/cache/keys/{key}/touch",
+        "/api/v1/cache/keys/exists",
+    ];
+
+    pub fn is_metered(route: &str) -> bool {
+        METERED.contains(&route)
+    }
 
     /// The role `method` on `route` needs; an unlisted route needs an
     /// operator, so a forgotten entry fails closed.

@@ -10,6 +10,7 @@ use cache_shared::config::{
     Secret, TelemetrySettings,
 };
 use cache_shared::keys::TenantId;
+use cache_shared::limits::LimitSettings;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -106,6 +107,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub preload: PreloadArgs,
     #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub observability: ObservabilitySettings,
@@ -168,9 +171,32 @@ pub struct HttpSettings {
         hide_default_value = true
     )]
     pub metrics_token: Secret,
+
+    /// Requests served at once; beyond it the api answers 503 OVERLOADED at once (health routes aside).
+    #[arg(long, env = "MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight_requests: u64,
+
+    /// Time a request body has to arrive whole, in milliseconds.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub body_read_timeout_ms: u64,
+
+    /// Time a whole request may take before it is answered 503, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
 }
 
 impl HttpSettings {
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     pub fn api_key_cache(&self) -> Duration {
         Duration::from_secs(self.api_key_cache_seconds)
     }

@@ -2,10 +2,14 @@
 //! API.md §3. Server-side failures are logged here with their cause chain and
 //! answered with an opaque message.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use serde::Serialize;
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Name of this service in every error envelope.
 pub const SERVICE_NAME: &str = "cache-service";
@@ -24,6 +28,12 @@ pub enum ApiError {
         bearer: bool,
     },
     Forbidden(String),
+    /// Too many requests in flight on this instance: refused at once.
+    Overloaded,
+    /// The body did not arrive whole within `BODY_READ_TIMEOUT_MS` (the value).
+    BodyTimeout(u64),
+    /// The request as a whole ran past `REQUEST_TIMEOUT_MS`.
+    Deadline,
     RouteNotFound,
     MethodNotAllowed,
     UnsupportedMediaType(String),
@@ -78,9 +88,23 @@ pub struct Details<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     operation: Option<&'static str>,
+    /// A byte limit (`PAYLOAD_TOO_LARGE`) or the name of a quota (`QUOTA_EXCEEDED`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<usize>,
+    #[schema(value_type = Option<Object>)]
+    limit: Option<Limit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<u64>,
     retryable: bool,
+}
+
+/// `details.limit`: a number of bytes, or which quota.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+enum Limit {
+    Bytes(usize),
+    Named(&'static str),
 }
 
 /// Status, code and message of one failure, before it is rendered.
@@ -91,7 +115,11 @@ struct Reply<'a> {
     key: Option<&'a str>,
     field: Option<&'a str>,
     operation: Option<&'static str>,
-    limit: Option<usize>,
+    limit: Option<Limit>,
+    quota: Option<u64>,
+    usage: Option<u64>,
+    /// `Retry-After` in seconds, and the rate behind it for `RateLimit-*`.
+    retry_after: Option<(u64, Option<u64>)>,
 }
 
 impl Reply<'_> {
@@ -104,6 +132,9 @@ impl Reply<'_> {
             field: None,
             operation: None,
             limit: None,
+            quota: None,
+            usage: None,
+            retry_after: None,
         }
     }
 }
@@ -130,8 +161,30 @@ impl ApiError {
                     Error::Forbidden(message) => {
                         Reply::new(StatusCode::FORBIDDEN, error.code(), message.clone())
                     }
+                    Error::RateLimited {
+                        message,
+                        limit,
+                        retry_after_secs,
+                    } => Reply {
+                        retry_after: Some(((*retry_after_secs).max(1), Some(*limit))),
+                        ..Reply::new(StatusCode::TOO_MANY_REQUESTS, error.code(), message.clone())
+                    },
+                    Error::QuotaExceeded {
+                        limit,
+                        quota,
+                        usage,
+                    } => Reply {
+                        limit: Some(Limit::Named(limit)),
+                        quota: Some(*quota),
+                        usage: Some(*usage),
+                        ..Reply::new(
+                            StatusCode::INSUFFICIENT_STORAGE,
+                            error.code(),
+                            error.to_string(),
+                        )
+                    },
                     Error::PayloadTooLarge { message, limit } => Reply {
-                        limit: Some(*limit),
+                        limit: Some(Limit::Bytes(*limit)),
                         ..Reply::new(StatusCode::PAYLOAD_TOO_LARGE, error.code(), message.clone())
                     },
                     Error::CacheUnavailable(_) => {
@@ -168,6 +221,30 @@ impl ApiError {
             ApiError::Forbidden(message) => {
                 Reply::new(StatusCode::FORBIDDEN, "FORBIDDEN", message.clone())
             }
+            ApiError::Overloaded => Reply {
+                retry_after: Some((1, None)),
+                ..Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "too many requests in flight; retry shortly",
+                )
+            },
+            ApiError::BodyTimeout(ms) => Reply {
+                field: Some("body"),
+                ..Reply::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "REQUEST_TIMEOUT",
+                    format!("the request body did not arrive within {ms} ms"),
+                )
+            },
+            ApiError::Deadline => Reply {
+                retry_after: Some((1, None)),
+                ..Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "the request did not finish within its deadline; retry shortly",
+                )
+            },
             ApiError::RouteNotFound => {
                 Reply::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
             }
@@ -204,10 +281,21 @@ impl IntoResponse for ApiError {
                 field: reply.field,
                 operation: reply.operation,
                 limit: reply.limit,
+                quota: reply.quota,
+                usage: reply.usage,
                 retryable,
             },
         };
         let mut response = (reply.status, axum::Json(envelope)).into_response();
+        if let Some((seconds, rate)) = reply.retry_after {
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            if let Some(rate) = rate {
+                headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate));
+                headers.insert(RATELIMIT_REMAINING, HeaderValue::from_static("0"));
+                headers.insert(RATELIMIT_RESET, HeaderValue::from(seconds));
+            }
+        }
         if let ApiError::Unauthorized { bearer: true, .. } = self {
             response
                 .headers_mut()

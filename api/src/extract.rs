@@ -110,6 +110,30 @@ impl FromRequestParts<AppState> for InternalCaller {
     }
 }
 
+/// An internal caller of a cache operation (get, set, delete, batches,
+/// exists, expire): the call counts against its tenant's rate.
+#[derive(Debug, Clone)]
+pub struct CacheCaller(pub InternalCaller);
+
+impl std::ops::Deref for CacheCaller {
+    type Target = InternalCaller;
+
+    fn deref(&self) -> &InternalCaller {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for CacheCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Authenticated first: an unknown caller cannot spend a tenant's rate.
+        let caller = InternalCaller::from_request_parts(parts, state).await?;
+        state.rate.check(&state.limits, &caller.tenant)?;
+        Ok(Self(caller))
+    }
+}
+
 /// One path parameter, percent-decoded, with decoding failures in our envelope.
 #[derive(Debug)]
 pub struct PathParam(pub String);
@@ -173,7 +197,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
-        let bytes = read_body(req, state.settings.max_body_bytes).await?;
+        let bytes = read_body(req, &state.settings).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -188,7 +212,7 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         check_json_content_type(req.headers())?;
-        let bytes = read_body(req, state.settings.max_body_bytes).await?;
+        let bytes = read_body(req, &state.settings).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
@@ -218,13 +242,19 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a whole body, refusing more than `limit` bytes whether or not a
-/// `Content-Length` announced them.
+/// Reads a whole body, refusing more than `MAX_BODY_BYTES` whether or not a
+/// `Content-Length` announced them, and a body that has not arrived whole
+/// within `BODY_READ_TIMEOUT_MS` (a slow sender cannot hold a request open).
 ///
 /// # Errors
 ///
-/// `413` over the limit, `400` when the body cannot be read.
-pub async fn read_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// `413` over the limit, `408` when the body is too slow, `400` when it
+/// cannot be read.
+pub async fn read_body(
+    req: Request,
+    settings: &crate::cli::HttpSettings,
+) -> Result<bytes::Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
     let too_large = || {
         ApiError::from(cache_shared::Error::PayloadTooLarge {
             message: format!("request body is larger than {limit} bytes"),
@@ -239,7 +269,11 @@ pub async fn read_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiEr
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(req.into_body(), limit).await {
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    let Ok(read) = tokio::time::timeout(settings.body_read_timeout(), read).await else {
+        return Err(ApiError::BodyTimeout(settings.body_read_timeout_ms));
+    };
+    match read {
         Ok(bytes) => Ok(bytes),
         Err(err) => {
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);

@@ -463,7 +463,10 @@ impl Background {
     /// when a URL is set).
     pub fn start(state: &AppState) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(crate::tenant_limits::keep_current(
+            state.clone(),
+            stopped.clone(),
+        ))];
         if state.cache.stats().is_enabled() {
             tasks.push(tokio::spawn(ship_rollups(state.clone(), stopped.clone())));
         }

@@ -4,6 +4,7 @@
 //! [`router`] builds the routes; [`serve`] runs them on a listener until a
 //! shutdown future resolves, so tests bind port 0 and stop the server at will.
 
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod error;
@@ -13,10 +14,12 @@ pub mod keys_cli;
 pub mod openapi;
 pub mod routes;
 pub mod state;
+pub mod tenant_limits;
 pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,6 +29,7 @@ use axum::http::{HeaderName, HeaderValue, Request};
 use cache_jobs::fetch::AllowList;
 use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_shared::cache::{Cache, CacheLimits};
+use cache_shared::limits::LimitBook;
 use cache_shared::redis::RedisStore;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -119,12 +123,15 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         args.redis.command_timeout(),
     )
     .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts))
+    .with_max_active_jobs(args.limits.tenant_max_active_jobs)
     .with_oplog(stats.oplog().cloned());
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, stats),
         db,
         jobs,
         key_cache: auth::KeyCache::new(args.http.api_key_cache()),
+        limits: Arc::new(LimitBook::new(args.limits.clone())),
+        rate: admission::RateLimiter::new(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         metrics_tokens: ServiceTokens::from_list(args.http.metrics_token.expose()),
         settings: args.http.clone(),
@@ -178,6 +185,10 @@ pub fn app(
 + Send
 + 'static {
     let max_body_bytes = state.settings.max_body_bytes;
+    let admission = admission::Admission::new(
+        state.settings.max_in_flight_requests,
+        state.settings.request_timeout(),
+    );
     let (router, templates) = routed(state.clone());
     let observe = state
         .cache
@@ -201,6 +212,7 @@ pub fn app(
             }),
         )
         .option_layer(observe)
+        .layer(admission)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .service(router)
 }
@@ -225,6 +237,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
                 .merge(routes::jobs::public_router())
                 .merge(routes::schedules::router())
                 .merge(routes::admin_keys::router())
+                .merge(routes::tenant_limits::router())
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     auth::authorize,

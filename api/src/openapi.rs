@@ -27,7 +27,7 @@ use utoipa_scalar::{Scalar, Servable};
         (name = "performance", description = "Compression, eviction, hot keys, recommendations"),
         (name = "monitoring", description = "Live figures and history"),
         (name = "jobs", description = "Asynchronous jobs"),
-        (name = "admin", description = "API keys (operators)"),
+        (name = "admin", description = "API keys and tenant limits (operators)"),
         (name = "health", description = "Health, readiness and status"),
     )
 )]

@@ -8,8 +8,10 @@ use std::time::Instant;
 use cache_jobs::queue::JobQueue;
 use cache_shared::cache::Cache;
 use cache_shared::config::ObservabilitySettings;
+use cache_shared::limits::LimitBook;
 use sqlx::PgPool;
 
+use crate::admission::RateLimiter;
 use crate::auth::KeyCache;
 use crate::cli::HttpSettings;
 use crate::extract::ServiceTokens;
@@ -24,6 +26,10 @@ pub struct Shared {
     pub db: PgPool,
     pub jobs: JobQueue,
     pub key_cache: KeyCache,
+    /// Every tenant's limits (defaults and operators' overrides).
+    pub limits: Arc<LimitBook>,
+    /// Each tenant's rate of cache operations on this instance.
+    pub rate: RateLimiter,
     pub service_tokens: ServiceTokens,
     /// `METRICS_TOKEN`: empty leaves `/metrics` open.
     pub metrics_tokens: ServiceTokens,

@@ -173,6 +173,14 @@ impl JobSpec {
     }
 }
 
+/// What an idempotency key is bound to: the job as authorized (type and
+/// parameters, the tenant scope included).
+fn spec_digest(spec: &JobSpec) -> Result<[u8; 32], Error> {
+    use sha2::Digest;
+    let text = serde_json::to_vec(spec).map_err(|e| Error::Internal(Box::new(e)))?;
+    Ok(sha2::Sha256::digest(&text).into())
+}
+
 /// How much longer than a push an audit event of a job being queued is held
 /// back, so that it is settled (released or forgotten) before it could go out.
 const AUDIT_HOLD_MARGIN: Duration = Duration::from_secs(5);
@@ -205,6 +213,9 @@ pub struct JobQueue {
     max_value_bytes: usize,
     allow: AllowList,
     push_timeout: Duration,
+    /// Jobs a tenant may have queued or running (0: unlimited) unless its
+    /// own limit says otherwise.
+    max_active_jobs: u64,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -231,7 +242,15 @@ impl JobQueue {
             allow: AllowList::default(),
             push_timeout,
             oplog: None,
+            max_active_jobs: 0,
         }
+    }
+
+    /// The default bound on a tenant's jobs queued or running (`TENANT_MAX_ACTIVE_JOBS`).
+    #[must_use]
+    pub fn with_max_active_jobs(mut self, max: u64) -> Self {
+        self.max_active_jobs = max;
+        self
     }
 
     /// Writes every flush started through this queue to the operation log.
@@ -278,6 +297,14 @@ impl JobQueue {
         job: Authorized,
         idempotency_key: Option<&str>,
     ) -> Result<JobRecord, Error> {
+        let idempotency = idempotency_key
+            .map(|key| -> Result<_, Error> {
+                Ok(jobs::Idempotency {
+                    key,
+                    request_digest: spec_digest(job.spec())?,
+                })
+            })
+            .transpose()?;
         let (tenant, spec, created_by) = job.into_parts();
         let id = ulid::Ulid::new().to_string();
         let new = NewJob {
@@ -287,7 +314,8 @@ impl JobQueue {
             params: spec.recorded_params()?,
             created_by: Some(created_by),
         };
-        let (record, created) = jobs::insert(&self.db, &new, idempotency_key).await?;
+        let (record, created) =
+            jobs::insert(&self.db, &new, idempotency.as_ref(), self.max_active_jobs).await?;
         if !created {
             return Ok(record);
         }

@@ -25,6 +25,23 @@ pub enum Error {
     /// The caller may not do this (a role or tenant rule); says which rule.
     #[error("{0}")]
     Forbidden(String),
+    /// The tenant is over a rate (operations per second, active jobs): try
+    /// again after `retry_after_secs`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// The rate or count that was reached.
+        limit: u64,
+        retry_after_secs: u64,
+    },
+    /// A write would take the tenant (or a namespace) over a quota; nothing
+    /// was stored. `usage` is before the refused write.
+    #[error("{limit} quota exceeded: {usage} used of {quota}")]
+    QuotaExceeded {
+        limit: &'static str,
+        quota: u64,
+        usage: u64,
+    },
     /// A value or body over its configured limit.
     #[error("{message}")]
     PayloadTooLarge { message: String, limit: usize },
@@ -60,6 +77,8 @@ impl Error {
             Error::NotFound { .. } => "NOT_FOUND",
             Error::Conflict(_) => "CONFLICT",
             Error::Forbidden(_) => "FORBIDDEN",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::CacheUnavailable(_) => "CACHE_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",

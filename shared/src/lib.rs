@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod limits;
 pub mod live_stats;
 pub mod metrics;
 pub mod oplog;

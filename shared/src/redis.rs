@@ -259,6 +259,36 @@ impl RedisStore {
         }
     }
 
+    /// Says `member` of a group of processes (the api instances) is alive
+    /// and answers how many members were alive within `window`: the group
+    /// is a sorted set scored by last report, old members dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn report_alive(
+        &self,
+        group: &str,
+        member: &str,
+        window: Duration,
+    ) -> Result<u64, Error> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let oldest = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let (alive,): (u64,) = redis::pipe()
+                .zadd(group, member, now)
+                .ignore()
+                .zrembyscore(group, "-inf", format!("({oldest}"))
+                .ignore()
+                .zcard(group)
+                .query_async(&mut conn)
+                .await?;
+            Ok(alive)
+        })
+        .await
+    }
+
     /// Runs one unit of Redis work under the command timeout.
     ///
     /// # Errors

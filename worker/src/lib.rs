@@ -34,6 +34,7 @@ use cache_shared::health::{self, HEARTBEAT_INTERVAL};
 use cache_shared::live_stats::LiveStats;
 use cache_shared::metrics::{JobMetrics, Metrics};
 use cache_shared::redis::RedisStore;
+use cache_shared::shutdown::every;
 use clap::{Args, Parser, Subcommand};
 use deadpool_redis::redis::aio::ConnectionManager;
 
@@ -136,6 +137,8 @@ pub struct WorkerSettings {
     pub preload: PreloadArgs,
     #[command(flatten)]
     pub cache: CacheSettings,
+    #[command(flatten)]
+    pub limits: cache_shared::limits::LimitSettings,
     #[command(flatten)]
     pub redis: RedisSettings,
     #[command(flatten)]
@@ -306,7 +309,8 @@ pub async fn run(
         ctx.cache.limits().max_value_bytes,
         QUEUE_TIMEOUT,
     )
-    .with_preload_hosts(ctx.preload.allow.clone());
+    .with_preload_hosts(ctx.preload.allow.clone())
+    .with_max_active_jobs(settings.limits.tenant_max_active_jobs);
     let hygiene = tokio::spawn(vacuum_loop(
         job_queue.clone(),
         Duration::from_secs(settings.queue_vacuum_interval_seconds),
@@ -443,26 +447,6 @@ async fn schedule_loop(queue: JobQueue, stop: tokio::sync::watch::Receiver<bool>
         }
     })
     .await;
-}
-
-/// Runs `round` at once and then every `period` (a late round is not made
-/// up for) until `stop` changes; a round under way finishes first.
-pub(crate) async fn every<F, Fut>(
-    period: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    mut round: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => round().await,
-            _ = stop.changed() => return,
-        }
-    }
 }
 
 /// Wait before restart `n` of a queue worker: 1 s, 2 s, 4 s, … capped at 30 s.

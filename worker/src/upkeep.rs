@@ -56,7 +56,7 @@ const RETENTION_CHUNK: i64 = 10_000;
 /// Every worker may run it: deleting what is already gone is harmless.
 pub(crate) async fn retention_loop(db: PgPool, days: u32, stop: watch::Receiver<bool>) {
     let db = &db;
-    crate::every(RETENTION_EVERY, stop, move || async move {
+    cache_shared::shutdown::every(RETENTION_EVERY, stop, move || async move {
         let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
         match cache_shared::db::oplog::purge_before(db, cutoff, RETENTION_CHUNK).await {
             Ok(0) => {}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody, PathParam};
+use crate::extract::{CacheCaller, JsonBody, PathParam};
 use crate::state::AppState;
 use crate::views::{Deleted, EntryView, ExistsView, KeyTtl, Updated, ValueView};
 use utoipa_axum::router::OpenApiRouter;
@@ -36,7 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn get_value(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     PathParam(key): PathParam,
 ) -> Result<Json<EntryView>, ApiError> {
     let entry = state
@@ -70,7 +70,7 @@ struct SetBody {
 )]
 async fn set_value(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     JsonBody(body): JsonBody<SetBody>,
 ) -> Result<Json<KeyTtl>, ApiError> {
     let value = Value::from_raw_json(&body.value);
@@ -92,7 +92,7 @@ async fn set_value(
 )]
 async fn delete_value(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     PathParam(key): PathParam,
 ) -> Result<Json<Deleted>, ApiError> {
     let deleted = state
@@ -139,7 +139,7 @@ struct MgetView {
 )]
 async fn mget(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     JsonBody(body): JsonBody<KeysBody>,
 ) -> Result<Json<MgetView>, ApiError> {
     let entries = state
@@ -208,7 +208,7 @@ struct Stored {
 )]
 async fn mset(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     JsonBody(body): JsonBody<MsetBody>,
 ) -> Result<Json<Stored>, ApiError> {
     let items: Vec<SetItem> = body
@@ -239,7 +239,7 @@ async fn mset(
 )]
 async fn exists(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     JsonBody(body): JsonBody<KeysBody>,
 ) -> Result<Json<ExistsView>, ApiError> {
     let found = state
@@ -270,7 +270,7 @@ struct ExpireBody {
 )]
 async fn expire(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: CacheCaller,
     JsonBody(body): JsonBody<ExpireBody>,
 ) -> Result<Json<Updated>, ApiError> {
     let updated = state

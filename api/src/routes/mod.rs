@@ -11,3 +11,4 @@ pub mod permissions;
 pub mod public;
 pub mod schedules;
 pub mod sessions;
+pub mod tenant_limits;

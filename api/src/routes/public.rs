@@ -125,7 +125,7 @@ impl FromRequest<AppState> for PutValue {
         let Query(query) = Query::<TtlQuery>::try_from_uri(req.uri())
             .map_err(|_| ApiError::bad_request("ttl", "ttl must be a whole number of seconds"))?;
         let ttl = query.ttl.map(|t| Expiry::parse(&t, "ttl")).transpose()?;
-        let bytes = read_body(req, state.settings.max_body_bytes).await?;
+        let bytes = read_body(req, &state.settings).await?;
         Ok(Self {
             value: Value::Bytes(bytes),
             ttl,

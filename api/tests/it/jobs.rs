@@ -697,7 +697,7 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         params: json!({}),
         created_by: None,
     };
-    cache_shared::db::jobs::insert(&app.state.db, &unpushed, None)
+    cache_shared::db::jobs::insert(&app.state.db, &unpushed, None, 0)
         .await
         .unwrap();
 

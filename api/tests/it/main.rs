@@ -10,6 +10,7 @@ mod cli;
 mod faults;
 mod helpers;
 mod jobs;
+mod limits;
 mod management;
 mod observability;
 mod openapi;

@@ -75,6 +75,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/keys"),
     ("post", "/api/v1/admin/keys"),
     ("delete", "/api/v1/admin/keys/{id}"),
+    ("get", "/api/v1/admin/tenants/{tenant}/limits"),
+    ("put", "/api/v1/admin/tenants/{tenant}/limits"),
 ];
 
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {

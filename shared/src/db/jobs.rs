@@ -87,44 +87,82 @@ const COLUMNS: &str = "id, job_type, tenant_id, params, status, progress_done, p
      attempts, crashes, result, error, cancel_requested, created_by, created_at, started_at, \
      finished_at";
 
-/// Records a new queued job, or, when `idempotency_key` was used by the same
-/// tenant within the window, returns that earlier job instead.
+/// Records a new queued job, or, when the idempotency key was used by the
+/// same tenant within the window for the same request, returns that earlier
+/// job instead. `max_active` (0: unlimited) bounds the tenant's jobs queued
+/// or running, unless the tenant has its own limit.
 ///
 /// Returns the job and whether it is new.
 ///
 /// # Errors
 ///
+/// [`Error::Conflict`] for a key first used with another request,
+/// [`Error::RateLimited`] at the active-jobs limit,
 /// [`Error::StoreUnavailable`] when PostgreSQL is down.
 pub async fn insert(
     pool: &PgPool,
     new: &NewJob,
-    idempotency_key: Option<&str>,
+    idempotency: Option<&Idempotency<'_>>,
+    max_active: u64,
 ) -> Result<(JobRecord, bool), Error> {
     let mut tx = pool.begin().await?;
-    if let Some(key) = idempotency_key {
+    if let Some(idempotency) = idempotency {
         // Serialise requests with the same key so that two concurrent ones
         // cannot both create a job.
         sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
             .bind(&new.tenant_id)
-            .bind(key)
+            .bind(idempotency.key)
             .execute(&mut *tx)
             .await?;
-        let existing: Option<(String,)> = sqlx::query_as(
-            "select job_id from job_idempotency_keys \
+        let existing: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+            "select job_id, request_digest from job_idempotency_keys \
              where tenant_id = $1 and idempotency_key = $2 \
                and created_at > now() - make_interval(hours => $3)",
         )
         .bind(&new.tenant_id)
-        .bind(key)
+        .bind(idempotency.key)
         .bind(IDEMPOTENCY_WINDOW_HOURS)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((job_id,)) = existing {
+        if let Some((job_id, digest)) = existing {
+            if digest.is_some_and(|d| d != idempotency.request_digest) {
+                return Err(Error::Conflict(
+                    "this Idempotency-Key was used for another request (job type or parameters)"
+                        .into(),
+                ));
+            }
             let job = get(&mut *tx, &job_id, None)
                 .await?
                 .ok_or_else(|| Error::internal("idempotency key points to a missing job"))?;
             tx.commit().await?;
             return Ok((job, false));
+        }
+    }
+    {
+        // Serialise the tenant's job creations so the count cannot be raced;
+        // the tenant's override, if any, replaces `max_active`.
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended('active-jobs:' || $1, 0))")
+            .bind(&new.tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        let (active, limit): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from jobs where tenant_id = $1 \
+                         and status in ('queued', 'running')), \
+                    coalesce((select max_active_jobs from tenant_limits where tenant_id = $1), $2)",
+        )
+        .bind(&new.tenant_id)
+        .bind(crate::saturating_i64(max_active))
+        .fetch_one(&mut *tx)
+        .await?;
+        if limit > 0 && active >= limit {
+            return Err(Error::RateLimited {
+                message: format!(
+                    "tenant '{}' has {active} jobs queued or running, its limit; retry when one finishes",
+                    new.tenant_id
+                ),
+                limit: u64::try_from(limit).unwrap_or(0),
+                retry_after_secs: ACTIVE_JOBS_RETRY_SECS,
+            });
         }
     }
     let job: JobRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -138,22 +176,35 @@ pub async fn insert(
     .bind(&new.created_by)
     .fetch_one(&mut *tx)
     .await?;
-    if let Some(key) = idempotency_key {
+    if let Some(idempotency) = idempotency {
         sqlx::query(
-            "insert into job_idempotency_keys (tenant_id, idempotency_key, job_id) \
-             values ($1, $2, $3) \
+            "insert into job_idempotency_keys (tenant_id, idempotency_key, job_id, request_digest) \
+             values ($1, $2, $3, $4) \
              on conflict (tenant_id, idempotency_key) \
-             do update set job_id = excluded.job_id, created_at = now()",
+             do update set job_id = excluded.job_id, request_digest = excluded.request_digest, \
+                 created_at = now()",
         )
         .bind(&new.tenant_id)
-        .bind(key)
+        .bind(idempotency.key)
         .bind(&new.id)
+        .bind(&idempotency.request_digest[..])
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
     Ok((job, true))
 }
+
+/// An `Idempotency-Key` and a digest of the request it came with, so the
+/// same key with another request is a conflict rather than a replay.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub request_digest: [u8; 32],
+}
+
+/// `Retry-After` of a job refused because the tenant has too many active.
+const ACTIVE_JOBS_RETRY_SECS: u64 = 5;
 
 /// Removes a job that never reached the queue (its enqueue failed).
 ///

@@ -11,6 +11,7 @@ pub mod oplog;
 pub mod reports;
 pub mod schedules;
 pub mod statistics;
+pub mod tenant_limits;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
