@@ -125,12 +125,13 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     .with_preload_hosts(AllowList::parse(&args.preload.preload_allowed_hosts))
     .with_max_active_jobs(args.limits.tenant_max_active_jobs)
     .with_oplog(stats.oplog().cloned());
+    let tenant_limits = Arc::new(LimitBook::new(args.limits.clone()));
     Ok(AppState::new(Shared {
-        cache: Cache::new(redis, limits, stats),
+        cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits)),
         db,
         jobs,
         key_cache: auth::KeyCache::new(args.http.api_key_cache()),
-        limits: Arc::new(LimitBook::new(args.limits.clone())),
+        limits: tenant_limits,
         rate: admission::RateLimiter::new(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         metrics_tokens: ServiceTokens::from_list(args.http.metrics_token.expose()),

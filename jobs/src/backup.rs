@@ -7,6 +7,7 @@
 use cache_shared::Error;
 use cache_shared::db::backups::{self, BackupEntry};
 use cache_shared::keys::{CacheNamespace, TenantId};
+use cache_shared::quota;
 use chrono::Utc;
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,7 @@ pub async fn restore(
     let mut writer = Restorer {
         ctx,
         ns: CacheNamespace::new(tenant),
+        tenant,
         overwrite: params.overwrite,
         progress: Progress::new(&ctx.db, job_id),
         restored: 0,
@@ -291,6 +293,7 @@ fn parse_line(line: &str) -> Result<BackupEntry, JobError> {
 struct Restorer<'a> {
     ctx: &'a JobContext,
     ns: CacheNamespace,
+    tenant: &'a TenantId,
     overwrite: bool,
     progress: Progress<'a>,
     restored: u64,
@@ -301,37 +304,41 @@ struct Restorer<'a> {
 impl Restorer<'_> {
     async fn write(&mut self, entries: &[BackupEntry]) -> Result<Next, JobError> {
         let now = Utc::now();
-        let mut pipe = redis::pipe();
-        let mut written = 0;
+        let mut keys = Vec::with_capacity(entries.len());
         for entry in entries {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(self.ns.key(&entry.cache_key)).arg(&entry.value);
-            if let Some(at) = entry.expires_at {
-                let left = (at - now).num_milliseconds();
-                if left <= 0 {
-                    self.expired += 1;
-                    continue;
-                }
-                cmd.arg("PX").arg(left);
-            }
-            if !self.overwrite {
-                cmd.arg("NX");
-            }
-            pipe.add_command(cmd);
-            written += 1;
+            let ttl_ms = match entry.expires_at {
+                None => 0,
+                Some(at) => match u64::try_from((at - now).num_milliseconds()) {
+                    Ok(left) if left > 0 => left,
+                    _ => {
+                        self.expired += 1;
+                        continue;
+                    }
+                },
+            };
+            keys.push((self.ns.key(&entry.cache_key), &entry.value, ttl_ms));
         }
-        if written > 0 {
+        if !keys.is_empty() {
+            let batch: Vec<quota::Write<'_>> = keys
+                .iter()
+                .map(|(redis_key, stored, ttl_ms)| quota::Write {
+                    redis_key,
+                    stored,
+                    ttl_ms: *ttl_ms,
+                })
+                .collect();
+            let limits = self.ctx.cache.tenant_limits().of(self.tenant.as_str());
             let redis_store = self.ctx.cache.redis();
-            let answers: Vec<Option<String>> = redis_store
+            // All of a batch or none of it: over the quota, the restore
+            // stops with what earlier batches wrote.
+            let set = redis_store
                 .timed_for(self.ctx.pacing.batch_timeout, async {
                     let mut conn = redis_store.conn().await?;
-                    let answers: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-                    Ok(answers)
+                    quota::write(&mut conn, self.tenant, &limits, &batch, !self.overwrite).await
                 })
                 .await?;
-            let set = answers.iter().filter(|a| a.is_some()).count() as u64;
             self.restored += set;
-            self.kept += written as u64 - set;
+            self.kept += batch.len() as u64 - set;
         }
         let next = self.progress.advance(entries.len() as i64).await?;
         tokio::time::sleep(self.ctx.pacing.pause).await;

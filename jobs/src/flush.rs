@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cache_shared::Error;
 use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
-use cache_shared::scripts::SCAN_UNLINK;
+use cache_shared::quota::SCAN_UNLINK;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -12,7 +12,9 @@ use deadpool_redis::redis;
 use crate::codec::{Codec, Value};
 use crate::error::Error;
 use crate::keys::{CacheNamespace, TenantId, validate_key};
+use crate::limits::LimitBook;
 use crate::live_stats::{LiveStats, Op};
+use crate::quota;
 use crate::redis::RedisStore;
 use crate::ttl::{Expiry, from_redis_ttl};
 
@@ -63,16 +65,37 @@ pub struct Cache {
     codec: Codec,
     limits: CacheLimits,
     stats: Arc<LiveStats>,
+    tenants: Arc<LimitBook>,
 }
 
 impl Cache {
-    pub fn new(redis: RedisStore, limits: CacheLimits, stats: Arc<LiveStats>) -> Self {
+    pub fn new(
+        redis: RedisStore,
+        limits: CacheLimits,
+        stats: Arc<LiveStats>,
+        tenants: Arc<LimitBook>,
+    ) -> Self {
         Self {
             redis,
             codec: Codec::new(limits.compression_min_bytes),
             limits,
             stats,
+            tenants,
         }
+    }
+
+    /// Every tenant's limits, as writes check them.
+    pub fn tenant_limits(&self) -> &LimitBook {
+        &self.tenants
+    }
+
+    /// `tenant`'s usage against its quota (keys and bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn usage(&self, tenant: &TenantId) -> Result<quota::Usage, Error> {
+        quota::usage(&self.redis, tenant).await
     }
 
     pub fn redis(&self) -> &RedisStore {
@@ -151,17 +174,26 @@ impl Cache {
         let expiry = ttl.unwrap_or(self.limits.default_ttl);
         let encoded = self.codec.encode(value);
         let value_bytes = encoded.len();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(CacheNamespace::key_of(tenant, key)).arg(encoded);
-        if let Some(seconds) = expiry.seconds() {
-            cmd.arg("EX").arg(seconds);
-        }
+        let redis_key = CacheNamespace::key_of(tenant, key);
+        let limits = self.tenants.of(tenant.as_str());
+        let item = quota::Write {
+            redis_key: &redis_key,
+            stored: &encoded,
+            ttl_ms: ttl_ms(expiry),
+        };
         let result = self
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let () = cmd.query_async(&mut conn).await?;
-                Ok(())
+                quota::write(
+                    &mut conn,
+                    tenant,
+                    &limits,
+                    std::slice::from_ref(&item),
+                    false,
+                )
+                .await
+                .map(drop)
             })
             .await;
         self.stats.observe_write(
@@ -187,10 +219,7 @@ impl Cache {
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let removed: i64 = redis::cmd("UNLINK")
-                    .arg(&redis_key)
-                    .query_async(&mut conn)
-                    .await?;
+                let removed = quota::delete(&mut conn, tenant, &[&redis_key]).await?;
                 Ok(removed > 0)
             })
             .await;
@@ -280,29 +309,48 @@ impl Cache {
             return Ok(0);
         }
         let ns = CacheNamespace::new(tenant);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        // Sizes only for the operation log, when there is one.
-        let logging = self.stats.logs_writes();
-        let mut sizes = Vec::with_capacity(if logging { items.len() } else { 0 });
-        for item in items {
-            let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
-            let encoded = self.codec.encode(&item.value);
-            if logging {
-                sizes.push(encoded.len());
-            }
-            let cmd = pipe.cmd("SET").arg(ns.key(&item.key)).arg(encoded);
-            if let Some(seconds) = expiry.seconds() {
-                cmd.arg("EX").arg(seconds);
-            }
-            cmd.ignore();
+        // A key given twice is written once, with its last value (as
+        // successive SETs would leave it).
+        let mut last = std::collections::HashMap::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            last.insert(item.key.as_str(), i);
         }
+        let encoded: Vec<(String, Vec<u8>, u64)> = items
+            .iter()
+            .map(|item| {
+                let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
+                (
+                    ns.key(&item.key),
+                    self.codec.encode(&item.value),
+                    ttl_ms(expiry),
+                )
+            })
+            .collect();
+        // Sizes only for the operation log, when there is one.
+        let sizes: Vec<usize> = if self.stats.logs_writes() {
+            encoded.iter().map(|(_, stored, _)| stored.len()).collect()
+        } else {
+            Vec::new()
+        };
+        let limits = self.tenants.of(tenant.as_str());
         let result = self
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let () = pipe.query_async(&mut conn).await?;
-                Ok(())
+                let batch: Vec<quota::Write<'_>> = encoded
+                    .iter()
+                    .zip(items)
+                    .enumerate()
+                    .filter(|(i, (_, item))| last.get(item.key.as_str()) == Some(i))
+                    .map(|(_, ((redis_key, stored, ttl_ms), _))| quota::Write {
+                        redis_key,
+                        stored,
+                        ttl_ms: *ttl_ms,
+                    })
+                    .collect();
+                quota::write(&mut conn, tenant, &limits, &batch, false)
+                    .await
+                    .map(drop)
             })
             .await;
         let written = items
@@ -372,28 +420,9 @@ impl Cache {
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let updated = match ttl.seconds() {
-                    Some(seconds) => {
-                        let n: i64 = redis::cmd("EXPIRE")
-                            .arg(&redis_key)
-                            .arg(seconds)
-                            .query_async(&mut conn)
-                            .await?;
-                        n > 0
-                    }
-                    None => {
-                        // PERSIST answers 0 for a key that has no expiry; the
-                        // caller asked for "no expiry" and got it, so report
-                        // whether the key exists.
-                        let (exists, _): (bool, i64) = redis::pipe()
-                            .exists(&redis_key)
-                            .persist(&redis_key)
-                            .query_async(&mut conn)
-                            .await?;
-                        exists
-                    }
-                };
-                Ok(updated)
+                // "No expiry" on a key without one is still an update: the
+                // caller got what it asked for; only a missing key is `false`.
+                quota::retime(&mut conn, tenant, &redis_key, ttl_ms(ttl)).await
             })
             .await;
         let updated =
@@ -447,14 +476,15 @@ impl Cache {
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let mut pipe = redis::pipe();
-                pipe.cmd("TOUCH").arg(&redis_key).ignore();
-                match ttl.map(Expiry::seconds) {
-                    Some(Some(seconds)) => pipe.expire(&redis_key, i64::from(seconds)).ignore(),
-                    Some(None) => pipe.persist(&redis_key).ignore(),
-                    None => &mut pipe,
-                };
-                let (remaining,): (i64,) = pipe.ttl(&redis_key).query_async(&mut conn).await?;
+                if let Some(ttl) = ttl {
+                    quota::retime(&mut conn, tenant, &redis_key, ttl_ms(ttl)).await?;
+                }
+                let (_, remaining): (i64, i64) = redis::pipe()
+                    .cmd("TOUCH")
+                    .arg(&redis_key)
+                    .ttl(&redis_key)
+                    .query_async(&mut conn)
+                    .await?;
                 Ok(from_redis_ttl(remaining))
             })
             .await;
@@ -594,16 +624,13 @@ pub async fn compress_stored(
     if !crate::codec::is_compressed(&packed) || packed.len() >= stored.len() {
         return Ok(unchanged);
     }
-    let mut invocation = crate::scripts::COMPARE_AND_SET.prepare_invoke();
-    invocation.key(redis_key).arg(stored).arg(&packed);
-    let replaced: i64 = redis_store
+    let replaced = redis_store
         .timed_for(deadline, async {
             let mut conn = redis_store.conn().await?;
-            let replaced: i64 = invocation.invoke_async(&mut conn).await?;
-            Ok(replaced)
+            quota::compare_and_set(&mut conn, redis_key, stored, &packed).await
         })
         .await?;
-    if replaced == 1 {
+    if replaced {
         Ok(Compressed {
             bytes_before: stored.len(),
             bytes_after: packed.len(),
@@ -612,6 +639,11 @@ pub async fn compress_stored(
     } else {
         Ok(unchanged)
     }
+}
+
+/// An expiry as the accounting scripts take it: milliseconds, 0 for none.
+fn ttl_ms(expiry: Expiry) -> u64 {
+    expiry.seconds().map_or(0, |s| u64::from(s) * 1000)
 }
 
 fn check_batch(len: usize, field: &'static str) -> Result<(), Error> {

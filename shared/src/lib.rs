@@ -16,6 +16,7 @@ pub mod live_stats;
 pub mod metrics;
 pub mod oplog;
 pub mod permissions;
+pub mod quota;
 pub mod redis;
 pub mod rollup;
 pub mod scripts;

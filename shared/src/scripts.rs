@@ -176,37 +176,3 @@ return pruned
 ",
     )
 });
-
-/// KEYS: one key. ARGV: the bytes expected there, the bytes to store.
-/// Replaces the value, keeping its TTL, only if it is still the expected one;
-/// returns 1 when replaced.
-pub static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// ARGV: cursor, pattern, count. One step of a flush inside Redis: a `SCAN`
-/// page and the `UNLINK` of what it found, in one round trip and without
-/// shipping the keys to the worker and back. Returns the next cursor and
-/// the number of keys removed. A tenant's pattern stays inside its hash tag,
-/// so under Redis Cluster the step touches one slot.
-pub static SCAN_UNLINK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local keys = page[2]
-local removed = 0
-for i = 1, #keys, 500 do
-  removed = removed + redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
-end
-return {page[1], removed}
-",
-    )
-});

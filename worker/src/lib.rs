@@ -240,11 +240,18 @@ pub async fn run(
     })
     .await?;
 
+    let tenant_limits = Arc::new(cache_shared::limits::LimitBook::new(
+        settings.limits.clone(),
+    ));
+    if let Err(err) = tenant_limits.reload(&db).await {
+        tracing::warn!(%err, "tenant limits not loaded yet; defaults apply until they are");
+    }
     let ctx = JobContext {
         cache: Cache::new(
             redis.clone(),
             CacheLimits::from_settings(&settings.cache),
             Arc::new(LiveStats::default()),
+            Arc::clone(&tenant_limits),
         ),
         db: db.clone(),
         pacing: settings.pacing(),
@@ -323,6 +330,11 @@ pub async fn run(
         heartbeat_stopped.clone(),
     ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
+    let limits = tokio::spawn(limits_loop(
+        tenant_limits,
+        db.clone(),
+        heartbeat_stopped.clone(),
+    ));
     let retention = tokio::spawn(upkeep::retention_loop(
         db.clone(),
         settings.log_retention_days,
@@ -355,6 +367,7 @@ pub async fn run(
         (hygiene, "queue vacuum"),
         (recovery, "lost-job recovery"),
         (scheduler, "scheduler"),
+        (limits, "tenant limits"),
         (retention, "log retention"),
         (audit, "audit delivery"),
         (exporter, "metrics endpoint"),
@@ -448,6 +461,25 @@ async fn schedule_loop(queue: JobQueue, stop: tokio::sync::watch::Receiver<bool>
     })
     .await;
 }
+
+/// Reloads tenant limits (quotas checked by preloads and restores) as
+/// often as the api instances do.
+async fn limits_loop(
+    book: Arc<cache_shared::limits::LimitBook>,
+    db: sqlx::PgPool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (book, db) = (&book, &db);
+    every(LIMITS_REFRESH, stop, move || async move {
+        if let Err(err) = book.reload(db).await {
+            tracing::warn!(%err, "tenant limits not reloaded; keeping the last known ones");
+        }
+    })
+    .await;
+}
+
+/// How often the worker reloads tenant limits.
+const LIMITS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Wait before restart `n` of a queue worker: 1 s, 2 s, 4 s, … capped at 30 s.
 fn restart_backoff(restarts: usize) -> Duration {

@@ -239,6 +239,9 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
             RedisStore::new(&settings.redis).unwrap(),
             CacheLimits::from_settings(&settings.cache),
             Arc::new(LiveStats::default()),
+            Arc::new(cache_shared::limits::LimitBook::new(
+                settings.limits.clone(),
+            )),
         ),
         db: db.clone(),
         pacing: Pacing::default(),

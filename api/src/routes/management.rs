@@ -105,10 +105,18 @@ async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
             .then(|| figures.used_memory_bytes as f64 * 100.0 / figures.max_memory_bytes as f64),
         "evictedKeys": figures.evicted_keys,
     });
+    let limits = state.limits.of(caller.tenant.as_str());
+    let usage = state.cache.usage(&caller.tenant).await.map_err(&op)?;
+    let quota = QuotaView {
+        max_keys: limits.max_keys,
+        max_bytes: limits.max_bytes,
+        keys: usage.keys,
+        bytes: usage.bytes,
+    };
     if caller.role == Role::Operator {
         let details = state.cache.redis().info("memory").await.map_err(&op)?;
         return Ok(Json(
-            json!({ "scope": "server", "server": server, "info": details }),
+            json!({ "scope": "server", "server": server, "info": details, "quota": quota }),
         ));
     }
     let report = reports::latest(&state.db, caller.tenant.as_str())
@@ -120,7 +128,18 @@ async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
         "server": server,
         "tenantBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
         "tenantBytesFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
+        "quota": quota,
     })))
+}
+
+/// The acted-on tenant's usage against its quota (`0`: unlimited).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct QuotaView {
+    max_keys: u64,
+    max_bytes: u64,
+    keys: u64,
+    bytes: u64,
 }
 
 #[utoipa::path(

@@ -1,0 +1,467 @@
+//! How much each tenant stores (keys, and bytes = the caller's key bytes +
+//! the value bytes as stored), kept exact by the writes themselves, and the
+//! quota check that refuses a write before anything is stored (API.md §9).
+//!
+//! # Accounting
+//!
+//! Every script that adds, replaces, re-times or removes a tenant's key
+//! updates, in the same atomic step, the tenant's usage hash
+//! (`q:{tenant}:usage`, fields `k` and `b`). Keys that expire on their own
+//! are accounted ahead of time: a key written with an expiry is also added
+//! to the expiry bucket of its absolute expiry time (10-second buckets in
+//! `q:{tenant}:exp`, indexed by `q:{tenant}:expz`); once a bucket lies wholly
+//! in the past, its keys are gone and it is subtracted from the usage
+//! ("settled"), by the next write or read of the tenant's usage. Replacing,
+//! deleting or re-timing a key takes it out of its old bucket first
+//! (`PEXPIRETIME`), so a key is subtracted exactly once. Keys Redis evicts
+//! under `maxmemory` are the one change no script sees: [`reconcile`]
+//! recounts a tenant from its keys when the worker notices evictions.
+//!
+//! All these keys carry the tenant's hash tag, so they share a slot with
+//! the tenant's values.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::{self, Script};
+
+use crate::error::Error;
+use crate::keys::TenantId;
+use crate::limits::TenantLimits;
+use crate::redis::RedisStore;
+
+/// Width of an expiry bucket in milliseconds.
+pub const BUCKET_MS: i64 = 10_000;
+
+/// The usage hash, the expiry buckets and their index of one tenant.
+#[derive(Debug, Clone)]
+pub struct UsageKeys {
+    pub usage: String,
+    pub buckets: String,
+    pub index: String,
+}
+
+impl UsageKeys {
+    pub fn of(tenant: &TenantId) -> Self {
+        Self::named(tenant.as_str())
+    }
+
+    fn named(tenant: &str) -> Self {
+        Self {
+            usage: format!("q:{{{tenant}}}:usage"),
+            buckets: format!("q:{{{tenant}}}:exp"),
+            index: format!("q:{{{tenant}}}:expz"),
+        }
+    }
+}
+
+/// A tenant's usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// Functions every accounting script starts with. `plen` is the length of
+/// the tenant's key prefix (`c:{tenant}:`), so `#key - plen` is the caller's
+/// key length.
+const LIBRARY: &str = r"
+local BUCKET = 10000
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function bucket_of(at) return math.floor(at / BUCKET) end
+local function add_to_bucket(x, xz, at, bytes, sign)
+  if at <= 0 then return end
+  local b = bucket_of(at)
+  local left = redis.call('HINCRBY', x, b .. ':k', sign)
+  redis.call('HINCRBY', x, b .. ':b', sign * bytes)
+  if left <= 0 then
+    redis.call('HDEL', x, b .. ':k', b .. ':b')
+    redis.call('ZREM', xz, b)
+  elseif sign > 0 then
+    redis.call('ZADD', xz, b, b)
+  end
+end
+-- Subtracts the buckets wholly past (with one bucket of margin, so a key
+-- Redis still holds is never settled) from the usage.
+local function settle(u, x, xz, now)
+  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', bucket_of(now) - 2, 'LIMIT', 0, 256)
+  local dk, db = 0, 0
+  for _, b in ipairs(due) do
+    local f = redis.call('HMGET', x, b .. ':k', b .. ':b')
+    dk = dk + (tonumber(f[1]) or 0)
+    db = db + (tonumber(f[2]) or 0)
+    redis.call('HDEL', x, b .. ':k', b .. ':b')
+    redis.call('ZREM', xz, b)
+  end
+  if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
+  if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
+end
+local function usage(u)
+  local f = redis.call('HMGET', u, 'k', 'b')
+  return tonumber(f[1]) or 0, tonumber(f[2]) or 0
+end
+-- Takes one present key out of the accounting; returns its size.
+local function forget(u, x, xz, key, plen)
+  local old = redis.call('STRLEN', key)
+  if old == 0 then return 0 end
+  local size = #key - plen + old
+  add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), size, -1)
+  return size
+end
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIBRARY}{body}"))
+}
+
+/// KEYS: usage, buckets, index, then the keys to write. ARGV: max keys,
+/// max bytes (0: unlimited), `1` to write only absent keys, prefix length,
+/// then per key its value and TTL in milliseconds (0: none). Keys are
+/// distinct. Writes all or nothing: returns how many keys were written, or
+/// `{limit, quota, usage}` when the batch would go over a quota.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local u, x, xz = KEYS[1], KEYS[2], KEYS[3]
+local max_keys, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
+local nx, plen = ARGV[3] == '1', tonumber(ARGV[4])
+local now = now_ms()
+settle(u, x, xz, now)
+local n = #KEYS - 3
+local olds = {}
+local dk, db = 0, 0
+for i = 1, n do
+  local key, value = KEYS[i + 3], ARGV[3 + 2 * i]
+  local old = redis.call('STRLEN', key)
+  olds[i] = old
+  if old == 0 then
+    dk = dk + 1
+    db = db + #key - plen + #value
+  elseif not nx then
+    db = db + #value - old
+  end
+end
+local keys, bytes = usage(u)
+if max_keys > 0 and dk > 0 and keys + dk > max_keys then
+  return {'maxKeys', max_keys, keys}
+end
+if max_bytes > 0 and db > 0 and bytes + db > max_bytes then
+  return {'maxBytes', max_bytes, bytes}
+end
+local written = 0
+for i = 1, n do
+  if not (nx and olds[i] > 0) then
+    local key, value, ttl = KEYS[i + 3], ARGV[3 + 2 * i], tonumber(ARGV[4 + 2 * i])
+    if olds[i] > 0 then
+      add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), #key - plen + olds[i], -1)
+    end
+    if ttl > 0 then
+      local at = now + ttl
+      redis.call('SET', key, value, 'PXAT', at)
+      add_to_bucket(x, xz, at, #key - plen + #value, 1)
+    else
+      redis.call('SET', key, value)
+    end
+    written = written + 1
+  end
+end
+if dk ~= 0 then redis.call('HINCRBY', u, 'k', dk) end
+if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
+return written
+",
+    )
+});
+
+/// KEYS: usage, buckets, index, then keys. ARGV: prefix length. Removes the
+/// keys; returns how many existed.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local u, x, xz, plen = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
+settle(u, x, xz, now_ms())
+local dk, db = 0, 0
+for i = 4, #KEYS do
+  local size = forget(u, x, xz, KEYS[i], plen)
+  if size > 0 then
+    redis.call('UNLINK', KEYS[i])
+    dk = dk + 1
+    db = db + size
+  end
+end
+if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
+if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
+return dk
+",
+    )
+});
+
+/// KEYS: usage, buckets, index, key. ARGV: prefix length, TTL in
+/// milliseconds (0: no expiry). Returns 1 when the key exists.
+static RETIME: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local u, x, xz, key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local plen, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+settle(u, x, xz, now)
+local size = forget(u, x, xz, key, plen)
+if size == 0 then return 0 end
+if ttl > 0 then
+  redis.call('PEXPIREAT', key, now + ttl)
+  add_to_bucket(x, xz, now + ttl, size, 1)
+else
+  redis.call('PERSIST', key)
+end
+return 1
+",
+    )
+});
+
+/// KEYS: usage, buckets, index, key. ARGV: prefix length, the bytes expected
+/// at the key, the bytes to store. Replaces the value, keeping its TTL, only
+/// if it is still the expected one; returns 1 when replaced.
+static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local u, x, xz, key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local plen = tonumber(ARGV[1])
+if redis.call('GET', key) ~= ARGV[2] then return 0 end
+local at = redis.call('PEXPIRETIME', key)
+local klen = #key - plen
+add_to_bucket(x, xz, at, klen + #ARGV[2], -1)
+redis.call('SET', key, ARGV[3], 'KEEPTTL')
+add_to_bucket(x, xz, at, klen + #ARGV[3], 1)
+local db = #ARGV[3] - #ARGV[2]
+if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
+return 1
+",
+    )
+});
+
+/// KEYS: usage, buckets, index. Settles past buckets; returns `{keys, bytes}`.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+settle(KEYS[1], KEYS[2], KEYS[3], now_ms())
+local k, b = usage(KEYS[1])
+return {k, b}
+",
+    )
+});
+
+/// ARGV: cursor, pattern, count. One step of a flush inside Redis: a `SCAN`
+/// page and the `UNLINK` of what it found, each key taken out of its
+/// tenant's accounting. Returns the next cursor and the number of keys
+/// removed. A tenant's pattern stays inside its hash tag, so under Redis
+/// Cluster the step touches one slot.
+pub static SCAN_UNLINK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local removed = 0
+local changes = {}
+for _, key in ipairs(page[2]) do
+  local tenant = string.match(key, '^c:{([^}]*)}:')
+  if tenant then
+    local u = 'q:{' .. tenant .. '}:usage'
+    local c = changes[u]
+    if not c then
+      c = {0, 0, 'q:{' .. tenant .. '}:exp', 'q:{' .. tenant .. '}:expz'}
+      changes[u] = c
+    end
+    local size = forget(u, c[3], c[4], key, #tenant + 5)
+    if size > 0 then
+      c[1] = c[1] + 1
+      c[2] = c[2] + size
+    end
+  end
+  removed = removed + redis.call('UNLINK', key)
+end
+for u, c in pairs(changes) do
+  if c[1] ~= 0 then redis.call('HINCRBY', u, 'k', -c[1]) end
+  if c[2] ~= 0 then redis.call('HINCRBY', u, 'b', -c[2]) end
+end
+return {page[1], removed}
+",
+    )
+});
+
+/// Length of `c:{tenant}:`.
+fn prefix_len(tenant: &TenantId) -> usize {
+    tenant.as_str().len() + 5
+}
+
+fn with_usage_keys(invocation: &mut redis::ScriptInvocation<'_>, tenant: &TenantId) {
+    let keys = UsageKeys::of(tenant);
+    invocation.key(keys.usage).key(keys.buckets).key(keys.index);
+}
+
+/// One key to write: its Redis key, stored bytes and TTL in milliseconds
+/// (0: none).
+#[derive(Debug, Clone)]
+pub struct Write<'a> {
+    pub redis_key: &'a str,
+    pub stored: &'a [u8],
+    pub ttl_ms: u64,
+}
+
+/// Writes `items` (distinct keys) into `tenant` all or nothing, or none
+/// when the tenant's quota would be exceeded; `only_absent` writes only the
+/// keys that do not exist. Returns how many keys were written.
+///
+/// Runs on `conn`: the caller times it.
+///
+/// # Errors
+///
+/// [`Error::QuotaExceeded`] (nothing written), Redis errors.
+pub async fn write(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    limits: &TenantLimits,
+    items: &[Write<'_>],
+    only_absent: bool,
+) -> Result<u64, Error> {
+    let mut invocation = WRITE.prepare_invoke();
+    with_usage_keys(&mut invocation, tenant);
+    invocation
+        .arg(limits.max_keys)
+        .arg(limits.max_bytes)
+        .arg(u8::from(only_absent))
+        .arg(prefix_len(tenant));
+    for item in items {
+        invocation
+            .key(item.redis_key)
+            .arg(item.stored)
+            .arg(item.ttl_ms);
+    }
+    let answer: redis::Value = invocation.invoke_async(conn).await?;
+    match answer {
+        redis::Value::Int(written) => Ok(u64::try_from(written).unwrap_or(0)),
+        refused => {
+            let (limit, quota, usage): (String, u64, u64) = redis::from_redis_value(refused)?;
+            Err(Error::QuotaExceeded {
+                limit: if limit == "maxKeys" {
+                    "maxKeys"
+                } else {
+                    "maxBytes"
+                },
+                quota,
+                usage,
+            })
+        }
+    }
+}
+
+/// Removes keys of `tenant`; returns how many existed.
+///
+/// # Errors
+///
+/// Redis errors.
+pub async fn delete(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    redis_keys: &[&str],
+) -> Result<u64, Error> {
+    let mut invocation = DELETE.prepare_invoke();
+    with_usage_keys(&mut invocation, tenant);
+    invocation.arg(prefix_len(tenant));
+    for key in redis_keys {
+        invocation.key(*key);
+    }
+    Ok(invocation.invoke_async(conn).await?)
+}
+
+/// Gives an existing key of `tenant` a new TTL in milliseconds (0: none);
+/// `false` when the key does not exist.
+///
+/// # Errors
+///
+/// Redis errors.
+pub async fn retime(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    redis_key: &str,
+    ttl_ms: u64,
+) -> Result<bool, Error> {
+    let mut invocation = RETIME.prepare_invoke();
+    with_usage_keys(&mut invocation, tenant);
+    invocation
+        .key(redis_key)
+        .arg(prefix_len(tenant))
+        .arg(ttl_ms);
+    let found: i64 = invocation.invoke_async(conn).await?;
+    Ok(found == 1)
+}
+
+/// Replaces `expected` by `replacement` at `redis_key` (TTL kept) if it is
+/// still there; `true` when replaced. `redis_key` must be a cache key
+/// (`c:{tenant}:…`).
+///
+/// # Errors
+///
+/// [`Error::Internal`] for a key outside every tenant, Redis errors.
+pub async fn compare_and_set(
+    conn: &mut crate::redis::Conn,
+    redis_key: &str,
+    expected: &[u8],
+    replacement: &[u8],
+) -> Result<bool, Error> {
+    let tenant = tenant_of(redis_key)
+        .ok_or_else(|| Error::internal(format!("'{redis_key}' is not a tenant's key")))?;
+    let keys = UsageKeys::named(tenant);
+    let replaced: i64 = COMPARE_AND_SET
+        .prepare_invoke()
+        .key(keys.usage)
+        .key(keys.buckets)
+        .key(keys.index)
+        .key(redis_key)
+        .arg(tenant.len() + 5)
+        .arg(expected)
+        .arg(replacement)
+        .invoke_async(conn)
+        .await?;
+    Ok(replaced == 1)
+}
+
+/// The tenant of a cache key `c:{tenant}:…`.
+fn tenant_of(redis_key: &str) -> Option<&str> {
+    let rest = redis_key.strip_prefix("c:{")?;
+    let end = rest.find("}:")?;
+    Some(&rest[..end])
+}
+
+/// `tenant`'s usage now (past expiry buckets settled first).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn usage(redis_store: &RedisStore, tenant: &TenantId) -> Result<Usage, Error> {
+    redis_store
+        .timed(async {
+            let mut conn = redis_store.conn().await?;
+            let mut invocation = READ.prepare_invoke();
+            with_usage_keys(&mut invocation, tenant);
+            let (keys, bytes): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+            Ok(Usage {
+                keys: u64::try_from(keys).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            })
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_of_a_cache_key() {
+        assert_eq!(tenant_of("c:{acme}:user:1"), Some("acme"));
+        assert_eq!(tenant_of("c:{acme}:"), Some("acme"));
+        assert_eq!(tenant_of("s:{_platform}:x"), None);
+        assert_eq!(tenant_of("c:{acme"), None);
+    }
+}
