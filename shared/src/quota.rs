@@ -14,8 +14,11 @@
 //! ("settled"), by the next write or read of the tenant's usage. Replacing,
 //! deleting or re-timing a key takes it out of its old bucket first
 //! (`PEXPIRETIME`), so a key is subtracted exactly once. Keys Redis evicts
-//! under `maxmemory` are the one change no script sees: [`reconcile`]
-//! recounts a tenant from its keys when the worker notices evictions.
+//! under `maxmemory` (and keys written before accounting existed) are what
+//! no script sees: [`reconcile`] recounts every tenant from its keys, and
+//! the worker runs it when Redis reports evictions. Every accounted change
+//! bumps the tenant's write counter (`w`), so a recount that raced a write
+//! is dropped instead of applied.
 //!
 //! All these keys carry the tenant's hash tag, so they share a slot with
 //! the tenant's values.
@@ -84,10 +87,11 @@ local function add_to_bucket(x, xz, at, bytes, sign)
     redis.call('ZADD', xz, b, b)
   end
 end
--- Subtracts the buckets wholly past (with one bucket of margin, so a key
--- Redis still holds is never settled) from the usage.
+-- Subtracts the buckets wholly past from the usage, a second after their
+-- end (the script's clock and the one Redis expires keys by may differ by
+-- the script's own run time, so a key Redis still holds is never settled).
 local function settle(u, x, xz, now)
-  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', bucket_of(now) - 2, 'LIMIT', 0, 256)
+  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', bucket_of(now - 1000) - 1, 'LIMIT', 0, 256)
   local dk, db = 0, 0
   for _, b in ipairs(due) do
     local f = redis.call('HMGET', x, b .. ':k', b .. ':b')
@@ -170,6 +174,7 @@ for i = 1, n do
 end
 if dk ~= 0 then redis.call('HINCRBY', u, 'k', dk) end
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
+if written > 0 then redis.call('HINCRBY', u, 'w', 1) end
 return written
 ",
     )
@@ -191,8 +196,11 @@ for i = 4, #KEYS do
     db = db + size
   end
 end
-if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
-if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
+if dk ~= 0 then
+  redis.call('HINCRBY', u, 'k', -dk)
+  redis.call('HINCRBY', u, 'b', -db)
+  redis.call('HINCRBY', u, 'w', 1)
+end
 return dk
 ",
     )
@@ -215,6 +223,7 @@ if ttl > 0 then
 else
   redis.call('PERSIST', key)
 end
+redis.call('HINCRBY', u, 'w', 1)
 return 1
 ",
     )
@@ -236,6 +245,7 @@ redis.call('SET', key, ARGV[3], 'KEEPTTL')
 add_to_bucket(x, xz, at, klen + #ARGV[3], 1)
 local db = #ARGV[3] - #ARGV[2]
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
+redis.call('HINCRBY', u, 'w', 1)
 return 1
 ",
     )
@@ -281,13 +291,204 @@ for _, key in ipairs(page[2]) do
   removed = removed + redis.call('UNLINK', key)
 end
 for u, c in pairs(changes) do
-  if c[1] ~= 0 then redis.call('HINCRBY', u, 'k', -c[1]) end
-  if c[2] ~= 0 then redis.call('HINCRBY', u, 'b', -c[2]) end
+  if c[1] ~= 0 then
+    redis.call('HINCRBY', u, 'k', -c[1])
+    redis.call('HINCRBY', u, 'b', -c[2])
+    redis.call('HINCRBY', u, 'w', 1)
+  end
 end
 return {page[1], removed}
 ",
     )
 });
+
+/// KEYS: usage, buckets, index. ARGV: the write counter seen before the
+/// recount (`''`: none), keys, bytes, then per bucket its number, keys and
+/// bytes. Replaces the accounting with the recount unless a write came in
+/// meanwhile; returns 1 when applied.
+static APPLY_RECOUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local u, x, xz = KEYS[1], KEYS[2], KEYS[3]
+if (redis.call('HGET', u, 'w') or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', x, xz)
+redis.call('HSET', u, 'k', ARGV[2], 'b', ARGV[3])
+for i = 4, #ARGV, 3 do
+  local b = ARGV[i]
+  redis.call('HSET', x, b .. ':k', ARGV[i + 1], b .. ':b', ARGV[i + 2])
+  redis.call('ZADD', xz, b, b)
+end
+return 1
+",
+    )
+});
+
+/// What one [`reconcile`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Tenants whose accounting was replaced by their recount.
+    pub tenants: u64,
+    /// Tenants written to during the pass, left for the next one.
+    pub raced: u64,
+    /// Keys walked.
+    pub keys: u64,
+}
+
+/// Recounts every tenant's keys and bytes from its stored keys (a walk of
+/// the whole keyspace, `batch` keys a step) and replaces its accounting
+/// with the recount, expiry buckets included; a tenant written to during
+/// the walk keeps its accounting (see the module docs).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn reconcile(
+    redis_store: &RedisStore,
+    batch: usize,
+    step_timeout: std::time::Duration,
+) -> Result<Reconciled, Error> {
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Recount {
+        seen: Option<String>,
+        keys: u64,
+        bytes: u64,
+        buckets: HashMap<i64, (u64, u64)>,
+    }
+    let mut tenants: HashMap<String, Recount> = HashMap::new();
+    // The write counters first: a write after this point makes the recount stale.
+    walk(
+        redis_store,
+        "q:{*}:usage",
+        batch,
+        step_timeout,
+        |conn, keys| {
+            Box::pin(async move {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hget(key, "w");
+                }
+                let counters: Vec<Option<String>> = pipe.query_async(conn).await?;
+                Ok(keys.into_iter().zip(counters).collect::<Vec<_>>())
+            })
+        },
+    )
+    .await?
+    .into_iter()
+    .filter_map(|(key, w)| Some((usage_tenant(&key)?.to_owned(), w)))
+    .for_each(|(tenant, w)| {
+        tenants.entry(tenant).or_default().seen = Some(w.unwrap_or_default());
+    });
+    let mut walked = 0u64;
+    let sizes = walk(redis_store, "c:{*}:*", batch, step_timeout, |conn, keys| {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.strlen(key).cmd("PEXPIRETIME").arg(key);
+            }
+            let answers: Vec<(u64, i64)> = pipe.query_async(conn).await?;
+            Ok(keys.into_iter().zip(answers).collect::<Vec<_>>())
+        })
+    })
+    .await?;
+    for (key, (stored, expires_at)) in sizes {
+        walked += 1;
+        let Some(tenant) = tenant_of(&key) else {
+            continue;
+        };
+        if stored == 0 {
+            continue; // gone since the page was read
+        }
+        let size = (key.len() - tenant.len() - 5) as u64 + stored;
+        let recount = tenants.entry(tenant.to_owned()).or_insert_with(|| Recount {
+            seen: Some(String::new()),
+            ..Recount::default()
+        });
+        recount.keys += 1;
+        recount.bytes += size;
+        if expires_at > 0 {
+            let bucket = recount.buckets.entry(expires_at / BUCKET_MS).or_default();
+            bucket.0 += 1;
+            bucket.1 += size;
+        }
+    }
+    let mut done = Reconciled {
+        keys: walked,
+        ..Reconciled::default()
+    };
+    for (tenant, recount) in tenants {
+        let keys = UsageKeys::named(&tenant);
+        let mut invocation = APPLY_RECOUNT.prepare_invoke();
+        invocation
+            .key(&keys.usage)
+            .key(&keys.buckets)
+            .key(&keys.index)
+            .arg(recount.seen.unwrap_or_default())
+            .arg(recount.keys)
+            .arg(recount.bytes);
+        for (bucket, (k, b)) in &recount.buckets {
+            invocation.arg(*bucket).arg(*k).arg(*b);
+        }
+        let applied: i64 = redis_store
+            .timed_for(step_timeout, async {
+                let mut conn = redis_store.conn().await?;
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        if applied == 1 {
+            done.tenants += 1;
+        } else {
+            done.raced += 1;
+        }
+    }
+    Ok(done)
+}
+
+type Step<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<T>, Error>> + Send + 'c>>;
+
+/// Walks the keys matching `pattern` with `SCAN`, reading each page with `read`.
+async fn walk<T: Send>(
+    redis_store: &RedisStore,
+    pattern: &str,
+    batch: usize,
+    step_timeout: std::time::Duration,
+    read: impl for<'c> Fn(&'c mut crate::redis::Conn, Vec<String>) -> Step<'c, T>,
+) -> Result<Vec<T>, Error> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let page = redis_store
+            .timed_for(step_timeout, async {
+                let mut conn = redis_store.conn().await?;
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query_async(&mut conn)
+                    .await?;
+                let read = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    read(&mut conn, keys).await?
+                };
+                Ok((next, read))
+            })
+            .await?;
+        found.extend(page.1);
+        cursor = page.0;
+        if cursor == 0 {
+            return Ok(found);
+        }
+    }
+}
+
+/// The tenant of a usage hash `q:{tenant}:usage`.
+fn usage_tenant(key: &str) -> Option<&str> {
+    key.strip_prefix("q:{")?.strip_suffix("}:usage")
+}
 
 /// Length of `c:{tenant}:`.
 fn prefix_len(tenant: &TenantId) -> usize {

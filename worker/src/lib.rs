@@ -330,6 +330,11 @@ pub async fn run(
         heartbeat_stopped.clone(),
     ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
+    let recount = tokio::spawn(upkeep::recount_loop(
+        redis.clone(),
+        settings.redis.command_timeout(),
+        heartbeat_stopped.clone(),
+    ));
     let limits = tokio::spawn(limits_loop(
         tenant_limits,
         db.clone(),
@@ -368,6 +373,7 @@ pub async fn run(
         (recovery, "lost-job recovery"),
         (scheduler, "scheduler"),
         (limits, "tenant limits"),
+        (recount, "usage recount"),
         (retention, "log retention"),
         (audit, "audit delivery"),
         (exporter, "metrics endpoint"),

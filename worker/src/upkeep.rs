@@ -196,3 +196,95 @@ pub(crate) async fn serve_metrics(
         tracing::warn!(%err, "worker metrics endpoint stopped");
     }
 }
+
+/// How often the worker looks for evictions.
+const EVICTIONS_EVERY: Duration = Duration::from_secs(20);
+/// Keys a recount step reads.
+const RECOUNT_BATCH: usize = 1000;
+/// Set once usage has been counted from the keys on this Redis.
+const COUNTED_MARKER: &str = "q:{_platform}:counted";
+/// Held by the worker recounting, so workers take turns.
+const RECOUNT_LOCK: &str = "q:{_platform}:recounting";
+
+/// Recounts tenant usage from the keys ([`cache_shared::quota::reconcile`])
+/// when the accounting cannot have seen a change: the first time a worker
+/// runs on a Redis (keys written before accounting existed), and whenever
+/// Redis has evicted keys since the last look. One worker at a time.
+pub(crate) async fn recount_loop(
+    redis: cache_shared::redis::RedisStore,
+    step_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let redis = &redis;
+    let evicted = &std::sync::atomic::AtomicU64::new(u64::MAX);
+    cache_shared::shutdown::every(EVICTIONS_EVERY, stop, move || async move {
+        if let Err(err) = recount_if_needed(redis, evicted, step_timeout).await {
+            tracing::warn!(%err, "usage recount not done; retrying next round");
+        }
+    })
+    .await;
+}
+
+async fn recount_if_needed(
+    redis: &cache_shared::redis::RedisStore,
+    last_evicted: &std::sync::atomic::AtomicU64,
+    step_timeout: Duration,
+) -> Result<(), cache_shared::Error> {
+    use deadpool_redis::redis as r;
+    use std::sync::atomic::Ordering;
+
+    let evicted = redis.server_figures().await?.evicted_keys;
+    let before = last_evicted.swap(evicted, Ordering::Relaxed);
+    let (counted, lock_taken): (bool, bool) = redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let counted: bool = r::cmd("EXISTS")
+                .arg(COUNTED_MARKER)
+                .query_async(&mut conn)
+                .await?;
+            let evictions = before != u64::MAX && evicted > before;
+            if counted && !evictions {
+                return Ok((true, false));
+            }
+            let taken: Option<String> = r::cmd("SET")
+                .arg(RECOUNT_LOCK)
+                .arg(std::process::id())
+                .arg("NX")
+                .arg("PX")
+                .arg(600_000)
+                .query_async(&mut conn)
+                .await?;
+            Ok((counted, taken.is_some()))
+        })
+        .await?;
+    if !lock_taken {
+        return Ok(());
+    }
+    let result = cache_shared::quota::reconcile(
+        redis,
+        RECOUNT_BATCH,
+        step_timeout.max(Duration::from_secs(5)),
+    )
+    .await;
+    redis
+        .timed(async {
+            let mut conn = redis.conn().await?;
+            let mut pipe = r::pipe();
+            pipe.del(RECOUNT_LOCK).ignore();
+            if result.is_ok() {
+                pipe.set(COUNTED_MARKER, 1).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await?;
+    let done = result?;
+    tracing::info!(
+        tenants = done.tenants,
+        raced = done.raced,
+        keys = done.keys,
+        first = !counted,
+        "tenant usage recounted from the keys"
+    );
+    Ok(())
+}

@@ -17,6 +17,7 @@ mod openapi;
 mod permissions;
 mod preload_url;
 mod public;
+mod quota;
 mod schedules;
 mod server;
 mod sessions;
