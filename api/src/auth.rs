@@ -7,27 +7,22 @@
 //! in [`policy`], applies an operator's `?tenant=`, and hands the handler a
 //! [`Caller`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use cache_shared::api_keys::{self, Role};
-use cache_shared::db::api_keys::{self as key_rows, ApiKeyRecord};
+use cache_shared::api_keys::Role;
 use cache_shared::keys::TenantId;
-use sqlx::PgPool;
 
 use crate::error::ApiError;
+use crate::key_cache::{FAILED_AUTH_BUDGET, FAILED_AUTH_WINDOW, Refusal};
 use crate::state::AppState;
 
-/// Keys remembered at most; the cache starts over beyond this.
-const MAX_CACHED_KEYS: usize = 10_000;
-/// `last_used_at` is written at most this often per key.
-const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+/// The address a request's connection came from (set per connection by
+/// [`crate::serve`]); failed authentications are counted against it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 /// Who is calling the public plane, after authorisation.
 #[derive(Debug, Clone)]
@@ -65,103 +60,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-struct Cached {
-    record: Option<ApiKeyRecord>,
-    fetched: Instant,
-    marked_used: Option<Instant>,
-}
-
-/// Resolved keys by digest, each for a few seconds.
-pub struct KeyCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], Cached>>,
-}
-
-impl std::fmt::Debug for KeyCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The usable key presented as `secret`, or `None`.
-    async fn resolve(&self, db: &PgPool, secret: &str) -> Result<Option<ApiKeyRecord>, ApiError> {
-        let hash = api_keys::digest(secret);
-        let now = Instant::now();
-        let cached = self.lookup(&hash, now);
-        let record = match cached {
-            Some(record) => record,
-            None => {
-                let record = key_rows::find_by_hash(db, &hash).await?;
-                self.store(hash, record.clone(), now);
-                record
-            }
-        };
-        let usable = record.filter(|r| r.is_usable(chrono::Utc::now()));
-        if let Some(r) = &usable {
-            self.mark_used(db, &hash, &r.id, now);
-        }
-        Ok(usable)
-    }
-
-    fn lookup(&self, hash: &[u8; 32], now: Instant) -> Option<Option<ApiKeyRecord>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(hash)
-            .filter(|c| now.duration_since(c.fetched) < self.ttl)
-            .map(|c| c.record.clone())
-    }
-
-    fn store(&self, hash: [u8; 32], record: Option<ApiKeyRecord>, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_CACHED_KEYS {
-            entries.clear();
-        }
-        let marked_used = entries.get(&hash).and_then(|c| c.marked_used);
-        entries.insert(
-            hash,
-            Cached {
-                record,
-                fetched: now,
-                marked_used,
-            },
-        );
-    }
-
-    /// Writes `last_used_at` in the background, at most once a minute per key.
-    fn mark_used(&self, db: &PgPool, hash: &[u8; 32], id: &str, now: Instant) {
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(entry) = entries.get_mut(hash) else {
-                return;
-            };
-            if entry
-                .marked_used
-                .is_some_and(|t| now.duration_since(t) < LAST_USED_EVERY)
-            {
-                return;
-            }
-            entry.marked_used = Some(now);
-        }
-        let db = db.clone();
-        let ids = vec![id.to_owned()];
-        tokio::spawn(async move {
-            if let Err(err) = key_rows::mark_used(&db, &ids).await {
-                tracing::debug!(%err, "could not record key use");
-            }
-        });
-    }
-}
-
 /// The middleware of every public route (see the module docs).
 ///
 /// # Errors
@@ -184,15 +82,28 @@ pub async fn authorize(
         message: "missing bearer API key",
         bearer: true,
     })?;
-    let record =
-        state
-            .key_cache
-            .resolve(&state.db, secret)
-            .await?
-            .ok_or(ApiError::Unauthorized {
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    let record = match state.key_cache.resolve(&state.db, secret, client).await {
+        Ok(record) => record,
+        Err(Refusal::Unknown) => {
+            return Err(ApiError::Unauthorized {
                 message: "unknown, revoked or expired API key",
                 bearer: true,
-            })?;
+            });
+        }
+        Err(Refusal::Budget { retry_after_secs }) => {
+            return Err(cache_shared::Error::RateLimited {
+                message: format!(
+                    "too many failed authentications from this address; at most {FAILED_AUTH_BUDGET} per {} s",
+                    FAILED_AUTH_WINDOW.as_secs()
+                ),
+                limit: u64::from(FAILED_AUTH_BUDGET),
+                retry_after_secs,
+            }
+            .into());
+        }
+        Err(Refusal::Store(err)) => return Err(ApiError::op("auth")(err)),
+    };
     cache_shared::oplog::set_actor(&record.id);
     let role = record.role();
     if !role.allows(required) {
@@ -224,10 +135,7 @@ pub async fn authorize(
 
 /// The token of an `Authorization: Bearer …` header (scheme in any case).
 pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    cache_shared::tokens::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 #[derive(serde::Deserialize)]
@@ -327,17 +235,6 @@ pub mod policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_tokens_are_read_case_insensitively() {
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
-        assert_eq!(bearer(&headers), Some("abc"));
-        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&headers), None);
-        headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
-        assert_eq!(bearer(&headers), None);
-    }
 
     #[test]
     fn unlisted_routes_fail_closed() {

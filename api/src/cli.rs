@@ -162,6 +162,11 @@ pub struct HttpSettings {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub api_key_cache_seconds: u64,
 
+    /// Seconds past API_KEY_CACHE_SECONDS a key seen before keeps working while PostgreSQL is down.
+    #[arg(long, env = "API_KEY_STALE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub api_key_stale_seconds: u64,
+
     /// Bearer tokens `GET /metrics` accepts, comma-separated for rotation (empty: open, for a private network).
     #[arg(
         long,

@@ -7,8 +7,6 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{HeaderMap, header, request::Parts};
 use cache_shared::keys::TenantId;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -17,50 +15,6 @@ use crate::state::AppState;
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 /// Header naming the tenant an internal caller acts for.
 pub const TENANT_HEADER: &str = "x-tenant-id";
-
-/// Accepted secret tokens (internal service tokens, metrics scrape tokens),
-/// kept only as SHA-256 digests and compared in constant time so that neither
-/// content nor length leaks.
-#[derive(Clone, Default)]
-pub struct ServiceTokens {
-    digests: Vec<[u8; 32]>,
-}
-
-impl std::fmt::Debug for ServiceTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceTokens({} configured)", self.digests.len())
-    }
-}
-
-impl ServiceTokens {
-    /// Parses the comma-separated `INTERNAL_SERVICE_TOKEN` list (several
-    /// tokens allow rotation); blanks around commas are ignored.
-    pub fn from_list(list: &str) -> Self {
-        Self {
-            digests: list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| Sha256::digest(t.as_bytes()).into())
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
-    }
-
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        // Compare with every token, without stopping early.
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, known| {
-                found | known.ct_eq(&digest)
-            })
-            .into()
-    }
-}
 
 /// Who the operation log names for calls of the internal plane.
 pub const SERVICE_ACTOR: &str = "service";
@@ -329,16 +283,6 @@ fn field_name(path: &str, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_rotated_token_is_accepted_and_nothing_else() {
-        let tokens = ServiceTokens::from_list("old-secret, new-secret ,");
-        assert!(tokens.accepts(b"old-secret"));
-        assert!(tokens.accepts(b"new-secret"));
-        assert!(!tokens.accepts(b"new-secre"));
-        assert!(!tokens.accepts(b""));
-        assert!(!ServiceTokens::from_list(" , ").accepts(b""));
-    }
 
     #[test]
     fn errors_name_the_field_they_are_about() {

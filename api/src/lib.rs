@@ -10,6 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod instrumentation;
+pub mod key_cache;
 pub mod keys_cli;
 pub mod openapi;
 pub mod routes;
@@ -44,9 +45,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
-use crate::extract::ServiceTokens;
 use crate::instrumentation::Instruments;
 use crate::state::{AppState, Shared};
+use cache_shared::tokens::ServiceTokens;
 
 /// Runs the command the command line chose.
 ///
@@ -130,7 +131,12 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits)),
         db,
         jobs,
-        key_cache: auth::KeyCache::new(args.http.api_key_cache()),
+        key_cache: key_cache::KeyCache::new(key_cache::KeyCacheSettings {
+            ttl: args.http.api_key_cache(),
+            stale: Duration::from_secs(args.http.api_key_stale_seconds),
+            concurrent_lookups: usize::try_from(args.database.database_max_connections / 2)
+                .unwrap_or(1),
+        }),
         limits: tenant_limits,
         rate: admission::RateLimiter::new(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
@@ -285,9 +291,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%err, "accept failed");
@@ -300,7 +306,14 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let client = auth::ClientAddr(peer.ip());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client);
+                req
+            },
+        ));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {

@@ -12,10 +12,10 @@ use cache_shared::limits::LimitBook;
 use sqlx::PgPool;
 
 use crate::admission::RateLimiter;
-use crate::auth::KeyCache;
 use crate::cli::HttpSettings;
-use crate::extract::ServiceTokens;
 use crate::instrumentation::Instruments;
+use crate::key_cache::KeyCache;
+use cache_shared::tokens::ServiceTokens;
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Shared>);

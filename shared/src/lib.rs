@@ -23,6 +23,7 @@ pub mod scripts;
 pub mod sessions;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokens;
 pub mod ttl;
 
 pub use error::Error;

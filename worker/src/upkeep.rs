@@ -169,21 +169,38 @@ pub fn event_body(event: &PendingAudit) -> serde_json::Value {
 pub(crate) async fn serve_metrics(
     listener: Option<tokio::net::TcpListener>,
     metrics: Metrics,
+    tokens: cache_shared::tokens::ServiceTokens,
     mut stop: watch::Receiver<bool>,
 ) {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
     let Some(listener) = listener else { return };
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
+            let tokens = tokens.clone();
             async move {
+                // With METRICS_TOKEN set, as the api's: only its bearer tokens.
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(cache_shared::tokens::bearer)
+                    .unwrap_or("");
+                if !tokens.is_empty() && !tokens.accepts(given.as_bytes()) {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Bearer")],
+                        "missing or wrong metrics token\n",
+                    )
+                        .into_response();
+                }
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        cache_shared::metrics::TEXT_FORMAT,
-                    )],
+                    [(header::CONTENT_TYPE, cache_shared::metrics::TEXT_FORMAT)],
                     metrics.render(),
                 )
+                    .into_response()
             }
         }),
     );

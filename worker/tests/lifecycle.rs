@@ -44,6 +44,7 @@ async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     let port = free_port();
     settings.worker_metrics_port = port;
     settings.worker_metrics_address = std::net::Ipv4Addr::LOCALHOST.into();
+    settings.metrics_token = "scrape-me".parse().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(cache_worker::run(settings, async {
         let _ = stopped.await;
@@ -58,8 +59,13 @@ async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     assert_eq!(names.len(), 1);
     assert!(names[0].contains(&std::process::id().to_string()));
 
-    // The worker's own metrics, in the Prometheus text format.
-    let metrics = http_get(port, "/metrics").await;
+    // The worker's own metrics, in the Prometheus text format, for the
+    // METRICS_TOKEN bearer only.
+    let anonymous = http_get(port, "/metrics", None).await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let wrong = http_get(port, "/metrics", Some("scrape-you")).await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let metrics = http_get(port, "/metrics", Some("scrape-me")).await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
     assert!(
@@ -81,12 +87,14 @@ fn free_port() -> u16 {
 }
 
 /// A bare HTTP/1.1 GET (the worker's one route needs no client library).
-async fn http_get(port: u16, path: &str) -> String {
+async fn http_get(port: u16, path: &str, bearer: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{TOKEN_A, TOKEN_B, assert_error, spawn_app};
+use crate::helpers::{TOKEN_A, TOKEN_B, assert_error, settings, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn internal_routes_need_a_service_token() {
@@ -104,8 +104,8 @@ async fn routing_comes_before_authentication() {
 
 #[tokio::test]
 async fn without_configured_tokens_the_internal_plane_refuses_everyone() {
-    let args = crate::helpers::settings(&["--internal-service-token", ""]);
-    let app = crate::helpers::spawn_app_with(args).await;
+    let args = settings(&["--internal-service-token", ""]);
+    let app = spawn_app_with(args).await;
     let response = app
         .client
         .get(app.url("/internal/cache/get/k"))
@@ -114,4 +114,125 @@ async fn without_configured_tokens_the_internal_plane_refuses_everyone() {
         .await
         .unwrap();
     assert_error(response, 401, "UNAUTHORIZED").await;
+}
+
+#[tokio::test]
+async fn random_bearer_tokens_neither_evict_valid_keys_nor_reach_postgres_beyond_a_budget() {
+    use cache_api::key_cache::FAILED_AUTH_BUDGET;
+    use cache_shared::api_keys::Role;
+
+    let app = spawn_app().await;
+    let reader = app.key(Role::Reader).await;
+    let status = |key: String| {
+        let app = &app;
+        async move {
+            app.public(Method::GET, "/api/v1/cache/keys/k", &key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(reader.clone()).await, 404, "the valid key works");
+    let before = app.state.key_cache.queries();
+    let mut refused = Vec::new();
+    for chunk in 0..20 {
+        let answers = futures::future::join_all(
+            (0..100).map(|i| status(format!("csk_random-{chunk}-{i}-{}", ulid::Ulid::new()))),
+        )
+        .await;
+        refused.extend(answers);
+    }
+    let unauthorized = refused.iter().filter(|s| **s == 401).count();
+    let limited = refused.iter().filter(|s| **s == 429).count();
+    assert_eq!(unauthorized + limited, refused.len(), "{refused:?}");
+    assert!(
+        limited > 1000,
+        "the address's budget ran out: {limited} limited"
+    );
+    let queries = app.state.key_cache.queries() - before;
+    assert!(
+        queries <= u64::from(FAILED_AUTH_BUDGET) + 100,
+        "{queries} PostgreSQL lookups for 2000 unknown tokens"
+    );
+    // The valid key, remembered, still answers from the same address.
+    assert_eq!(status(reader).await, 404);
+    assert!(app.state.key_cache.known_keys() >= 1);
+}
+
+/// A TCP relay to PostgreSQL that the test can cut, as if it went down.
+struct CuttablePostgres {
+    port: u16,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl CuttablePostgres {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, relay }
+    }
+
+    /// Closes the listener and every relayed connection (they live in the task).
+    fn cut(&self) {
+        self.relay.abort();
+    }
+}
+
+#[tokio::test]
+async fn while_postgres_is_down_recently_seen_keys_keep_working_and_others_fail_closed() {
+    use cache_shared::api_keys::Role;
+
+    let base = spawn_app().await;
+    let reader = base.key(Role::Reader).await;
+    let unseen = base.key(Role::Reader).await;
+    let relay = CuttablePostgres::start().await;
+    assert!(
+        base.database_url.contains(":5432/"),
+        "{}",
+        base.database_url
+    );
+    let url = base
+        .database_url
+        .replace(":5432/", &format!(":{}/", relay.port));
+    let app = spawn_app_with(settings(&[
+        "--database-url",
+        &url,
+        // Every request looks the key up: only the stale window can answer.
+        "--api-key-cache-seconds",
+        "0",
+        "--api-key-stale-seconds",
+        "300",
+    ]))
+    .await;
+    let get = |key: String| {
+        let app = &app;
+        async move {
+            app.public(Method::GET, "/api/v1/cache/keys/k", &key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get(reader.clone()).await.status(), 404);
+    relay.cut();
+    assert_eq!(
+        get(reader).await.status(),
+        404,
+        "seen recently: still served"
+    );
+    let unknown = get(unseen).await;
+    assert_error(unknown, 503, "STORE_UNAVAILABLE").await;
 }
