@@ -89,27 +89,60 @@ fn host_port(url: &Url) -> Option<(String, u16)> {
     Some((host, url.port_or_known_default()?))
 }
 
-/// Loopback, private, link-local and other non-public ranges.
+/// Every address that is not plainly public: loopback, private, link-local,
+/// shared (CGNAT), documentation, benchmarking, reserved, multicast and the
+/// IPv6 ranges that embed or tunnel to IPv4 (IANA special-purpose registries).
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
                 || v4.is_multicast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+                || a == 0 // 0/8 "this network"
+                || a >= 240 // 240/4 reserved, broadcast included
+                || a == 100 && (b & 0xc0) == 64 // 100.64/10 shared
+                || a == 192 && b == 0 && c == 0 // 192.0.0/24 protocol assignments
+                || a == 192 && b == 0 && c == 2 // 192.0.2/24 documentation
+                || a == 198 && (b & 0xfe) == 18 // 198.18/15 benchmarking
+                || a == 198 && b == 51 && c == 100 // 198.51.100/24 documentation
+                || a == 203 && b == 0 && c == 113 // 203.0.113/24 documentation
+                || a == 192 && b == 88 && c == 99 // 192.88.99/24 6to4 relay
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local
+                || s[..6] == [0; 6] // ::a.b.c.d (IPv4-compatible)
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // 64:ff9b::/96 NAT64
+                || s[..3] == [0x64, 0xff9b, 1] // 64:ff9b:1::/48 local NAT64
+                || s[0] == 0x2002 // 2002::/16 6to4
+                || s[0] == 0x2001 && s[1] < 0x200 // 2001::/23 protocol assignments (Teredo)
+                || s[0] == 0x2001 && s[1] == 0xdb8 // 2001:db8::/32 documentation
+                || s[..4] == [0x100, 0, 0, 0] // 100::/64 discard
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
         }
     }
+}
+
+/// `url` as it may be shown (in errors, job records): without credentials.
+pub fn redacted(url: &Url) -> Url {
+    let mut shown = url.clone();
+    // Only fails for URLs that cannot have credentials at all.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown
+}
+
+/// The text of a URL as callers sent it, without credentials (kept as
+/// sent when it does not parse: such a URL was refused anyway).
+pub fn redact(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| url.to_owned(), |u| redacted(&u).to_string())
 }
 
 /// Resolves an allowed URL's host to the address to connect to.
@@ -126,7 +159,7 @@ async fn resolve(url: &Url, host: &str, port: u16) -> Result<SocketAddr, String>
     let addr = addrs
         .into_iter()
         .find(|a| named_internal_allowed || !is_internal(a.ip()))
-        .ok_or_else(|| format!("{url} resolves only to internal addresses"))?;
+        .ok_or_else(|| format!("{} resolves only to internal addresses", redacted(url)))?;
     Ok(addr)
 }
 
@@ -156,6 +189,8 @@ pub async fn fetch_lines(
             let (host, port) = host_port(&url).ok_or("url has no host")?;
             let addr = resolve(&url, &host, port).await?;
             let client = reqwest::Client::builder()
+                // HTTP(S)_PROXY and the like must not route around the checks.
+                .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .resolve(&host, addr)
                 .connect_timeout(Duration::from_secs(5))
@@ -165,7 +200,7 @@ pub async fn fetch_lines(
                 .get(url.clone())
                 .send()
                 .await
-                .map_err(|e| format!("fetching {url}: {e}"))?;
+                .map_err(|e| format!("fetching {}: {}", redacted(&url), e.without_url()))?;
             if !response.status().is_redirection() {
                 break response;
             }
@@ -186,16 +221,21 @@ pub async fn fetch_lines(
                 .map_err(|e| format!("redirect refused: {e}"))?;
         };
         if !response.status().is_success() {
-            return Err(format!("{url} answered {}", response.status()));
+            return Err(format!("{} answered {}", redacted(&url), response.status()));
         }
         let mut seen: u64 = 0;
         let mut pending: Vec<u8> = Vec::new();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("reading {url}: {e}"))?;
+            let chunk =
+                chunk.map_err(|e| format!("reading {}: {}", redacted(&url), e.without_url()))?;
             seen += chunk.len() as u64;
             if seen > limits.max_bytes {
-                return Err(format!("{url} is larger than {} bytes", limits.max_bytes));
+                return Err(format!(
+                    "{} is larger than {} bytes",
+                    redacted(&url),
+                    limits.max_bytes
+                ));
             }
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -246,6 +286,15 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_never_shown() {
+        assert_eq!(
+            redact("https://user:secret@data.example.com/x?y=1"),
+            "https://data.example.com/x?y=1"
+        );
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
     fn internal_ranges_are_recognised() {
         for ip in [
             "127.0.0.1",
@@ -259,10 +308,38 @@ mod tests {
             "fd00::1",
             "::ffff:10.0.0.1",
             "0.0.0.0",
+            "0.1.2.3",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::1",
+            "2002:a00:1::",
+            "2002:808:808::",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "fec0::1",
+            "2001:db8::1",
+            "2001::1",
+            "100::1",
+            "ff02::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "198.20.0.1",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

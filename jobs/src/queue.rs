@@ -156,14 +156,19 @@ impl JobSpec {
 
     /// The parameters as the job's record keeps them: as given, except that
     /// inline preload items travel in the queue only and the record counts
-    /// them. A 10 000-item body would otherwise be parsed again by
-    /// PostgreSQL and echoed by every status poll of the job.
+    /// them (a 10 000-item body would otherwise be parsed again by
+    /// PostgreSQL and echoed by every status poll of the job), and that a
+    /// preload URL is recorded without its credentials, which only the
+    /// queue carries.
     fn recorded_params(&self) -> Result<serde_json::Value, Error> {
-        if let JobSpec::Preload(PreloadParams {
-            items: Some(items), ..
-        }) = self
-        {
-            return Ok(serde_json::json!({ ITEM_COUNT: items.len() }));
+        match self {
+            JobSpec::Preload(PreloadParams {
+                items: Some(items), ..
+            }) => return Ok(serde_json::json!({ ITEM_COUNT: items.len() })),
+            JobSpec::Preload(PreloadParams { url: Some(url), .. }) => {
+                return Ok(serde_json::json!({ "url": crate::fetch::redact(url) }));
+            }
+            _ => {}
         }
         let mut tagged = serde_json::to_value(self).map_err(|e| Error::Internal(Box::new(e)))?;
         Ok(tagged

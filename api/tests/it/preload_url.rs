@@ -132,3 +132,27 @@ async fn urls_off_the_list_or_not_http_are_refused_at_submission() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn url_credentials_are_used_but_never_shown() {
+    let server = ndjson_server().await;
+    let allowed = server.to_string();
+    let app = spawn_app_with(settings(&["--preload-allowed-hosts", &allowed])).await;
+    let worker = app.spawn_worker_with(&["--preload-allowed-hosts", &allowed]);
+    let admin = app.key(Role::Admin).await;
+    for (path, status) in [("items.ndjson", "succeeded"), ("missing", "failed")] {
+        let url = format!("http://reader:s3cret-pass@{server}/{path}");
+        let job = finished(&app, &admin, preload(&app, &admin, &url).await).await;
+        assert_eq!(job["status"], status, "{job}");
+        let shown = job.to_string();
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
+        assert_eq!(job["params"]["url"], format!("http://{server}/{path}"));
+        let (stored,): (Value,) = sqlx::query_as("select params from jobs where id = $1")
+            .bind(job["jobId"].as_str().unwrap())
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+        assert!(!stored.to_string().contains("s3cret-pass"), "{stored}");
+    }
+    worker.stop().await;
+}
