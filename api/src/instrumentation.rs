@@ -494,6 +494,10 @@ impl Background {
     }
 }
 
+/// Minutes without a call after which a tenant's live figures are dropped
+/// (beyond the longest window they feed: 15 minutes).
+const IDLE_TENANT_MINUTES: u64 = 30;
+
 /// Start of the period of `period` length that contains `at`.
 pub fn period_start(at: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
     let len = i64::try_from(period.as_secs()).unwrap_or(60).max(1);
@@ -518,6 +522,9 @@ async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
         // At a boundary this is the period that just ended; at shutdown, the
         // one still running (no later ship of this instance will cover it).
         let ended = state.instruments.recent.next_period(state.cache.stats());
+        // Just shipped: tenants idle for a while can go without losing a count.
+        let forgotten = state.cache.stats().forget_idle(IDLE_TENANT_MINUTES);
+        state.instruments.recent.forget(&forgotten);
         if !ended.is_empty() {
             unconfirmed.push(StatsRollupJob {
                 id: ulid::Ulid::new().to_string(),

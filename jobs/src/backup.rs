@@ -6,7 +6,7 @@
 
 use cache_shared::Error;
 use cache_shared::db::backups::{self, BackupEntry};
-use cache_shared::keys::{CacheNamespace, TenantId};
+use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
 use cache_shared::quota;
 use chrono::Utc;
 use deadpool_redis::redis;
@@ -229,21 +229,27 @@ pub async fn restore(
         restored: 0,
         kept: 0,
         expired: 0,
+        skipped: 0,
     };
     if let Some(path) = &params.file {
-        use tokio::io::AsyncBufReadExt;
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| JobError::Permanent(format!("cannot read {path}: {e}")))?;
-        let mut lines = tokio::io::BufReader::new(file).lines();
+        let max_value_bytes = ctx.cache.limits().max_value_bytes;
+        let mut lines = BoundedLines::new(file, max_line_bytes(max_value_bytes));
         let mut batch = Vec::new();
         loop {
             let line = lines
-                .next_line()
+                .next()
                 .await
                 .map_err(|e| JobError::Permanent(format!("reading {path}: {e}")))?;
-            if let Some(line) = &line {
-                batch.push(parse_line(line)?);
+            match &line {
+                Some(Some(line)) => match parse_line(line, max_value_bytes) {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => writer.skipped += 1,
+                },
+                Some(None) => writer.skipped += 1, // longer than any valid line
+                None => {}
             }
             if batch.len() >= ctx.pacing.batch.max(1) || (line.is_none() && !batch.is_empty()) {
                 if writer.write(&batch).await? == Next::Stop {
@@ -275,18 +281,85 @@ pub async fn restore(
     Ok(Outcome::Succeeded(writer.summary(Some(&backup.id))))
 }
 
-fn parse_line(line: &str) -> Result<BackupEntry, JobError> {
+/// The longest line a valid backup file can hold: a key, a base64 value of
+/// at most `MAX_VALUE_BYTES` (+ its tag), an expiry and the JSON around them.
+fn max_line_bytes(max_value_bytes: usize) -> usize {
+    (max_value_bytes + 1).div_ceil(3) * 4 + cache_shared::keys::MAX_KEY_BYTES + 256
+}
+
+/// One line of a backup file, checked as a preload item is: a valid key
+/// and a well-formed value within `MAX_VALUE_BYTES`.
+///
+/// # Errors
+///
+/// [`Error::Validation`] saying what is wrong.
+fn parse_line(line: &[u8], max_value_bytes: usize) -> Result<BackupEntry, Error> {
     use base64::Engine;
-    let entry: FileEntry = serde_json::from_str(line)
-        .map_err(|e| JobError::Permanent(format!("not a backup file line: {e}")))?;
+    let entry: FileEntry = serde_json::from_slice(line)
+        .map_err(|e| Error::validation("line", format!("not a backup file line: {e}")))?;
+    validate_key(&entry.key, "key")?;
     let value = base64::engine::general_purpose::STANDARD
         .decode(entry.value)
-        .map_err(|e| JobError::Permanent(format!("not a backup file line: {e}")))?;
+        .map_err(|e| Error::validation("value", format!("not base64: {e}")))?;
+    cache_shared::codec::check_stored(&value, max_value_bytes, "value")?;
     Ok(BackupEntry {
         cache_key: entry.key,
         value,
         expires_at: entry.expires_at,
     })
+}
+
+/// Newline-separated lines of a file, none held longer than a cap: a
+/// longer line is skipped to its end without being kept in memory.
+struct BoundedLines<R> {
+    reader: tokio::io::BufReader<R>,
+    max: usize,
+    line: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> BoundedLines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader: tokio::io::BufReader::new(reader),
+            max,
+            line: Vec::new(),
+        }
+    }
+
+    /// The next line: `Some(Some(line))`, `Some(None)` for one over the cap,
+    /// `None` at the end of the file.
+    async fn next(&mut self) -> std::io::Result<Option<Option<&[u8]>>> {
+        use tokio::io::AsyncBufReadExt;
+        self.line.clear();
+        let mut too_long = false;
+        let mut read_any = false;
+        loop {
+            let chunk = self.reader.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            read_any = true;
+            let (taken, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(end) => (end, true),
+                None => (chunk.len(), false),
+            };
+            if !too_long && self.line.len() + taken <= self.max {
+                self.line.extend_from_slice(&chunk[..taken]);
+            } else {
+                too_long = true;
+                self.line.clear();
+            }
+            self.reader.consume(taken + usize::from(done));
+            if done {
+                break;
+            }
+        }
+        Ok(match (read_any, too_long) {
+            (false, _) => None,
+            (true, true) => Some(None),
+            (true, false) => Some(Some(&self.line)),
+        })
+    }
 }
 
 /// Writes restored entries batch by batch, counting what happened to them.
@@ -299,6 +372,8 @@ struct Restorer<'a> {
     restored: u64,
     kept: u64,
     expired: u64,
+    /// Lines of a backup file that are not a valid entry.
+    skipped: u64,
 }
 
 impl Restorer<'_> {
@@ -351,6 +426,42 @@ impl Restorer<'_> {
             "restored": self.restored,
             "kept": self.kept,
             "expired": self.expired,
+            "skipped": self.skipped,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_over_the_cap_are_skipped_without_being_kept() {
+        let text = format!("short\n{}\n\nlast", "x".repeat(100));
+        let mut lines = BoundedLines::new(text.as_bytes(), 10);
+        assert_eq!(lines.next().await.unwrap(), Some(Some(&b"short"[..])));
+        assert_eq!(lines.next().await.unwrap(), Some(None));
+        assert_eq!(lines.next().await.unwrap(), Some(Some(&b""[..])));
+        assert_eq!(lines.next().await.unwrap(), Some(Some(&b"last"[..])));
+        assert_eq!(lines.next().await.unwrap(), None);
+    }
+
+    #[test]
+    fn backup_file_lines_are_checked_like_preload_items() {
+        use base64::Engine;
+        let line = |key: &str, stored: &[u8]| {
+            let value = base64::engine::general_purpose::STANDARD.encode(stored);
+            serde_json::to_vec(&json!({"key": key, "value": value})).unwrap()
+        };
+        assert!(parse_line(&line("ok", b"J1"), 10).is_ok());
+        assert!(parse_line(&line("", b"J1"), 10).is_err(), "empty key");
+        assert!(parse_line(&line(&"k".repeat(513), b"J1"), 10).is_err());
+        assert!(
+            parse_line(&line("ok", b"J12345678901"), 10).is_err(),
+            "too big"
+        );
+        assert!(parse_line(&line("ok", b"?1"), 10).is_err(), "unknown tag");
+        assert!(parse_line(b"{\"key\":\"ok\",\"value\":\"%%%\"}", 10).is_err());
+        assert!(max_line_bytes(10) >= line(&"k".repeat(512), b"J123456789").len());
     }
 }

@@ -102,6 +102,38 @@ struct KeySize {
     bytes: u64,
 }
 
+/// Patterns tracked during a walk; later ones are counted as [`OTHER`].
+const MAX_PATTERNS: usize = 1000;
+/// Patterns in a report, biggest first; the rest are folded into [`OTHER`].
+const REPORTED_PATTERNS: usize = 100;
+/// The pattern that stands for every pattern not reported on its own.
+pub const OTHER: &str = "(other)";
+
+/// The report's patterns: the biggest [`REPORTED_PATTERNS`] by bytes, then
+/// one [`OTHER`] group holding the rest, if any.
+fn fold_patterns(groups: HashMap<String, Group>, mut other: Group) -> Vec<Group> {
+    let mut groups: Vec<Group> = groups
+        .into_iter()
+        .map(|(pattern, g)| Group { pattern, ..g })
+        .collect();
+    groups.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then_with(|| a.pattern.cmp(&b.pattern))
+    });
+    for folded in groups.drain(REPORTED_PATTERNS.min(groups.len())..) {
+        other.keys += folded.keys;
+        other.bytes += folded.bytes;
+    }
+    if other.keys > 0 {
+        groups.push(Group {
+            pattern: OTHER.to_owned(),
+            ..other
+        });
+    }
+    groups
+}
+
 fn keep_top(list: &mut Vec<KeySize>, item: KeySize) {
     list.push(item);
     list.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.key.cmp(&b.key)));
@@ -141,6 +173,7 @@ pub async fn run(
     let redis_store = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let mut groups: HashMap<String, Group> = HashMap::new();
+    let mut other = Group::default();
     let mut biggest: Vec<KeySize> = Vec::new();
     let mut candidates: Vec<KeySize> = Vec::new();
     let (mut candidate_count, mut candidate_bytes) = (0u64, 0u64);
@@ -193,7 +226,14 @@ pub async fn run(
             let key = ns.strip(&redis_key).unwrap_or(&redis_key).to_owned();
             keys_seen += 1;
             total_bytes += bytes;
-            let group = groups.entry(key_pattern(&key)).or_default();
+            // Keys whose pattern comes after the first MAX_PATTERNS count as
+            // "(other)": memory stays bounded however varied the keys are.
+            let pattern = key_pattern(&key);
+            let group = if groups.len() < MAX_PATTERNS || groups.contains_key(&pattern) {
+                groups.entry(pattern).or_default()
+            } else {
+                &mut other
+            };
             group.keys += 1;
             group.bytes += bytes;
             ttl_counts[ttl_bucket(ttl)] += 1;
@@ -222,15 +262,7 @@ pub async fn run(
         }
         tokio::time::sleep(ctx.pacing.pause).await;
     };
-    let mut groups: Vec<Group> = groups
-        .into_iter()
-        .map(|(pattern, g)| Group { pattern, ..g })
-        .collect();
-    groups.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then_with(|| a.pattern.cmp(&b.pattern))
-    });
+    let groups = fold_patterns(groups, other);
     let mode = match params.mode {
         Mode::Full => "full",
         Mode::Sampled => "sampled",
@@ -275,6 +307,34 @@ mod tests {
         );
         assert_eq!(key_pattern("plain"), "plain");
         assert_eq!(key_pattern("v2:a1"), "v2:a1");
+    }
+
+    #[test]
+    fn patterns_beyond_the_reported_ones_are_folded_into_other() {
+        let groups: HashMap<String, Group> = (0..150u64)
+            .map(|i| {
+                let group = Group {
+                    pattern: String::new(),
+                    keys: 1,
+                    bytes: 1000 + i,
+                };
+                (format!("p{i}"), group)
+            })
+            .collect();
+        let overflow = Group {
+            pattern: String::new(),
+            keys: 7,
+            bytes: 70,
+        };
+        let folded = fold_patterns(groups, overflow);
+        assert_eq!(folded.len(), REPORTED_PATTERNS + 1);
+        assert_eq!(folded[0].pattern, "p149", "biggest first");
+        let other = folded.last().unwrap();
+        assert_eq!(other.pattern, OTHER);
+        assert_eq!(other.keys, 50 + 7);
+        assert_eq!(other.bytes, (1000..1050).sum::<u64>() + 70);
+        let total: u64 = folded.iter().map(|g| g.keys).sum();
+        assert_eq!(total, 157, "every key counted once");
     }
 
     #[test]

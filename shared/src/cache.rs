@@ -27,6 +27,8 @@ pub struct CacheLimits {
     pub default_ttl: Expiry,
     pub max_value_bytes: usize,
     pub compression_min_bytes: usize,
+    /// Stored bytes one mget may answer.
+    pub mget_max_bytes: usize,
 }
 
 impl CacheLimits {
@@ -39,6 +41,7 @@ impl CacheLimits {
             // Bounded to 512 MiB by the setting's parser, so it fits any usize we run on.
             max_value_bytes: usize::try_from(settings.max_value_bytes).unwrap_or(usize::MAX),
             compression_min_bytes: settings.compression_min_bytes,
+            mget_max_bytes: usize::try_from(settings.mget_max_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -251,21 +254,27 @@ impl Cache {
         }
         let ns = CacheNamespace::new(tenant);
         let redis_keys: Vec<String> = keys.iter().map(|k| ns.key(k)).collect();
+        let limit = self.limits.mget_max_bytes;
         let result = self
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let mut pipe = redis::pipe();
-                pipe.mget(&redis_keys);
-                for k in &redis_keys {
-                    pipe.ttl(k);
+                let mut invocation = crate::scripts::BOUNDED_MGET.prepare_invoke();
+                invocation.arg(limit);
+                for key in &redis_keys {
+                    invocation.key(key);
                 }
-                let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                let stored: Vec<Option<Vec<u8>>> = redis::from_redis_value(values.remove(0))?;
-                let ttls: Vec<i64> = values
-                    .into_iter()
-                    .map(redis::from_redis_value)
-                    .collect::<Result<_, _>>()?;
+                let (total, stored, ttls): (u64, Vec<Option<Vec<u8>>>, Vec<i64>) =
+                    invocation.invoke_async(&mut conn).await?;
+                if stored.len() != redis_keys.len() {
+                    return Err(Error::PayloadTooLarge {
+                        message: format!(
+                            "the values of these keys total {total} bytes, more than the \
+                             {limit} one mget may answer (MGET_MAX_BYTES): ask for fewer keys"
+                        ),
+                        limit,
+                    });
+                }
                 Ok((stored, ttls))
             })
             .await;
@@ -523,48 +532,6 @@ impl Cache {
             self.redis.command_timeout(),
         )
         .await
-    }
-
-    /// Keys of `tenant`, counted by `SCAN` until `budget` is spent; the flag
-    /// says whether the count is complete.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CacheUnavailable`].
-    pub async fn count_keys(
-        &self,
-        tenant: &TenantId,
-        budget: std::time::Duration,
-    ) -> Result<(u64, bool), Error> {
-        let pattern = CacheNamespace::new(tenant).pattern("*");
-        let deadline = Instant::now() + budget;
-        let mut cursor: u64 = 0;
-        let mut count = 0;
-        loop {
-            let (next, keys): (u64, Vec<redis::Value>) = self
-                .redis
-                .timed(async {
-                    let mut conn = self.redis.conn().await?;
-                    let page: (u64, Vec<redis::Value>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await?;
-                    Ok(page)
-                })
-                .await?;
-            count += keys.len() as u64;
-            cursor = next;
-            if cursor == 0 {
-                return Ok((count, true));
-            }
-            if Instant::now() >= deadline {
-                return Ok((count, false));
-            }
-        }
     }
 
     /// Refuses a value over `MAX_VALUE_BYTES` before anything is stored.

@@ -129,6 +129,42 @@ impl Codec {
     }
 }
 
+/// Checks bytes that claim to be a stored value (a backup file's, say)
+/// before they are written: a known tag, at most `max_value_bytes` once
+/// decompressed (checked before decompressing), and a payload that decodes.
+///
+/// # Errors
+///
+/// [`Error::Validation`] naming `field`.
+pub fn check_stored(
+    stored: &[u8],
+    max_value_bytes: usize,
+    field: &'static str,
+) -> Result<(), Error> {
+    let bad = |why: String| Error::validation(field, why);
+    let (&tag, payload) = stored
+        .split_first()
+        .ok_or_else(|| bad("the value is empty".into()))?;
+    let size = match tag {
+        TAG_JSON | TAG_BYTES => payload.len(),
+        TAG_JSON_LZ4 | TAG_BYTES_LZ4 => {
+            lz4_flex::block::uncompressed_size(payload)
+                .map_err(|e| bad(format!("the value does not decompress: {e}")))?
+                .0
+        }
+        other => return Err(bad(format!("unknown value format tag {other:#04x}"))),
+    };
+    if size > max_value_bytes {
+        return Err(bad(format!(
+            "the value is {size} bytes, more than the limit of {max_value_bytes} bytes"
+        )));
+    }
+    Codec::new(usize::MAX)
+        .decode(stored)
+        .map(drop)
+        .map_err(|e| bad(format!("the value does not decode: {e}")))
+}
+
 /// Whether stored bytes are LZ4-compressed.
 pub fn is_compressed(stored: &[u8]) -> bool {
     matches!(stored.first(), Some(&TAG_JSON_LZ4 | &TAG_BYTES_LZ4))
@@ -178,6 +214,30 @@ fn compact_json(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn stored_bytes_from_outside_are_checked_before_they_are_trusted() {
+        let codec = Codec::new(16);
+        let small = codec.encode(&Value::Bytes(Bytes::from_static(b"abc")));
+        assert!(check_stored(&small, 3, "value").is_ok());
+        assert!(check_stored(&small, 2, "value").is_err(), "over the limit");
+        let big = codec.encode(&Value::Bytes(Bytes::from(vec![b'x'; 10_000])));
+        assert!(is_compressed(&big));
+        assert!(check_stored(&big, 10_000, "value").is_ok());
+        assert!(
+            check_stored(&big, 9_999, "value").is_err(),
+            "judged by its decompressed size"
+        );
+        // An LZ4 payload claiming 4 GiB is refused before any decompression.
+        let bomb = [b'b', 0xff, 0xff, 0xff, 0xff, 0x00];
+        assert!(check_stored(&bomb, 1 << 20, "value").is_err());
+        assert!(check_stored(b"Xjunk", 100, "value").is_err());
+        assert!(check_stored(b"", 100, "value").is_err());
+        assert!(
+            check_stored(b"J\xff\xfe", 100, "value").is_err(),
+            "not UTF-8"
+        );
+    }
 
     fn json(text: &str) -> Value {
         let raw: Box<RawValue> = serde_json::from_str(text).unwrap();

@@ -112,6 +112,11 @@ pub struct CacheSettings {
     #[arg(long, env = "MAX_VALUE_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=512 * 1024 * 1024))]
     pub max_value_bytes: u64,
+
+    /// Largest total of stored value bytes one mget may answer; beyond it, 413.
+    #[arg(long, env = "MGET_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub mget_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]

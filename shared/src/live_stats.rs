@@ -109,6 +109,19 @@ pub struct Histogram {
     max_us: AtomicU64,
 }
 
+impl Histogram {
+    /// Adds `other`'s counts to this one's.
+    fn absorb(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.max_us
+            .fetch_max(other.max_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 impl Default for Histogram {
     fn default() -> Self {
         Self {
@@ -329,6 +342,31 @@ fn op_name<S: serde::Serializer>(op: &Op, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl TenantStats {
+    /// The last minute (Unix minutes) this tenant made a call in; 0 for none.
+    fn last_minute(&self) -> u64 {
+        self.minute_stamp
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Adds a forgotten tenant's cumulative counts to this one's, so sums
+    /// over tenants never go down.
+    fn absorb(&self, other: &TenantStats) {
+        for (mine, theirs) in self.ops.iter().zip(&other.ops) {
+            mine.calls
+                .fetch_add(theirs.calls.load(Ordering::Relaxed), Ordering::Relaxed);
+            mine.errors
+                .fetch_add(theirs.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+            mine.latency.absorb(&theirs.latency);
+        }
+        self.hits
+            .fetch_add(other.hits.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.misses
+            .fetch_add(other.misses.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     fn tick(&self, minute: u64, op: Op) {
         let slot = (minute % TENANT_MINUTES as u64) as usize;
         if self.minute_stamp[slot].load(Ordering::Relaxed) != minute
@@ -460,6 +498,8 @@ pub struct LiveStats {
     enabled: bool,
     oplog: Option<Arc<OpLog>>,
     tenants: RwLock<FastMap<String, Arc<TenantStats>>>,
+    /// What forgotten (idle) tenants had counted: part of every sum.
+    retired: Arc<TenantStats>,
     second_stamp: Box<[AtomicU64]>,
     second_count: Box<[[AtomicU64; Op::ALL.len()]]>,
     started: Instant,
@@ -471,6 +511,7 @@ impl Default for LiveStats {
             enabled: true,
             oplog: None,
             tenants: RwLock::new(FastMap::default()),
+            retired: Arc::new(TenantStats::new("_retired")),
             second_stamp: (0..WINDOW_SECONDS).map(|_| AtomicU64::new(0)).collect(),
             second_count: (0..WINDOW_SECONDS)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
@@ -523,7 +564,7 @@ impl LiveStats {
         )
     }
 
-    /// Every tenant seen so far.
+    /// Every tenant seen and not forgotten.
     pub fn tenants(&self) -> Vec<Arc<TenantStats>> {
         self.tenants
             .read()
@@ -531,6 +572,34 @@ impl LiveStats {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// What process-wide sums add up: every tenant, and the forgotten ones.
+    fn counted(&self) -> Vec<Arc<TenantStats>> {
+        let mut all = self.tenants();
+        all.push(Arc::clone(&self.retired));
+        all
+    }
+
+    /// Forgets tenants without a call in the last `idle_minutes` (their
+    /// counts kept in the process-wide sums), so the figures of a process
+    /// that has seen many tenants stay bounded; returns the forgotten names.
+    /// Call it right after shipping a period, so nothing unshipped is lost.
+    pub fn forget_idle(&self, idle_minutes: u64) -> Vec<String> {
+        let now = now_seconds() / 60;
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        let idle: Vec<String> = tenants
+            .iter()
+            // Held elsewhere: a call is counting into it right now.
+            .filter(|(_, t)| t.last_minute() + idle_minutes <= now && Arc::strong_count(t) == 1)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &idle {
+            if let Some(gone) = tenants.remove(name) {
+                self.retired.absorb(&gone);
+            }
+        }
+        idle
     }
 
     /// Counts one call of `op` on `key` (when it names one) for `tenant`
@@ -681,7 +750,7 @@ impl LiveStats {
 
     /// Hits and misses since start, all tenants.
     pub fn lookups(&self) -> (u64, u64) {
-        self.tenants()
+        self.counted()
             .iter()
             .map(|t| t.lookups())
             .fold((0, 0), |(h, m), (th, tm)| (h + th, m + tm))
@@ -720,7 +789,7 @@ impl LiveStats {
     pub(crate) fn histogram(&self, op: Op) -> (Vec<u64>, u64, u64) {
         let mut counts = vec![0u64; BUCKETS];
         let (mut sum_us, mut max_us) = (0, 0);
-        for tenant in self.tenants() {
+        for tenant in self.counted() {
             let (buckets, sum, max) = tenant.ops[op as usize].latency.totals();
             for (total, n) in counts.iter_mut().zip(buckets) {
                 *total += n;
@@ -733,7 +802,7 @@ impl LiveStats {
 
     /// Every operation's figures since start, all tenants together.
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
-        let tenants = self.tenants();
+        let tenants = self.counted();
         Op::ALL
             .iter()
             .map(|&op| {
@@ -871,5 +940,39 @@ mod tests {
         assert_eq!(rates[Op::Set as usize], 60.0 / lived);
         assert_eq!(stats.rates_at(1_032, 1)[Op::Get as usize], 1.0);
         assert_eq!(stats.rates_at(1_100, 60)[Op::Get as usize], 0.0);
+    }
+
+    #[test]
+    fn idle_tenants_are_forgotten_without_the_sums_going_down() {
+        let stats = LiveStats::default();
+        let idle = TenantId::parse("idle", "t").unwrap();
+        let busy = TenantId::parse("busy", "t").unwrap();
+        {
+            let old = stats.tenant(&idle);
+            old.tick(5, Op::Get); // active long ago
+            old.ops[Op::Get as usize]
+                .calls
+                .fetch_add(3, Ordering::Relaxed);
+            old.hits.fetch_add(2, Ordering::Relaxed);
+        }
+        let _ = stats.observe(Op::Get, &stats.tenant(&busy), Instant::now(), None, Ok(()));
+        let calls = |s: &LiveStats| {
+            s.snapshot()
+                .iter()
+                .find(|o| o.op == Op::Get)
+                .map(|o| o.calls)
+                .unwrap()
+        };
+        assert_eq!(calls(&stats), 4);
+        assert_eq!(stats.forget_idle(30), vec!["idle".to_owned()]);
+        assert_eq!(stats.tenants().len(), 1, "only the busy tenant is kept");
+        assert_eq!(calls(&stats), 4, "the forgotten tenant's calls still count");
+        assert_eq!(stats.lookups().0, 2);
+        // Held by a caller: kept until released.
+        let held = stats.tenant(&idle);
+        held.tick(5, Op::Get);
+        assert!(stats.forget_idle(30).is_empty());
+        drop(held);
+        assert_eq!(stats.forget_idle(30), vec!["idle".to_owned()]);
     }
 }

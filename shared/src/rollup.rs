@@ -201,6 +201,15 @@ impl RecentFigures {
         ended
     }
 
+    /// Drops what is kept of tenants the live figures forgot.
+    pub fn forget(&self, tenants: &[String]) {
+        let mut recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for tenant in tenants {
+            recent.tracker.baselines.remove(tenant);
+            recent.periods.remove(tenant);
+        }
+    }
+
     /// `tenant`'s figures over the running period and the `periods - 1`
     /// before it.
     pub fn window(&self, tenant: &TenantStats, periods: usize) -> PeriodFigures {

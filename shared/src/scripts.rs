@@ -1,4 +1,5 @@
-//! Lua scripts that keep an entry and its indexes consistent in one step.
+//! Lua scripts that keep an entry and its indexes consistent in one step,
+//! and read a bounded batch in one.
 //!
 //! All keys a script touches carry the `{_platform}` hash tag, so they share one
 //! slot: scripts stay valid under Redis Cluster even where they derive index
@@ -173,6 +174,28 @@ for i = 2, #ARGV do
   end
 end
 return pruned
+",
+    )
+});
+
+/// KEYS: the keys to read. ARGV: the most stored bytes to answer. Returns
+/// `{total, values, ttls}`, or `{total, {}, {}}` without the values when
+/// they add up to more than the limit: an mget's answer stays bounded
+/// whatever the values' sizes.
+pub static BOUNDED_MGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local total = 0
+for i = 1, #KEYS do
+  total = total + redis.call('STRLEN', KEYS[i])
+end
+if total > tonumber(ARGV[1]) then return {total, {}, {}} end
+local values = redis.call('MGET', unpack(KEYS))
+local ttls = {}
+for i = 1, #KEYS do
+  ttls[i] = redis.call('TTL', KEYS[i])
+end
+return {total, values, ttls}
 ",
     )
 });

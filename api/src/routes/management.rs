@@ -41,9 +41,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(performance))
 }
 
-/// Time a tenant's key count may take before it is reported as a lower bound.
-const KEY_COUNT_BUDGET: Duration = Duration::from_millis(250);
-
 fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Option<u64> {
     map.get(field).and_then(|v| v.parse().ok())
 }
@@ -67,19 +64,17 @@ async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
         return Ok(Json(json!({ "scope": "server", "info": all })));
     }
     let server = redis.info("server").await.map_err(&op)?;
-    let (keys, complete) = state
-        .cache
-        .count_keys(&caller.tenant, KEY_COUNT_BUDGET)
-        .await
-        .map_err(&op)?;
+    // From the usage accounting: one small script, not a walk of the keyspace.
+    let usage = state.cache.usage(&caller.tenant).await.map_err(&op)?;
     let report = reports::latest(&state.db, caller.tenant.as_str())
         .await
         .map_err(&op)?;
     Ok(Json(json!({
         "scope": "tenant",
         "tenantId": caller.tenant.as_str(),
-        "keyCount": keys,
-        "keyCountComplete": complete,
+        "keyCount": usage.keys,
+        "keyCountComplete": true,
+        "bytes": usage.bytes,
         "memoryEstimateBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
         "memoryEstimateFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
         "redisVersion": server.get("redis_version"),

@@ -2,7 +2,7 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_error, encode, spawn_app, unique};
+use crate::helpers::{assert_error, encode, settings, spawn_app, spawn_app_with, unique};
 
 #[tokio::test]
 async fn a_value_set_is_read_back_exactly_with_its_ttl() {
@@ -430,4 +430,26 @@ async fn raw_bytes_values_read_back_as_base64() {
         .decode(body["value"].as_str().unwrap())
         .unwrap();
     assert_eq!(decoded, bytes);
+}
+
+#[tokio::test]
+async fn an_mget_answer_is_bounded_by_its_total_bytes() {
+    let app = spawn_app_with(settings(&["--mget-max-bytes", "100"])).await;
+    let sixty = "x".repeat(57); // "J" + the quoted string: 60 stored bytes
+    for key in ["a", "b"] {
+        assert_eq!(app.set(key, json!(sixty)).await.status(), 200);
+    }
+    let one = app
+        .post_json("/internal/cache/mget", json!({"keys": ["a", "missing"]}))
+        .await;
+    assert_eq!(one.status(), 200);
+    let both = app
+        .post_json("/internal/cache/mget", json!({"keys": ["a", "b"]}))
+        .await;
+    let error = assert_error(both, 413, "PAYLOAD_TOO_LARGE").await;
+    assert_eq!(error["details"]["limit"], 100);
+    assert!(
+        error["message"].as_str().unwrap().contains("120 bytes"),
+        "{error}"
+    );
 }
