@@ -89,8 +89,9 @@ impl Queued for LogPersistJob {
 
 impl InternalJob for LogPersistJob {
     async fn run(&self, ctx: &JobContext) -> Result<u64, JobError> {
-        let inserted = cache_shared::db::oplog::insert_batch(&ctx.db, &self.records).await?;
-        ctx.metrics.oplog_persisted.inc_by(inserted);
-        Ok(inserted)
+        let stored = cache_shared::db::oplog::insert_batch(&ctx.db, &self.records).await?;
+        ctx.metrics.oplog_persisted.inc_by(stored.inserted);
+        ctx.metrics.oplog_rejected.inc_by(stored.rejected);
+        Ok(stored.inserted)
     }
 }

@@ -240,6 +240,7 @@ pub struct JobMetrics {
     pub outcomes: IntCounterVec,
     pub duration: HistogramVec,
     pub oplog_persisted: IntCounter,
+    pub oplog_rejected: IntCounter,
     pub audit_delivered: IntCounter,
 }
 
@@ -260,6 +261,10 @@ impl JobMetrics {
             oplog_persisted: metrics.counter(
                 "cache_oplog_persisted_total",
                 "Operation log records written to PostgreSQL (duplicates not counted).",
+            )?,
+            oplog_rejected: metrics.counter(
+                "cache_oplog_rejected_total",
+                "Operation log records PostgreSQL refused (a field too long or malformed); the rest of their batch is stored.",
             )?,
             audit_delivered: metrics.counter(
                 "cache_audit_events_delivered_total",

@@ -895,3 +895,44 @@ async fn the_retention_sweep_removes_only_records_past_the_cutoff_with_two_sweep
     assert_eq!(left, 10);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_bad_operation_log_record_never_costs_the_rest_of_its_batch() {
+    use cache_shared::db::oplog;
+    use cache_shared::oplog::LogRecord;
+
+    let app = spawn_app().await;
+    let request = ulid::Ulid::new().to_string();
+    let now = chrono::Utc::now();
+    let mut records: Vec<LogRecord> = (0..1000)
+        .map(|i| LogRecord {
+            request_id: request.clone(),
+            item: i,
+            tenant_id: app.tenant.clone(),
+            operation: "mset".into(),
+            cache_key: Some(format!("k{i}")),
+            outcome: "ok".into(),
+            latency_us: 10,
+            value_bytes: Some(3),
+            error_code: None,
+            actor: Some("service".into()),
+            occurred_at: now,
+        })
+        .collect();
+    records[17].cache_key = Some("k".repeat(513));
+    records[901].cache_key = Some("nul\u{0}byte".into());
+    let stored = oplog::insert_batch(&app.state.db, &records).await.unwrap();
+    assert_eq!(
+        stored,
+        oplog::Stored {
+            inserted: 998,
+            rejected: 2
+        }
+    );
+    let kept = oplog::of_request(&app.state.db, &request).await.unwrap();
+    assert_eq!(kept.len(), 998);
+    assert!(kept.iter().all(|r| r.item != 17 && r.item != 901));
+    // Delivered again: nothing twice, the same two refused.
+    let again = oplog::insert_batch(&app.state.db, &records).await.unwrap();
+    assert_eq!((again.inserted, again.rejected), (0, 2));
+}

@@ -7,14 +7,56 @@ use sqlx::{PgExecutor, PgPool};
 use crate::error::Error;
 use crate::oplog::LogRecord;
 
-/// Inserts a batch in one statement (arrays unnested server-side, never row
-/// by row); records already present are skipped, so a batch delivered twice
-/// lands once. Returns the rows inserted.
+/// What storing a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Rows inserted (duplicates of rows already there not counted).
+    pub inserted: u64,
+    /// Records PostgreSQL refused on their own (a field too long or
+    /// malformed); the rest of their batch is stored all the same.
+    pub rejected: u64,
+}
+
+/// Inserts a batch in one statement; when PostgreSQL refuses it for a
+/// record's data, the batch is split in halves until the records it refuses
+/// are alone, so one bad record never costs the others (a batch with one bad
+/// record takes about 2 log2(n) statements). Records already present are
+/// skipped, so a batch delivered twice lands once.
 ///
 /// # Errors
 ///
 /// [`Error::StoreUnavailable`].
-pub async fn insert_batch(exec: impl PgExecutor<'_>, batch: &[LogRecord]) -> Result<u64, Error> {
+pub async fn insert_batch(pool: &PgPool, batch: &[LogRecord]) -> Result<Stored, Error> {
+    let mut stored = Stored::default();
+    let mut pending: Vec<&[LogRecord]> = vec![batch];
+    while let Some(part) = pending.pop() {
+        match insert_all(pool, part).await {
+            Ok(inserted) => stored.inserted += inserted,
+            Err(err) if is_data_error(&err) => {
+                if part.len() == 1 {
+                    tracing::warn!(%err, request_id = %part[0].request_id, "operation log record refused; the rest of its batch is stored");
+                    stored.rejected += 1;
+                } else {
+                    let (left, right) = part.split_at(part.len() / 2);
+                    pending.push(right);
+                    pending.push(left);
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(stored)
+}
+
+/// A refusal of the data itself (SQLSTATE class 22: too long, bad
+/// encoding, out of range), as opposed to the database being unavailable.
+fn is_data_error(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")))
+}
+
+/// One statement for the whole of `batch` (arrays unnested server-side,
+/// never row by row).
+async fn insert_all(exec: impl PgExecutor<'_>, batch: &[LogRecord]) -> Result<u64, sqlx::Error> {
     if batch.is_empty() {
         return Ok(0);
     }
