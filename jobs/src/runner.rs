@@ -58,7 +58,8 @@ pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'sta
 pub enum Delivery {
     /// The record holds the final state (or the job was skipped): done.
     Done,
-    /// The record could not be written (PostgreSQL is down): deliver again later.
+    /// The job could not be started (PostgreSQL is down): deliver again
+    /// later. A job that ran is never redelivered to record its outcome.
     Redeliver(String),
 }
 
@@ -101,10 +102,47 @@ async fn execute_inner<J: Job>(ctx: &JobContext, job: &J) -> Result<(), cache_sh
         )
         .await
     };
-    jobs::finish(&ctx.db, id, status, result.as_ref(), error.as_deref()).await?;
+    record_outcome(ctx, id, status, result, error).await;
     ctx.metrics
         .finished(J::TYPE.as_str(), status.as_str(), started.elapsed());
     Ok(())
+}
+
+/// Writes a finished run's outcome, however long PostgreSQL is away: the
+/// work is done, and running it again in full to record it would repeat
+/// it (a flush, a preload). A result PostgreSQL refuses as data is
+/// replaced by a note saying so; the status stands.
+async fn record_outcome(
+    ctx: &JobContext,
+    id: &str,
+    status: JobStatus,
+    mut result: Option<serde_json::Value>,
+    mut error: Option<String>,
+) {
+    let mut attempt = 0;
+    loop {
+        match jobs::finish(&ctx.db, id, status, result.as_ref(), error.as_deref()).await {
+            Ok(_) => return,
+            Err(err @ cache_shared::Error::StoreUnavailable(_)) => {
+                attempt += 1;
+                let delay = backoff(attempt);
+                tracing::warn!(job_id = id, %err, ?delay, "job outcome not recorded yet; retrying (the work is not run again)");
+                tokio::time::sleep(delay).await;
+            }
+            Err(err) if result.is_some() => {
+                tracing::error!(job_id = id, %err, "job result refused by PostgreSQL; recording the status without it");
+                result = None;
+                error = Some(format!(
+                    "{}the result could not be stored: {err}",
+                    error.map(|e| format!("{e}; ")).unwrap_or_default()
+                ));
+            }
+            Err(err) => {
+                tracing::error!(job_id = id, %err, "job outcome cannot be recorded; leaving the record as it is");
+                return;
+            }
+        }
+    }
 }
 
 /// How often a running job's record is touched while it runs, whatever its

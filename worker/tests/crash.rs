@@ -311,3 +311,131 @@ async fn a_running_jobs_record_is_touched_while_its_work_goes_on() {
         (after - before).num_milliseconds()
     );
 }
+
+/// A relay to PostgreSQL the test can take down (every connection dropped,
+/// new ones refused) and bring back.
+struct Relay {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start() -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let relay = Arc::new(Self { port, up });
+        let states = relay.up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut state = states.subscribe();
+                if !*state.borrow() {
+                    continue; // down: the connection is dropped at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|up| !up) => {}
+                    }
+                });
+            }
+        });
+        relay
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// Work that takes PostgreSQL away while it runs, for a while.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct OutageJob {
+    job_id: String,
+    #[serde(skip)]
+    runs: Arc<std::sync::atomic::AtomicU32>,
+    #[serde(skip)]
+    relay: Option<Arc<Relay>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Relay({})", self.port)
+    }
+}
+
+impl runner::Job for OutageJob {
+    const TYPE: cache_jobs::JobType = cache_jobs::JobType::Flush;
+
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    async fn run(
+        &self,
+        _: &JobContext,
+    ) -> Result<cache_jobs::Outcome, cache_jobs::error::JobError> {
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(relay) = self.relay.clone() {
+            relay.set(false);
+            // The outage lasts beyond the first attempts to record the outcome.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                relay.set(true);
+            });
+        }
+        Ok(cache_jobs::Outcome::Succeeded(
+            serde_json::json!({"done": 1}),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_outcome_cannot_be_written_at_first_is_not_run_again() {
+    let (_redis, mut settings, db, record) = queued_flush(FlushParams::default()).await;
+    let relay = Relay::start().await;
+    settings.database.database_url = settings
+        .database
+        .database_url
+        .replace(":5432/", &format!(":{}/", relay.port));
+    let ctx = JobContext {
+        cache: Cache::new(
+            RedisStore::new(&settings.redis).unwrap(),
+            CacheLimits::from_settings(&settings.cache),
+            Arc::new(LiveStats::default()),
+            Arc::new(cache_shared::limits::LimitBook::new(
+                settings.limits.clone(),
+            )),
+        ),
+        db: cache_shared::db::lazy_pool(&settings.database).unwrap(),
+        pacing: Pacing::default(),
+        preload: PreloadSources {
+            allow: AllowList::default(),
+            limits: FetchLimits {
+                max_bytes: 1,
+                timeout: Duration::from_secs(1),
+            },
+        },
+        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default())
+            .unwrap(),
+    };
+    let job = OutageJob {
+        job_id: record.id.clone(),
+        relay: Some(Arc::clone(&relay)),
+        ..OutageJob::default()
+    };
+    assert_eq!(runner::execute(&ctx, &job).await, Delivery::Done);
+    assert_eq!(
+        job.runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the work ran once"
+    );
+    let recorded = self::job(&db, &record.id).await;
+    assert_eq!(recorded.status, "succeeded", "{recorded:?}");
+    assert_eq!(recorded.result, Some(serde_json::json!({"done": 1})));
+    assert_eq!(recorded.attempts, 1);
+}

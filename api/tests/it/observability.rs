@@ -903,7 +903,7 @@ async fn one_bad_operation_log_record_never_costs_the_rest_of_its_batch() {
 
     let app = spawn_app().await;
     let request = ulid::Ulid::new().to_string();
-    let now = chrono::Utc::now();
+    let now = Utc::now();
     let mut records: Vec<LogRecord> = (0..1000)
         .map(|i| LogRecord {
             request_id: request.clone(),
