@@ -176,24 +176,49 @@ async fn connections_config(
             "give maxSize and/or commandTimeoutMs",
         )));
     }
-    let stats = state
-        .cache
-        .redis()
-        .reconfigure(
+    let details = json!({ "maxSize": body.max_size, "commandTimeoutMs": body.command_timeout_ms });
+    let stats = on_record(&state, &caller, "connections.config", &details, async {
+        state.cache.redis().reconfigure(
             body.max_size,
             body.command_timeout_ms.map(Duration::from_millis),
         )
-        .map_err(&op)?;
-    admin_actions::record(
-        &state.db,
-        &caller.key_id,
-        caller.tenant.as_str(),
-        "connections.config",
-        &json!({ "maxSize": body.max_size, "commandTimeoutMs": body.command_timeout_ms }),
-    )
+    })
     .await
     .map_err(&op)?;
     Ok(Json(stats))
+}
+
+/// How long an admin action's audit event waits for the action to be done.
+const ACTION_HOLD: Duration = Duration::from_secs(30);
+
+/// Does an admin action only once it is on record: recorded first (its
+/// audit event held back), then done, then released to the audit service,
+/// or forgotten when it failed. An action never takes effect unrecorded.
+async fn on_record<T>(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    details: &Value,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let id = admin_actions::record_held(
+        &state.db,
+        &caller.key_id,
+        caller.tenant.as_str(),
+        action,
+        details,
+        ACTION_HOLD,
+    )
+    .await?;
+    let done = work.await;
+    let settled = match &done {
+        Ok(_) => admin_actions::release(&state.db, id).await,
+        Err(_) => admin_actions::forget(&state.db, id).await,
+    };
+    if let Err(err) = settled {
+        tracing::error!(%err, action, "could not settle an admin action's record (its hold lapses on its own)");
+    }
+    done
 }
 
 /// Redis's eight `maxmemory-policy` values.
@@ -243,17 +268,10 @@ async fn eviction_policy(
     }
     let redis = state.cache.redis();
     let previous = redis.config_get("maxmemory-policy").await.map_err(&op)?;
-    redis
-        .config_set("maxmemory-policy", &body.policy)
-        .await
-        .map_err(&op)?;
-    admin_actions::record(
-        &state.db,
-        &caller.key_id,
-        caller.tenant.as_str(),
-        "eviction.policy",
-        &json!({ "policy": body.policy, "previous": previous }),
-    )
+    let details = json!({ "policy": body.policy, "previous": previous });
+    on_record(&state, &caller, "eviction.policy", &details, async {
+        redis.config_set("maxmemory-policy", &body.policy).await
+    })
     .await
     .map_err(&op)?;
     Ok(Json(PolicyView {

@@ -1,7 +1,9 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{TOKEN_A, TOKEN_B, assert_error, settings, spawn_app, spawn_app_with};
+use crate::helpers::{
+    CuttablePostgres, TOKEN_A, TOKEN_B, assert_error, settings, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn internal_routes_need_a_service_token() {
@@ -161,36 +163,6 @@ async fn random_bearer_tokens_neither_evict_valid_keys_nor_reach_postgres_beyond
     assert!(app.state.key_cache.known_keys() >= 1);
 }
 
-/// A TCP relay to PostgreSQL that the test can cut, as if it went down.
-struct CuttablePostgres {
-    port: u16,
-    relay: tokio::task::JoinHandle<()>,
-}
-
-impl CuttablePostgres {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let relay = tokio::spawn(async move {
-            let mut links = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                links.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { port, relay }
-    }
-
-    /// Closes the listener and every relayed connection (they live in the task).
-    fn cut(&self) {
-        self.relay.abort();
-    }
-}
-
 #[tokio::test]
 async fn while_postgres_is_down_recently_seen_keys_keep_working_and_others_fail_closed() {
     use cache_shared::api_keys::Role;
@@ -199,14 +171,7 @@ async fn while_postgres_is_down_recently_seen_keys_keep_working_and_others_fail_
     let reader = base.key(Role::Reader).await;
     let unseen = base.key(Role::Reader).await;
     let relay = CuttablePostgres::start().await;
-    assert!(
-        base.database_url.contains(":5432/"),
-        "{}",
-        base.database_url
-    );
-    let url = base
-        .database_url
-        .replace(":5432/", &format!(":{}/", relay.port));
+    let url = relay.url_for(&base.database_url);
     let app = spawn_app_with(settings(&[
         "--database-url",
         &url,

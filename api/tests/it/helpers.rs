@@ -457,3 +457,39 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP relay to PostgreSQL that the test can cut, as if it went down.
+pub struct CuttablePostgres {
+    pub port: u16,
+    relay: JoinHandle<()>,
+}
+
+impl CuttablePostgres {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, relay }
+    }
+
+    /// Closes the listener and every relayed connection (they live in the task).
+    pub fn cut(&self) {
+        self.relay.abort();
+    }
+
+    /// `database_url` through this relay.
+    pub fn url_for(&self, database_url: &str) -> String {
+        assert!(database_url.contains(":5432/"), "{database_url}");
+        database_url.replace(":5432/", &format!(":{}/", self.port))
+    }
+}

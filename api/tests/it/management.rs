@@ -5,7 +5,9 @@ use deadpool_redis::redis;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
+use crate::helpers::{
+    CuttablePostgres, PrivateRedis, TestApp, assert_error, settings, spawn_app, spawn_app_with,
+};
 
 async fn get(app: &TestApp, key: &str, path: &str) -> Value {
     let response = app.public(Method::GET, path, key).send().await.unwrap();
@@ -358,4 +360,58 @@ async fn a_tenants_flush_never_reaches_another_tenant() {
         .unwrap();
     assert_error(hidden, 404, "NOT_FOUND").await;
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_action_that_cannot_be_recorded_does_not_take_effect() {
+    let own = PrivateRedis::start().await;
+    let relay = CuttablePostgres::start().await;
+    let base = spawn_app().await;
+    let app = spawn_app_with(settings(&[
+        "--redis-url",
+        &own.url(),
+        "--database-url",
+        &relay.url_for(&base.database_url),
+    ]))
+    .await;
+    let operator = app.key(Role::Operator).await;
+    let mut raw = app.raw_redis().await;
+    let mut policy = async || {
+        let (_, policy): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        policy
+    };
+    let before = policy().await;
+    assert_ne!(before, "allkeys-lfu");
+    // Remembered key, PostgreSQL gone: the change cannot be put on record.
+    let ping = app
+        .public(Method::GET, "/api/v1/cache/status", &operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+    relay.cut();
+    let refused = app
+        .public(Method::POST, "/api/v1/cache/eviction/policy", &operator)
+        .json(&json!({"policy": "allkeys-lfu"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 503, "STORE_UNAVAILABLE").await;
+    assert_eq!(policy().await, before, "changed without a record");
+    let resized = app
+        .public(Method::PUT, "/api/v1/cache/connections/config", &operator)
+        .json(&json!({"commandTimeoutMs": 1234}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resized, 503, "STORE_UNAVAILABLE").await;
+    assert_ne!(
+        app.state.cache.redis().command_timeout(),
+        std::time::Duration::from_millis(1234)
+    );
 }
