@@ -117,6 +117,11 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub log_retention_days: u32,
 
+    /// Finished jobs, backups and memory reports are kept this many days (swept daily).
+    #[arg(long, env = "JOB_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub job_retention_days: u32,
+
     /// Port of this worker's Prometheus `/metrics` (0: not served).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 3012)]
     pub worker_metrics_port: u16,
@@ -352,7 +357,10 @@ pub async fn run(
     ));
     let retention = tokio::spawn(upkeep::retention_loop(
         db.clone(),
-        settings.log_retention_days,
+        upkeep::Retention {
+            log_days: settings.log_retention_days,
+            job_days: settings.job_retention_days,
+        },
         heartbeat_stopped.clone(),
     ));
     let audit = tokio::spawn(upkeep::audit_loop(

@@ -52,20 +52,44 @@ const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Rows deleted per statement of the sweep.
 const RETENTION_CHUNK: i64 = 10_000;
 
-/// Deletes operation log records older than `days` at start and then daily.
-/// Every worker may run it: deleting what is already gone is harmless.
-pub(crate) async fn retention_loop(db: PgPool, days: u32, stop: watch::Receiver<bool>) {
+/// How long what the service records is kept, in days.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    /// Operation log records.
+    pub log_days: u32,
+    /// Finished jobs, backups and memory reports.
+    pub job_days: u32,
+}
+
+fn days_ago(days: u32) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::days(i64::from(days))
+}
+
+/// Deletes what is past retention at start and then daily. Every worker
+/// may run it: deleting what is already gone is harmless.
+pub(crate) async fn retention_loop(db: PgPool, keep: Retention, stop: watch::Receiver<bool>) {
     let db = &db;
     cache_shared::shutdown::every(RETENTION_EVERY, stop, move || async move {
-        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        let cutoff = days_ago(keep.log_days);
         match cache_shared::db::oplog::purge_before(db, cutoff, RETENTION_CHUNK).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(
                 deleted,
-                days,
+                days = keep.log_days,
                 "operation log records past retention deleted"
             ),
             Err(err) => tracing::warn!(%err, "log retention sweep failed; retrying tomorrow"),
+        }
+        let cutoff = days_ago(keep.job_days);
+        match cache_shared::db::retention::sweep(db, cutoff, RETENTION_CHUNK).await {
+            Ok(swept) => tracing::info!(
+                jobs = swept.jobs,
+                backups = swept.backups,
+                reports = swept.reports,
+                days = keep.job_days,
+                "jobs, backups and reports past retention deleted"
+            ),
+            Err(err) => tracing::warn!(%err, "job retention sweep failed; retrying tomorrow"),
         }
     })
     .await;

@@ -3,6 +3,7 @@
 use cache_jobs::flush::FlushParams;
 use cache_jobs::policy::Requester;
 use cache_jobs::queue::JobSpec;
+use cache_shared::db::backups;
 use cache_shared::keys::TenantId;
 use deadpool_redis::redis;
 use reqwest::Method;
@@ -744,4 +745,73 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         .unwrap()
         .unwrap();
     assert_eq!(untouched.status, "queued");
+}
+
+#[tokio::test]
+async fn jobs_backups_and_reports_past_retention_are_swept_and_nothing_else() {
+    use cache_shared::db::retention;
+
+    let app = spawn_app().await;
+    let db = &app.state.db;
+    let id = || ulid::Ulid::new().to_string();
+    let (old_done, old_queued, recent_done) = (id(), id(), id());
+    for (job, status, age_days) in [
+        (&old_done, "succeeded", 40),
+        (&old_queued, "queued", 40),
+        (&recent_done, "failed", 5),
+    ] {
+        sqlx::query(
+            "insert into jobs (id, job_type, tenant_id, params, status, created_at, finished_at) \
+             values ($1, 'flush', $2, '{}', $3, now() - make_interval(days => $4), \
+                     case when $3 = 'queued' then null else now() - make_interval(days => $4) end)",
+        )
+        .bind(job)
+        .bind(&app.tenant)
+        .bind(status)
+        .bind(age_days)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+    let (old_backup, old_report) = (id(), id());
+    backups::begin(db, &old_backup, &app.tenant).await.unwrap();
+    sqlx::query("update backups set created_at = now() - interval '40 days' where id = $1")
+        .bind(&old_backup)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into memory_reports (id, tenant_id, mode, report, created_at) \
+         values ($1, $2, 'full', '{}', now() - interval '40 days')",
+    )
+    .bind(&old_report)
+    .bind(&app.tenant)
+    .execute(db)
+    .await
+    .unwrap();
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    let swept = retention::sweep(db, cutoff, 1).await.unwrap();
+    assert!(
+        swept.jobs >= 1 && swept.backups >= 1 && swept.reports >= 1,
+        "{swept:?}"
+    );
+    let exists = |table: &'static str, id: String| async move {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select count(*) from {table} where id = $1"
+        )))
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        n == 1
+    };
+    assert!(!exists("jobs", old_done).await);
+    assert!(
+        exists("jobs", old_queued).await,
+        "an unfinished job is kept"
+    );
+    assert!(exists("jobs", recent_done).await);
+    assert!(!exists("backups", old_backup).await);
+    assert!(!exists("memory_reports", old_report).await);
 }

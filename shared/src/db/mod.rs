@@ -9,6 +9,7 @@ pub mod hotkeys;
 pub mod jobs;
 pub mod oplog;
 pub mod reports;
+pub mod retention;
 pub mod schedules;
 pub mod statistics;
 pub mod tenant_limits;
