@@ -55,6 +55,11 @@ impl InternalJob for StatsRollupJob {
     async fn run(&self, ctx: &JobContext) -> Result<u64, JobError> {
         let mut merged = 0;
         for tenant in &self.tenants {
+            // Where the accounting cannot be read, the figures go in without it.
+            let usage = match cache_shared::keys::TenantId::from_record(&tenant.tenant_id) {
+                Ok(id) => ctx.cache.usage(&id).await.ok(),
+                Err(_) => None,
+            };
             let added = cache_shared::db::statistics::add_contribution(
                 &ctx.db,
                 &self.instance_id,
@@ -62,6 +67,7 @@ impl InternalJob for StatsRollupJob {
                 self.period_start,
                 self.period_minutes,
                 &tenant.figures,
+                usage,
             )
             .await?;
             merged += u64::from(added.is_some());

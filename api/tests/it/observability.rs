@@ -227,6 +227,9 @@ async fn a_rollup_merges_two_instances_exactly_and_a_rerun_does_not_double() {
     let app = spawn_app().await;
     let worker = app.spawn_worker();
     let tenant = app.tenant.clone();
+    // Two keys: 'a' + "J1" and 'bb' + "J\"x\"", 9 bytes, as the period's usage.
+    assert_eq!(app.set("a", json!(1)).await.status(), 200);
+    assert_eq!(app.set("bb", json!("x")).await.status(), 200);
     let period = Utc.with_ymd_and_hms(2026, 11, 20, 10, 0, 0).unwrap();
     let figures =
         |hits, misses, ops: Vec<(&str, OpFigures)>, hot: Vec<(&str, u64)>| PeriodFigures {
@@ -303,6 +306,16 @@ async fn a_rollup_merges_two_instances_exactly_and_a_rerun_does_not_double() {
     .await;
     let (total, hits, misses, errors, p99) = statistics_row(&db, &tenant).await.unwrap();
     assert_eq!((total, hits, misses, errors), (130, 95, 15, 3));
+    let usage: (Option<i64>, Option<i64>) = sqlx::query_as(
+        "select key_count, memory_bytes from cache_statistics \
+         where tenant_id = $1 and period_start = $2",
+    )
+    .bind(&tenant)
+    .bind(period)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(usage, (Some(2), Some(9)), "from the usage accounting");
     // 10 of 130 calls took 9 ms: the merged p99 is among them.
     let p99 = p99.unwrap();
     assert!((9.0..=10.0).contains(&p99), "p99 {p99}");

@@ -58,6 +58,10 @@ pub async fn history(
 /// # Errors
 ///
 /// [`Error::StoreUnavailable`].
+///
+/// `usage` is the tenant's keys and bytes when the period is merged (from
+/// the usage accounting), kept as the period's `key_count` and
+/// `memory_bytes`.
 pub async fn add_contribution(
     pool: &PgPool,
     instance: &str,
@@ -65,6 +69,7 @@ pub async fn add_contribution(
     period_start: DateTime<Utc>,
     period_minutes: i32,
     figures: &PeriodFigures,
+    usage: Option<crate::quota::Usage>,
 ) -> Result<Option<PeriodFigures>, Error> {
     let mut tx = pool.begin().await?;
     // One writer per tenant and period at a time: two instances' rollups
@@ -108,13 +113,16 @@ pub async fn add_contribution(
     sqlx::query(
         "insert into cache_statistics (tenant_id, namespace, period_start, period_minutes, \
             total_operations, hits, misses, errors, hit_rate, avg_latency_ms, p95_latency_ms, \
-            p99_latency_ms) \
-         values ($1, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            p99_latency_ms, key_count, memory_bytes) \
+         values ($1, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          on conflict (tenant_id, namespace, period_start, period_minutes) do update set \
             total_operations = excluded.total_operations, hits = excluded.hits, \
             misses = excluded.misses, errors = excluded.errors, hit_rate = excluded.hit_rate, \
             avg_latency_ms = excluded.avg_latency_ms, p95_latency_ms = excluded.p95_latency_ms, \
-            p99_latency_ms = excluded.p99_latency_ms, updated_at = now()",
+            p99_latency_ms = excluded.p99_latency_ms, \
+            key_count = coalesce(excluded.key_count, cache_statistics.key_count), \
+            memory_bytes = coalesce(excluded.memory_bytes, cache_statistics.memory_bytes), \
+            updated_at = now()",
     )
     .bind(tenant)
     .bind(period_start)
@@ -127,6 +135,8 @@ pub async fn add_contribution(
     .bind(s.avg_latency_ms)
     .bind(s.p95_latency_ms)
     .bind(s.p99_latency_ms)
+    .bind(usage.map(|u| crate::saturating_i64(u.keys)))
+    .bind(usage.map(|u| crate::saturating_i64(u.bytes)))
     .execute(&mut *tx)
     .await?;
     crate::db::hotkeys::replace_window(
