@@ -12,7 +12,7 @@ starts two apis against the local Redis and PostgreSQL, then:
      figure (target >= 0.95);
   2. noisy neighbour: a quiet tenant's GETs at QUIET_RATE/s (oha, latency
      corrected) alone, then while a flooding tenant sends as fast as oha can
-     (FLOOD_CONNECTIONS connections, no rate cap), first unlimited and then
+     at FLOOD_RATE req/s (FLOOD_CONNECTIONS connections), first unlimited and then
      limited to FLOOD_LIMIT req/s through PUT /api/v1/admin/tenants/{t}/limits:
      the quiet tenant's p99 during each flood against alone (target: limited
      within 1.5x);
@@ -23,8 +23,8 @@ starts two apis against the local Redis and PostgreSQL, then:
      and bytes): the error is the figure (target < 1 %).
 
 Environment: PARTS (overhead,neighbour,accounting), RUNS (3), DURATION (10),
-CONNECTIONS (50), QUIET_RATE (1000), FLOOD_CONNECTIONS (50), FLOOD_LIMIT
-(1000), LOAD_SECONDS (15), OPERATIONS (1000000).
+CONNECTIONS (50), QUIET_RATE (1000), FLOOD_RATE (40000), FLOOD_CONNECTIONS (50),
+FLOOD_LIMIT (1000), LOAD_SECONDS (15), OPERATIONS (1000000).
 """
 
 import json
@@ -49,6 +49,7 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 QUIET_RATE = int(os.environ.get("QUIET_RATE", "1000"))
 FLOOD_CONNECTIONS = int(os.environ.get("FLOOD_CONNECTIONS", "50"))
 FLOOD_LIMIT = int(os.environ.get("FLOOD_LIMIT", "1000"))
+FLOOD_RATE = int(os.environ.get("FLOOD_RATE", "40000"))
 LOAD_SECONDS = int(os.environ.get("LOAD_SECONDS", "15"))
 OPERATIONS = int(os.environ.get("OPERATIONS", "1000000"))
 TOKEN = "bench-token"
@@ -186,7 +187,8 @@ def neighbour():
             log(f"neighbour: quiet tenant at {QUIET_RATE}/s, {name}")
             flood = None
             if limit is not None:
-                flood = oha(get, noisy, seconds=LOAD_SECONDS + 2, connections=FLOOD_CONNECTIONS)
+                flood = oha(get, noisy, rate=FLOOD_RATE, seconds=LOAD_SECONDS + 2,
+                            connections=FLOOD_CONNECTIONS)
                 time.sleep(1)  # the flood is running before the measured window opens
             quiet_run = oha_result(oha(get, quiet, rate=QUIET_RATE))
             results[name] = {"quiet": quiet_run}
@@ -252,13 +254,19 @@ def accounting():
             ops += len(items)
         deletes = OPERATIONS - ops
         log(f"accounting: about {deletes} deletes (wrk over random ids)")
-        script = lua(f'math.randomseed(7)\nwrk.method = "DELETE"\n'
-                     f'request = function() return wrk.format(nil, "/internal/cache/delete/k:" '
-                     f'.. math.random(0, {writes - 1})) end\n')
-        out = subprocess.run(["wrk", "-t2", "-c20", "-d60s", "-s", script,
+        # Each wrk thread stops after its share of the deletes.
+        script = lua(
+            f'local done, share = 0, {max(deletes // 2, 1)}\n'
+            'wrk.method = "DELETE"\n'
+            f'request = function() return wrk.format(nil, "/internal/cache/delete/k:" '
+            f'.. math.random(0, {writes - 1})) end\n'
+            'response = function() done = done + 1 '
+            'if done >= share then wrk.thread:stop() end end\n'
+        )
+        out = subprocess.run(["wrk", "-t2", "-c20", "-d120s", "-s", script,
                               "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}",
                               "--timeout", "5s", base + "/"], capture_output=True, text=True,
-                             timeout=120).stdout
+                             timeout=180).stdout
         os.unlink(script)
         done = next(int(line.split()[0]) for line in out.splitlines()
                     if "requests in" in line)
@@ -301,8 +309,8 @@ def main():
                   f"| {m['on_' + op]:,.0f} | {m['on_' + op] / m['off_' + op]:.3f} |")
     if "neighbour" in PARTS:
         r = results["neighbour"] = neighbour()
-        print(f"\nquiet tenant at {QUIET_RATE} GET/s beside a flooding tenant "
-              f"({FLOOD_CONNECTIONS} connections, as fast as oha goes)")
+        print(f"\nquiet tenant at {QUIET_RATE} GET/s beside a tenant flooding at "
+              f"{FLOOD_RATE} req/s ({FLOOD_CONNECTIONS} connections)")
         print("| round | quiet p50 | quiet p99 | p99 vs alone | flood req/s | flood answers |")
         print("|---|---|---|---|---|---|")
         for name, row in r.items():

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cache_shared::api_keys::Role;
 use cache_shared::config::{
-    CacheSettings, DatabaseSettings, ObservabilitySettings, PreloadArgs, QueueArgs, RedisSettings,
-    Secret, TelemetrySettings,
+    CacheSettings, DatabaseSettings, MetricsTokenArgs, ObservabilitySettings, PreloadArgs,
+    QueueArgs, RedisSettings, Secret, TelemetrySettings,
 };
 use cache_shared::keys::TenantId;
 use cache_shared::limits::LimitSettings;
@@ -167,15 +167,8 @@ pub struct HttpSettings {
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub api_key_stale_seconds: u64,
 
-    /// Bearer tokens `GET /metrics` accepts, comma-separated for rotation (empty: open, for a private network).
-    #[arg(
-        long,
-        env = "METRICS_TOKEN",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub metrics_token: Secret,
+    #[command(flatten)]
+    pub metrics: MetricsTokenArgs,
 
     /// Requests served at once; beyond it the api answers 503 OVERLOADED at once (health routes aside).
     #[arg(long, env = "MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024,

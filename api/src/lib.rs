@@ -140,7 +140,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         limits: tenant_limits,
         rate: admission::RateLimiter::new(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
-        metrics_tokens: ServiceTokens::from_list(args.http.metrics_token.expose()),
+        metrics_tokens: ServiceTokens::from_list(args.http.metrics.metrics_token.expose()),
         settings: args.http.clone(),
         observability: args.observability.clone(),
         instruments,

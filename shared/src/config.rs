@@ -119,6 +119,20 @@ pub struct CacheSettings {
     pub mget_max_bytes: u64,
 }
 
+/// Who may scrape a binary's `/metrics`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsTokenArgs {
+    /// Bearer tokens `GET /metrics` accepts, comma-separated for rotation (empty: open, for a private network).
+    #[arg(
+        long,
+        env = "METRICS_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub metrics_token: Secret,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
     /// Prefix of the job queues' Redis keys (`{prefix}:jobs:{type}`).

@@ -130,15 +130,8 @@ pub struct WorkerSettings {
     #[arg(long, env = "WORKER_METRICS_ADDRESS", default_value = "0.0.0.0")]
     pub worker_metrics_address: std::net::IpAddr,
 
-    /// Bearer tokens the worker's `/metrics` accepts, comma-separated for rotation (empty: open, for a private network).
-    #[arg(
-        long,
-        env = "METRICS_TOKEN",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub metrics_token: cache_shared::config::Secret,
+    #[command(flatten)]
+    pub metrics: cache_shared::config::MetricsTokenArgs,
 
     /// Where admin actions are posted (`{url}/internal/events`); unset: kept, not sent.
     #[arg(long, env = "AUDIT_SERVICE_URL")]
@@ -373,7 +366,7 @@ pub async fn run(
     let exporter = tokio::spawn(upkeep::serve_metrics(
         metrics_listener,
         metrics,
-        cache_shared::tokens::ServiceTokens::from_list(settings.metrics_token.expose()),
+        cache_shared::tokens::ServiceTokens::from_list(settings.metrics.metrics_token.expose()),
         heartbeat_stopped,
     ));
     tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");

@@ -140,6 +140,31 @@ async fn queued_flush(params: FlushParams) -> (OwnRedis, WorkerSettings, sqlx::P
     (own, settings, db, record)
 }
 
+/// What a worker hands its handlers, built in the test to run one delivery.
+fn context(settings: &WorkerSettings, db: sqlx::PgPool) -> JobContext {
+    JobContext {
+        cache: Cache::new(
+            RedisStore::new(&settings.redis).unwrap(),
+            CacheLimits::from_settings(&settings.cache),
+            Arc::new(LiveStats::default()),
+            Arc::new(cache_shared::limits::LimitBook::new(
+                settings.limits.clone(),
+            )),
+        ),
+        db,
+        pacing: Pacing::default(),
+        preload: PreloadSources {
+            allow: AllowList::default(),
+            limits: FetchLimits {
+                max_bytes: 1,
+                timeout: Duration::from_secs(1),
+            },
+        },
+        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default())
+            .unwrap(),
+    }
+}
+
 async fn wait_for(
     db: &sqlx::PgPool,
     id: &str,
@@ -234,27 +259,7 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
             jobs::Start::Run { .. }
         ));
     }
-    let ctx = JobContext {
-        cache: Cache::new(
-            RedisStore::new(&settings.redis).unwrap(),
-            CacheLimits::from_settings(&settings.cache),
-            Arc::new(LiveStats::default()),
-            Arc::new(cache_shared::limits::LimitBook::new(
-                settings.limits.clone(),
-            )),
-        ),
-        db: db.clone(),
-        pacing: Pacing::default(),
-        preload: PreloadSources {
-            allow: AllowList::default(),
-            limits: FetchLimits {
-                max_bytes: 1,
-                timeout: Duration::from_secs(1),
-            },
-        },
-        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default())
-            .unwrap(),
-    };
+    let ctx = context(&settings, db.clone());
     let payload = FlushJob {
         job_id: record.id.clone(),
         tenant_id: "crashy".into(),
@@ -402,27 +407,10 @@ async fn a_job_whose_outcome_cannot_be_written_at_first_is_not_run_again() {
         .database
         .database_url
         .replace(":5432/", &format!(":{}/", relay.port));
-    let ctx = JobContext {
-        cache: Cache::new(
-            RedisStore::new(&settings.redis).unwrap(),
-            CacheLimits::from_settings(&settings.cache),
-            Arc::new(LiveStats::default()),
-            Arc::new(cache_shared::limits::LimitBook::new(
-                settings.limits.clone(),
-            )),
-        ),
-        db: cache_shared::db::lazy_pool(&settings.database).unwrap(),
-        pacing: Pacing::default(),
-        preload: PreloadSources {
-            allow: AllowList::default(),
-            limits: FetchLimits {
-                max_bytes: 1,
-                timeout: Duration::from_secs(1),
-            },
-        },
-        metrics: cache_shared::metrics::JobMetrics::new(&cache_shared::metrics::Metrics::default())
-            .unwrap(),
-    };
+    let ctx = context(
+        &settings,
+        cache_shared::db::lazy_pool(&settings.database).unwrap(),
+    );
     let job = OutageJob {
         job_id: record.id.clone(),
         relay: Some(Arc::clone(&relay)),

@@ -44,7 +44,7 @@ async fn a_worker_heartbeats_while_running_and_signs_off_on_shutdown() {
     let port = free_port();
     settings.worker_metrics_port = port;
     settings.worker_metrics_address = std::net::Ipv4Addr::LOCALHOST.into();
-    settings.metrics_token = "scrape-me".parse().unwrap();
+    settings.metrics.metrics_token = "scrape-me".parse().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(cache_worker::run(settings, async {
         let _ = stopped.await;

@@ -197,6 +197,29 @@ impl TestApp {
         self.key_for(&self.tenant, role).await
     }
 
+    /// Stores session `sid` of `user` in `tenant` through the internal plane.
+    pub async fn new_session(&self, sid: &str, user: &str, tenant: &str) {
+        let response = self
+            .post_json(
+                "/internal/cache/session/set",
+                serde_json::json!({"sessionId": sid, "userId": user, "tenantId": tenant}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn session_exists(&self, sid: &str) -> bool {
+        self.internal(
+            reqwest::Method::GET,
+            &format!("/internal/cache/session/{sid}"),
+        )
+        .send()
+        .await
+        .expect("session read")
+        .status()
+            == 200
+    }
+
     /// A request on the public plane with `key`.
     pub fn public(
         &self,

@@ -11,25 +11,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error, spawn_app, unique};
 
-async fn new_session(app: &TestApp, sid: &str, user: &str, tenant: &str) {
-    let response = app
-        .post_json(
-            "/internal/cache/session/set",
-            json!({"sessionId": sid, "userId": user, "tenantId": tenant}),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-}
-
-async fn session_exists(app: &TestApp, sid: &str) -> bool {
-    app.internal(Method::GET, &format!("/internal/cache/session/{sid}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        == 200
-}
-
 #[tokio::test]
 async fn session_cleanup_revokes_exactly_one_users_sessions() {
     let app = spawn_app().await;
@@ -37,10 +18,10 @@ async fn session_cleanup_revokes_exactly_one_users_sessions() {
     let (alice, bob, tenant) = (unique("alice"), unique("bob"), unique("t"));
     let alice_sessions: Vec<String> = (0..3).map(|_| unique("s")).collect();
     for sid in &alice_sessions {
-        new_session(&app, sid, &alice, &tenant).await;
+        app.new_session(sid, &alice, &tenant).await;
     }
     let bobs = unique("s");
-    new_session(&app, &bobs, &bob, &tenant).await;
+    app.new_session(&bobs, &bob, &tenant).await;
 
     let response = app
         .post_json("/internal/cache/session/cleanup", json!({"userId": alice}))
@@ -64,9 +45,9 @@ async fn session_cleanup_revokes_exactly_one_users_sessions() {
     assert_eq!(job["attempts"], 1);
     assert!(job["startedAt"].is_string() && job["finishedAt"].is_string());
     for sid in &alice_sessions {
-        assert!(!session_exists(&app, sid).await);
+        assert!(!app.session_exists(sid).await);
     }
-    assert!(session_exists(&app, &bobs).await);
+    assert!(app.session_exists(&bobs).await);
     worker.stop().await;
 }
 

@@ -336,25 +336,6 @@ async fn a_schedule_whose_job_is_no_longer_allowed_is_disabled_at_its_tick() {
     worker.stop().await;
 }
 
-async fn new_session(app: &TestApp, sid: &str, user: &str, tenant: &str) {
-    let response = app
-        .post_json(
-            "/internal/cache/session/set",
-            json!({"sessionId": sid, "userId": user, "tenantId": tenant}),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-}
-
-async fn session_exists(app: &TestApp, sid: &str) -> bool {
-    app.internal(Method::GET, &format!("/internal/cache/session/{sid}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        == 200
-}
-
 #[tokio::test]
 async fn public_session_cleanup_acts_in_the_callers_tenant_only() {
     let app = spawn_app().await;
@@ -363,9 +344,9 @@ async fn public_session_cleanup_acts_in_the_callers_tenant_only() {
     let other = unique("t");
     let alice = unique("alice");
     let (mine, theirs, bobs) = (unique("s"), unique("s"), unique("s"));
-    new_session(&app, &mine, &alice, &app.tenant).await;
-    new_session(&app, &theirs, &alice, &other).await;
-    new_session(&app, &bobs, &unique("bob"), &other).await;
+    app.new_session(&mine, &alice, &app.tenant).await;
+    app.new_session(&theirs, &alice, &other).await;
+    app.new_session(&bobs, &unique("bob"), &other).await;
 
     let refused = app
         .public(Method::POST, "/api/v1/jobs", &admin)
@@ -381,9 +362,9 @@ async fn public_session_cleanup_acts_in_the_callers_tenant_only() {
     let job = app.run_public_job(&admin, request).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["revoked"], 1, "{job}");
-    assert!(!session_exists(&app, &mine).await);
+    assert!(!app.session_exists(&mine).await);
     assert!(
-        session_exists(&app, &theirs).await,
+        app.session_exists(&theirs).await,
         "alice's session in another tenant was revoked"
     );
 
@@ -393,7 +374,7 @@ async fn public_session_cleanup_acts_in_the_callers_tenant_only() {
         .json(&json!({"type": "session_cleanup"}));
     let job = app.run_public_job(&admin, request).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert!(session_exists(&app, &theirs).await);
-    assert!(session_exists(&app, &bobs).await);
+    assert!(app.session_exists(&theirs).await);
+    assert!(app.session_exists(&bobs).await);
     worker.stop().await;
 }

@@ -117,24 +117,14 @@ async fn insert_all(exec: impl PgExecutor<'_>, batch: &[LogRecord]) -> Result<u6
 ///
 /// [`Error::StoreUnavailable`].
 pub async fn purge_before(pool: &PgPool, cutoff: DateTime<Utc>, chunk: i64) -> Result<u64, Error> {
-    let mut deleted = 0;
-    loop {
-        // Workers sweeping at once take disjoint chunks (skip locked)
-        // instead of queueing on each other's rows, each until none is left.
-        let done = sqlx::query(
-            "delete from cache_operation_logs where id in \
-               (select id from cache_operation_logs where occurred_at < $1 \
-                limit $2 for update skip locked)",
-        )
-        .bind(cutoff)
-        .bind(chunk)
-        .execute(pool)
-        .await?;
-        deleted += done.rows_affected();
-        if done.rows_affected() < u64::try_from(chunk).unwrap_or(0) {
-            break;
-        }
-    }
+    let deleted = crate::db::retention::purge(
+        pool,
+        "cache_operation_logs",
+        "occurred_at < $1",
+        cutoff,
+        chunk,
+    )
+    .await?;
     sqlx::query("delete from stats_contributions where period_start < $1")
         .bind(cutoff)
         .execute(pool)

@@ -38,8 +38,11 @@ pub async fn sweep(pool: &PgPool, cutoff: DateTime<Utc>, chunk: i64) -> Result<S
     })
 }
 
-/// Deletes the rows of `table` (keyed by `id`) matching `condition`.
-async fn purge(
+/// Deletes the rows of `table` (keyed by `id`) matching `condition` (on
+/// `$1`, the cutoff), `chunk` at a time. Workers sweeping at once take
+/// disjoint chunks (skip locked) instead of queueing on each other's rows,
+/// each until none is left.
+pub(crate) async fn purge(
     pool: &PgPool,
     table: &'static str,
     condition: &'static str,
