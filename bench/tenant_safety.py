@@ -15,7 +15,8 @@ starts two apis against the local Redis and PostgreSQL, then:
      at FLOOD_RATE req/s (FLOOD_CONNECTIONS connections), first unlimited and then
      limited to FLOOD_LIMIT req/s through PUT /api/v1/admin/tenants/{t}/limits:
      the quiet tenant's p99 during each flood against alone (target: limited
-     within 1.5x);
+     within 1.5x); beside them the same flood on a route that does not exist
+     (404, the cheapest answer the HTTP stack gives: the floor on this machine);
   3. accounting: about OPERATIONS writes, overwrites, deletes and expiries
      on one tenant (mset batches of 1000, a third of the keys with a 2 s TTL,
      wrk DELETEs over random ids), then, once every short TTL has run out
@@ -177,17 +178,23 @@ def neighbour():
                  internal(tenant))
         get = f"{base}/internal/cache/get/k"
         results = {}
-        rounds = [("alone", None), ("flood unlimited", 0), ("flood limited", FLOOD_LIMIT)]
-        for name, limit in rounds:
-            if limit is not None:
-                body = {"requestsPerSecond": limit, "burst": limit} if limit else {
-                    "requestsPerSecond": None, "burst": None}
-                call(base, "PUT", f"/api/v1/admin/tenants/{noisy}/limits", body,
+        unlimited = {"requestsPerSecond": None, "burst": None}
+        limited = {"requestsPerSecond": FLOOD_LIMIT, "burst": FLOOD_LIMIT}
+        # (name, what the flood asks for, the flooding tenant's limits). The
+        # floor: the same flood on a route that does not exist, the cheapest
+        # answer the HTTP stack gives (what no refusal can beat).
+        rounds = [("alone", None, None),
+                  ("flood of 404s (floor)", f"{base}/no-such-route", None),
+                  ("flood unlimited", get, unlimited),
+                  ("flood limited", get, limited)]
+        for name, target, limits in rounds:
+            if limits is not None:
+                call(base, "PUT", f"/api/v1/admin/tenants/{noisy}/limits", limits,
                      {"Authorization": f"Bearer {key}"})
             log(f"neighbour: quiet tenant at {QUIET_RATE}/s, {name}")
             flood = None
-            if limit is not None:
-                flood = oha(get, noisy, rate=FLOOD_RATE, seconds=LOAD_SECONDS + 2,
+            if target is not None:
+                flood = oha(target, noisy, rate=FLOOD_RATE, seconds=LOAD_SECONDS + 2,
                             connections=FLOOD_CONNECTIONS)
                 time.sleep(1)  # the flood is running before the measured window opens
             quiet_run = oha_result(oha(get, quiet, rate=QUIET_RATE))

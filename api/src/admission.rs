@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use cache_shared::keys::TenantId;
 use cache_shared::limits::{LimitBook, TenantLimits};
+use cache_shared::tokens::ServiceTokens;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
@@ -28,21 +29,53 @@ const NEVER_REFUSED: &[&str] = &[
     "/internal/cache/health",
 ];
 
-/// Bounds the requests in flight and gives each a deadline.
+/// Internal-plane cache operations, the ones a tenant's rate counts.
+const METERED_INTERNAL: &[&str] = &["get/", "set", "delete/", "mget", "mset", "exists", "expire"];
+
+/// Bounds the requests in flight, gives each a deadline, and refuses at
+/// once a cache operation of a tenant whose rate is spent.
 #[derive(Debug, Clone)]
 pub struct Admission {
     in_flight: Arc<AtomicU64>,
     max_in_flight: u64,
     deadline: Duration,
+    rate: Arc<RateLimiter>,
+    service_tokens: ServiceTokens,
 }
 
 impl Admission {
-    pub fn new(max_in_flight: u64, deadline: Duration) -> Self {
+    pub fn new(
+        max_in_flight: u64,
+        deadline: Duration,
+        rate: Arc<RateLimiter>,
+        service_tokens: ServiceTokens,
+    ) -> Self {
         Self {
             in_flight: Arc::new(AtomicU64::new(0)),
             max_in_flight,
             deadline,
+            rate,
+            service_tokens,
         }
+    }
+
+    /// The refusal of an authenticated internal cache operation whose
+    /// tenant's rate is spent, before routing or any allocation but the
+    /// answer's (nothing is taken from the bucket). Anything else goes on
+    /// to the full path, which authenticates first.
+    fn spent<B>(&self, req: &axum::http::Request<B>) -> Option<Response> {
+        let op = req.uri().path().strip_prefix("/internal/cache/")?;
+        if !METERED_INTERNAL.iter().any(|m| op.starts_with(m)) {
+            return None;
+        }
+        let headers = req.headers();
+        let tenant = headers.get(crate::extract::TENANT_HEADER)?.to_str().ok()?;
+        let refusal = self.rate.spent(tenant)?;
+        let token = headers.get(crate::extract::SERVICE_TOKEN_HEADER)?;
+        if !self.service_tokens.accepts(token.as_bytes()) {
+            return None;
+        }
+        Some(ApiError::from(refusal).into_response())
     }
 }
 
@@ -87,6 +120,11 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        if let Some(refusal) = self.admission.spent(&req) {
+            return AdmitFuture::Refused {
+                response: Some(refusal),
+            };
+        }
         let counted = !NEVER_REFUSED.contains(&req.uri().path());
         let slot = if counted {
             let before = self.admission.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -198,27 +236,34 @@ impl Bucket {
         self.rate.store(rate, Ordering::Relaxed);
     }
 
+    /// The refusal of one more operation now, if the bucket is spent.
+    fn refusal(&self, tenant: &str, tat: u64, now: u64) -> Option<Error> {
+        let interval = self.interval.load(Ordering::Relaxed);
+        let tolerance = self.tolerance.load(Ordering::Relaxed);
+        let ahead = tat.max(now) - now;
+        if interval == 0 || ahead <= tolerance {
+            return None;
+        }
+        let rate = self.rate.load(Ordering::Relaxed);
+        Some(Error::RateLimited {
+            message: format!("tenant '{tenant}' is over its rate of {rate} operations per second"),
+            limit: rate,
+            retry_after_secs: (ahead - tolerance).div_ceil(1_000_000_000).max(1),
+        })
+    }
+
     fn take(&self, tenant: &str, now: u64) -> Result<(), Error> {
         self.seen.store(now, Ordering::Relaxed);
         let interval = self.interval.load(Ordering::Relaxed);
         if interval == 0 {
             return Ok(());
         }
-        let tolerance = self.tolerance.load(Ordering::Relaxed);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let start = tat.max(now);
-            let ahead = start - now;
-            if ahead > tolerance {
-                let rate = self.rate.load(Ordering::Relaxed);
-                return Err(Error::RateLimited {
-                    message: format!(
-                        "tenant '{tenant}' is over its rate of {rate} operations per second"
-                    ),
-                    limit: rate,
-                    retry_after_secs: (ahead - tolerance).div_ceil(1_000_000_000).max(1),
-                });
+            if let Some(refusal) = self.refusal(tenant, tat, now) {
+                return Err(refusal);
             }
+            let start = tat.max(now);
             match self.tat.compare_exchange_weak(
                 tat,
                 start + interval,
@@ -278,6 +323,18 @@ impl RateLimiter {
             .entry(tenant.as_str().to_owned())
             .or_insert(bucket)
             .take(tenant.as_str(), now)
+    }
+
+    /// The refusal `tenant` would get now, if its bucket is spent (nothing
+    /// is taken from it).
+    pub fn spent(&self, tenant: &str) -> Option<Error> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = self.now();
+        let buckets = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.get(tenant)?;
+        bucket.refusal(tenant, bucket.tat.load(Ordering::Relaxed), now)
     }
 
     /// Applies the book's current limits and the number of live api
@@ -368,6 +425,26 @@ mod tests {
         assert!(limiter.check(&book, &tenant("a")).is_err());
         limiter.check(&book, &tenant("b")).unwrap();
         limiter.check(&book, &tenant("b")).unwrap();
+    }
+
+    #[test]
+    fn a_look_at_a_spent_bucket_takes_nothing() {
+        let book = book(1, 2);
+        let limiter = RateLimiter::new();
+        limiter.refresh(&book, 1);
+        let a = tenant("a");
+        assert!(limiter.spent("a").is_none(), "no bucket yet");
+        limiter.check(&book, &a).unwrap();
+        assert!(limiter.spent("a").is_none(), "one of two left");
+        limiter.check(&book, &a).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                limiter.spent("a"),
+                Some(Error::RateLimited { .. })
+            ));
+        }
+        assert!(limiter.check(&book, &a).is_err());
+        assert!(limiter.spent("b").is_none());
     }
 
     #[test]

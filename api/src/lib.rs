@@ -138,7 +138,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
                 .unwrap_or(1),
         }),
         limits: tenant_limits,
-        rate: admission::RateLimiter::new(),
+        rate: Arc::new(admission::RateLimiter::new()),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         metrics_tokens: ServiceTokens::from_list(args.http.metrics.metrics_token.expose()),
         settings: args.http.clone(),
@@ -195,6 +195,8 @@ pub fn app(
     let admission = admission::Admission::new(
         state.settings.max_in_flight_requests,
         state.settings.request_timeout(),
+        Arc::clone(&state.rate),
+        state.service_tokens.clone(),
     );
     let (router, templates) = routed(state.clone());
     let observe = state

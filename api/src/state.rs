@@ -29,7 +29,7 @@ pub struct Shared {
     /// Every tenant's limits (defaults and operators' overrides).
     pub limits: Arc<LimitBook>,
     /// Each tenant's rate of cache operations on this instance.
-    pub rate: RateLimiter,
+    pub rate: Arc<RateLimiter>,
     pub service_tokens: ServiceTokens,
     /// `METRICS_TOKEN`: empty leaves `/metrics` open.
     pub metrics_tokens: ServiceTokens,
