@@ -38,6 +38,10 @@ impl Job for FlushJob {
         &self.job_id
     }
 
+    fn tenant(&self) -> &str {
+        &self.tenant_id
+    }
+
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         flush::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
@@ -58,6 +62,10 @@ impl Job for PreloadJob {
         &self.job_id
     }
 
+    fn tenant(&self) -> &str {
+        &self.tenant_id
+    }
+
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         preload::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
@@ -75,6 +83,13 @@ impl Job for SessionCleanupJob {
 
     fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    fn tenant(&self) -> &str {
+        self.owner
+            .tenant_id
+            .as_deref()
+            .unwrap_or(cache_shared::keys::PLATFORM_TENANT)
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
@@ -115,6 +130,10 @@ impl Job for MemoryAnalysisJob {
         &self.job_id
     }
 
+    fn tenant(&self) -> &str {
+        &self.tenant_id
+    }
+
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         memory_analysis::run(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
@@ -133,6 +152,10 @@ impl Job for CompressJob {
 
     fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant_id
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
@@ -155,6 +178,10 @@ impl Job for BackupJob {
         &self.job_id
     }
 
+    fn tenant(&self) -> &str {
+        &self.tenant_id
+    }
+
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {
         backup::backup(ctx, &self.job_id, &tenant(&self.tenant_id)?, &self.params).await
     }
@@ -173,6 +200,10 @@ impl Job for RestoreJob {
 
     fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant_id
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<Outcome, JobError> {

@@ -49,6 +49,12 @@ pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'sta
     /// The id of the job's record (also the queue's task id).
     fn job_id(&self) -> &str;
 
+    /// The tenant the job works for, whose share of the worker's job slots
+    /// it takes (platform jobs: the platform's).
+    fn tenant(&self) -> &str {
+        cache_shared::keys::PLATFORM_TENANT
+    }
+
     /// Does the work once.
     fn run(&self, ctx: &JobContext) -> impl Future<Output = Result<Outcome, JobError>> + Send;
 }

@@ -5,6 +5,7 @@
 //! vanished from their queue, and on SIGTERM stops fetching, lets running
 //! jobs finish their batch and exits. It never serves requests.
 
+mod slots;
 mod upkeep;
 
 use std::future::Future;
@@ -78,6 +79,11 @@ pub struct WorkerSettings {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_concurrency: u16,
+
+    /// Jobs of one type one tenant may run at once in this process (default: half of WORKER_CONCURRENCY, at least 1).
+    #[arg(long, env = "WORKER_TENANT_SLOTS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_tenant_slots: Option<u16>,
 
     /// Time running jobs get to finish their batch after SIGTERM, in milliseconds.
     #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
@@ -276,12 +282,20 @@ pub async fn run(
         .context("parsing REDIS_URL")?;
     let queues = settings.queue_settings();
     let concurrency = usize::from(settings.worker_concurrency);
+    let tenant_slots = settings
+        .worker_tenant_slots
+        .map_or((concurrency / 2).max(1), usize::from);
 
+    // Set when shutdown begins: deliveries still waiting for a slot go back
+    // to the queue instead of starting work.
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let registrar = Registrar {
         queues: &queues,
         conn: &conn,
         ctx: &ctx,
         concurrency,
+        tenant_slots,
+        closing: &closing_seen,
         process_name: &name,
     };
     // Every queue of `cache_jobs::all_queues`, each drained by its handler.
@@ -372,8 +386,9 @@ pub async fn run(
     tracing::info!(worker = %name, queues = %queues.prefix, "cache-worker ready");
 
     let result = monitor
-        .run_with_signal(async {
+        .run_with_signal(async move {
             shutdown.await;
+            closing.send_replace(true);
             Ok(())
         })
         .await;
@@ -409,30 +424,55 @@ struct Registrar<'a> {
     conn: &'a ConnectionManager,
     ctx: &'a JobContext,
     concurrency: usize,
+    tenant_slots: usize,
+    closing: &'a tokio::sync::watch::Receiver<bool>,
     process_name: &'a str,
 }
 
 impl Registrar<'_> {
-    /// A job queue: the runner keeps each job's record.
+    /// A job queue: the runner keeps each job's record; jobs run in the
+    /// type's slots, a tenant's share at most ([`slots::Slots`]), out of
+    /// more deliveries taken from the queue than run at once.
     fn job<J: Job>(&self, monitor: Monitor) -> Monitor {
-        self.register::<J, _, _>(monitor, handle::<J>)
+        let slots = Arc::new(slots::Slots::new(self.concurrency, self.tenant_slots));
+        let closing = self.closing.clone();
+        let handler = move |job: J, ctx: Data<JobContext>| {
+            let slots = Arc::clone(&slots);
+            let mut closing = closing.clone();
+            async move {
+                let held = tokio::select! {
+                    held = slots.acquire(job.tenant()) => held,
+                    _ = closing.wait_for(|closing| *closing) => {
+                        return Err("the worker is stopping: back to the queue".into());
+                    }
+                };
+                let done = handle(job, ctx).await;
+                drop(held);
+                done
+            }
+        };
+        self.register::<J, _, _>(monitor, self.concurrency * DELIVERIES_PER_SLOT, handler)
     }
 
     /// An upkeep queue: no job record, retried until it lands.
     fn upkeep<J: InternalJob>(&self, monitor: Monitor) -> Monitor {
-        self.register::<J, _, _>(monitor, upkeep::handle::<J>)
+        self.register::<J, _, _>(monitor, self.concurrency, upkeep::handle::<J>)
     }
 
     /// A restartable worker for `J`'s queue under a name unique to this
     /// process and start (apalis refuses a name still registered).
-    fn register<J: Queued, H, Fut>(&self, monitor: Monitor, handler: H) -> Monitor
+    fn register<J: Queued, H, Fut>(
+        &self,
+        monitor: Monitor,
+        concurrency: usize,
+        handler: H,
+    ) -> Monitor
     where
         H: Fn(J, Data<JobContext>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
     {
         let storage = self.queues.storage::<J>(self.conn.clone());
         let ctx = self.ctx.clone();
-        let concurrency = self.concurrency;
         let prefix = format!("{}-{}", self.process_name, J::QUEUE);
         monitor.register(move |_restarts| {
             WorkerBuilder::new(format!("{prefix}-{}", ulid::Ulid::new()))
@@ -447,6 +487,10 @@ impl Registrar<'_> {
         })
     }
 }
+
+/// Deliveries of a job type a process takes per run slot: the ones waiting
+/// for their tenant's share let other tenants' jobs through.
+const DELIVERIES_PER_SLOT: usize = 8;
 
 /// One delivery: the runner records the outcome; only a record that could not
 /// be written asks the queue to deliver again.

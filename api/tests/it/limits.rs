@@ -304,3 +304,97 @@ async fn a_body_that_does_not_arrive_in_time_is_refused() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
 }
+
+#[tokio::test]
+async fn one_tenants_jobs_never_hold_every_worker_slot() {
+    let own = crate::helpers::PrivateRedis::start().await;
+    let app = spawn_app_with(settings(&["--redis-url", &own.url()])).await;
+    let other = app.key_for(&unique("t"), Role::Admin).await;
+    let admin = app.key(Role::Admin).await;
+    // Slow flushes: 1000 keys each at 500 keys/s.
+    let seed = |tenant_key: &str, namespace: &str| {
+        let items: Vec<Value> = (0..1000)
+            .map(|i| json!({"key": format!("{namespace}{i}"), "value": i}))
+            .collect();
+        app.public(Method::POST, "/api/v1/cache/preload", tenant_key)
+            .json(&json!({"items": items}))
+    };
+    let worker = app.spawn_worker_with(&[
+        "--worker-concurrency",
+        "2",
+        "--worker-tenant-slots",
+        "1",
+        "--flush-batch-size",
+        "10",
+        "--flush-max-keys-per-second",
+        "500",
+    ]);
+    for namespace in ["a:", "b:", "c:"] {
+        let loaded = app.run_public_job(&admin, seed(&admin, namespace)).await;
+        assert_eq!(loaded["status"], "succeeded", "{loaded}");
+    }
+    let loaded = app.run_public_job(&other, seed(&other, "z:")).await;
+    assert_eq!(loaded["status"], "succeeded", "{loaded}");
+
+    let flush = |key: &str, namespace: &str| {
+        app.public(Method::POST, "/api/v1/cache/flush", key)
+            .json(&json!({"namespace": namespace}))
+    };
+    let mut mine = Vec::new();
+    for namespace in ["a:", "b:", "c:"] {
+        let accepted: Value = flush(&admin, namespace)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        mine.push(accepted["jobId"].as_str().unwrap().to_owned());
+    }
+    let accepted: Value = flush(&other, "z:")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let theirs = accepted["jobId"].as_str().unwrap().to_owned();
+
+    // While they run, the first tenant never has two flushes running, and
+    // the other tenant's flush finishes before the first tenant's last one.
+    let status = |id: String| {
+        let app = &app;
+        async move {
+            let (status,): (String,) = sqlx::query_as("select status from jobs where id = $1")
+                .bind(id)
+                .fetch_one(&app.state.db)
+                .await
+                .unwrap();
+            status
+        }
+    };
+    let theirs_done_first = std::sync::atomic::AtomicBool::new(false);
+    let theirs_done_first = &theirs_done_first;
+    wait_until(Duration::from_secs(60), || async {
+        let mut running = 0;
+        let mut finished = 0;
+        for id in &mine {
+            match status(id.clone()).await.as_str() {
+                "running" => running += 1,
+                "succeeded" => finished += 1,
+                _ => {}
+            }
+        }
+        assert!(running <= 1, "{running} flushes of one tenant ran at once");
+        if status(theirs.clone()).await == "succeeded" && finished < 3 {
+            theirs_done_first.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        finished == 3
+    })
+    .await;
+    assert!(
+        theirs_done_first.load(std::sync::atomic::Ordering::Relaxed),
+        "the other tenant's flush waited for all of the first tenant's"
+    );
+    worker.stop().await;
+}
