@@ -463,7 +463,7 @@ impl Background {
     /// when a URL is set).
     pub fn start(state: &AppState) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(crate::tenant_limits::keep_current(
+        let mut tasks = vec![tokio::spawn(crate::limits_refresh::keep_current(
             state.clone(),
             stopped.clone(),
         ))];

@@ -12,10 +12,10 @@ pub mod extract;
 pub mod instrumentation;
 pub mod key_cache;
 pub mod keys_cli;
+pub mod limits_refresh;
 pub mod openapi;
 pub mod routes;
 pub mod state;
-pub mod tenant_limits;
 pub mod views;
 
 use std::future::Future;
