@@ -83,9 +83,21 @@ local function add_to_bucket(x, xz, at, bytes, sign)
   if left <= 0 then
     redis.call('HDEL', x, b .. ':k', b .. ':b')
     redis.call('ZREM', xz, b)
-  elseif sign > 0 then
+  elseif sign > 0 and left == 1 then
     redis.call('ZADD', xz, b, b)
   end
+end
+-- Moves a key of `old_bytes` expiring at `old_at` to `new_at` with
+-- `new_bytes`; within one bucket, only its byte count changes.
+local function rebucket(x, xz, old_at, old_bytes, new_at, new_bytes)
+  if old_at > 0 and new_at > 0 and bucket_of(old_at) == bucket_of(new_at) then
+    if new_bytes ~= old_bytes then
+      redis.call('HINCRBY', x, bucket_of(new_at) .. ':b', new_bytes - old_bytes)
+    end
+    return
+  end
+  add_to_bucket(x, xz, old_at, old_bytes, -1)
+  add_to_bucket(x, xz, new_at, new_bytes, 1)
 end
 -- Subtracts the buckets wholly past from the usage, a second after their
 -- end (the script's clock and the one Redis expires keys by may differ by
@@ -159,16 +171,16 @@ local written = 0
 for i = 1, n do
   if not (nx and olds[i] > 0) then
     local key, value, ttl = KEYS[i + 3], ARGV[3 + 2 * i], tonumber(ARGV[4 + 2 * i])
-    if olds[i] > 0 then
-      add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), #key - plen + olds[i], -1)
-    end
+    local old_at = -1
+    if olds[i] > 0 then old_at = redis.call('PEXPIRETIME', key) end
+    local at = -1
     if ttl > 0 then
-      local at = now + ttl
+      at = now + ttl
       redis.call('SET', key, value, 'PXAT', at)
-      add_to_bucket(x, xz, at, #key - plen + #value, 1)
     else
       redis.call('SET', key, value)
     end
+    rebucket(x, xz, old_at, #key - plen + olds[i], at, #key - plen + #value)
     written = written + 1
   end
 end
@@ -240,9 +252,8 @@ local plen = tonumber(ARGV[1])
 if redis.call('GET', key) ~= ARGV[2] then return 0 end
 local at = redis.call('PEXPIRETIME', key)
 local klen = #key - plen
-add_to_bucket(x, xz, at, klen + #ARGV[2], -1)
 redis.call('SET', key, ARGV[3], 'KEEPTTL')
-add_to_bucket(x, xz, at, klen + #ARGV[3], 1)
+rebucket(x, xz, at, klen + #ARGV[2], at, klen + #ARGV[3])
 local db = #ARGV[3] - #ARGV[2]
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
 redis.call('HINCRBY', u, 'w', 1)
