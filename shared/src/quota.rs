@@ -282,30 +282,53 @@ pub static SCAN_UNLINK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local removed = 0
+local keys = page[2]
+-- Per tenant: keys, bytes, and per expiry bucket its keys and bytes, so
+-- each tenant's accounting is changed once per step, not once per key.
 local changes = {}
-for _, key in ipairs(page[2]) do
+for _, key in ipairs(keys) do
   local tenant = string.match(key, '^c:{([^}]*)}:')
   if tenant then
-    local u = 'q:{' .. tenant .. '}:usage'
-    local c = changes[u]
-    if not c then
-      c = {0, 0, 'q:{' .. tenant .. '}:exp', 'q:{' .. tenant .. '}:expz'}
-      changes[u] = c
-    end
-    local size = forget(u, c[3], c[4], key, #tenant + 5)
-    if size > 0 then
+    local old = redis.call('STRLEN', key)
+    if old > 0 then
+      local c = changes[tenant]
+      if not c then
+        c = {0, 0, {}}
+        changes[tenant] = c
+      end
+      local size = #key - #tenant - 5 + old
       c[1] = c[1] + 1
       c[2] = c[2] + size
+      local at = redis.call('PEXPIRETIME', key)
+      if at > 0 then
+        local b = bucket_of(at)
+        local e = c[3][b]
+        if not e then
+          e = {0, 0}
+          c[3][b] = e
+        end
+        e[1] = e[1] + 1
+        e[2] = e[2] + size
+      end
     end
   end
-  removed = removed + redis.call('UNLINK', key)
 end
-for u, c in pairs(changes) do
-  if c[1] ~= 0 then
-    redis.call('HINCRBY', u, 'k', -c[1])
-    redis.call('HINCRBY', u, 'b', -c[2])
-    redis.call('HINCRBY', u, 'w', 1)
+local removed = 0
+for i = 1, #keys, 500 do
+  removed = removed + redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
+end
+for tenant, c in pairs(changes) do
+  local u, x, xz = 'q:{' .. tenant .. '}:usage', 'q:{' .. tenant .. '}:exp', 'q:{' .. tenant .. '}:expz'
+  redis.call('HINCRBY', u, 'k', -c[1])
+  redis.call('HINCRBY', u, 'b', -c[2])
+  redis.call('HINCRBY', u, 'w', 1)
+  for b, e in pairs(c[3]) do
+    local left = redis.call('HINCRBY', x, b .. ':k', -e[1])
+    redis.call('HINCRBY', x, b .. ':b', -e[2])
+    if left <= 0 then
+      redis.call('HDEL', x, b .. ':k', b .. ':b')
+      redis.call('ZREM', xz, b)
+    end
   end
 end
 return {page[1], removed}
