@@ -465,6 +465,17 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Sends `request` and reads its answer's JSON body, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// Polls `condition` until it holds, failing the test after `deadline`.
 pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F)
 where

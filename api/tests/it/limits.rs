@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    TOKEN_A, TestApp, assert_error, settings, spawn_app, spawn_app_with, unique, wait_until,
+    TOKEN_A, TestApp, assert_error, json_of, settings, spawn_app, spawn_app_with, unique,
+    wait_until,
 };
 
 async fn put_limits(app: &TestApp, operator: &str, tenant: &str, body: Value) -> reqwest::Response {
@@ -30,14 +31,7 @@ async fn operators_read_and_change_any_tenants_limits_and_the_change_is_on_recor
     let operator = app.key(Role::Operator).await;
     let tenant = unique("t");
     let path = format!("/api/v1/admin/tenants/{tenant}/limits");
-    let defaults: Value = app
-        .public(Method::GET, &path, &operator)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let defaults: Value = json_of(app.public(Method::GET, &path, &operator)).await;
     assert_eq!(
         defaults,
         json!({"tenantId": tenant, "maxKeys": 100_000, "maxBytes": 209_715_200,
@@ -65,14 +59,7 @@ async fn operators_read_and_change_any_tenants_limits_and_the_change_is_on_recor
         .unwrap();
     assert_eq!(reset["maxKeys"], 100_000);
     assert_eq!(reset["requestsPerSecond"], 50);
-    let read: Value = app
-        .public(Method::GET, &path, &operator)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = json_of(app.public(Method::GET, &path, &operator)).await;
     assert_eq!(read, reset);
 
     for (body, field) in [

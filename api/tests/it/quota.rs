@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PrivateRedis, TestApp, assert_error, settings, spawn_app, spawn_app_with, wait_until,
+    PrivateRedis, TestApp, assert_error, json_of, settings, spawn_app, spawn_app_with, wait_until,
 };
 
 /// Keys and bytes (caller's key + stored value) of `tenant`, by a full SCAN.
@@ -50,14 +50,7 @@ async fn scanned(app: &TestApp, tenant: &str) -> (u64, u64) {
 
 /// The tenant's usage and quota as `GET /api/v1/cache/memory` shows them.
 async fn quota(app: &TestApp, key: &str) -> Value {
-    let memory: Value = app
-        .public(Method::GET, "/api/v1/cache/memory", key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let memory: Value = json_of(app.public(Method::GET, "/api/v1/cache/memory", key)).await;
     memory["quota"].clone()
 }
 

@@ -9,7 +9,7 @@ use cache_shared::db::backups;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app, unique, wait_until};
+use crate::helpers::{TestApp, assert_error, json_of, spawn_app, unique, wait_until};
 
 /// A completed backup of `tenant`, written straight into PostgreSQL.
 async fn backup_of(app: &TestApp, tenant: &str) -> String {
@@ -81,15 +81,11 @@ async fn an_admin_can_neither_start_nor_schedule_jobs_beyond_its_tenant() {
     let admin = app.key(Role::Admin).await;
     let other = unique("t");
     let foreign_backup = backup_of(&app, &other).await;
-    let harmless: Value = app
-        .public(Method::POST, "/api/v1/schedules", &admin)
-        .json(&json!({"cron": "0 3 * * *", "type": "flush"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let harmless: Value = json_of(
+        app.public(Method::POST, "/api/v1/schedules", &admin)
+            .json(&json!({"cron": "0 3 * * *", "type": "flush"})),
+    )
+    .await;
     let harmless_id = harmless["id"].as_str().unwrap().to_owned();
 
     for (job, status, code) in out_of_bounds(&foreign_backup, &other) {
@@ -140,18 +136,12 @@ async fn an_admin_can_neither_start_nor_schedule_jobs_beyond_its_tenant() {
         .await
         .unwrap();
     assert_eq!(stored, 1, "only the harmless schedule exists");
-    let kept: Value = app
-        .public(
-            Method::GET,
-            &format!("/api/v1/schedules/{harmless_id}"),
-            &admin,
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kept: Value = json_of(app.public(
+        Method::GET,
+        &format!("/api/v1/schedules/{harmless_id}"),
+        &admin,
+    ))
+    .await;
     assert_eq!(kept["type"], "flush");
     assert_eq!(kept["params"], json!({}), "a refused PUT changed it");
 }
@@ -242,15 +232,11 @@ async fn a_schedule_stops_firing_once_its_creator_key_is_revoked() {
     let admin = app.key(Role::Admin).await;
     // Reads the schedule after the admin key is gone.
     let operator = app.key(Role::Operator).await;
-    let created: Value = app
-        .public(Method::POST, "/api/v1/schedules", &admin)
-        .json(&json!({"cron": "0 0 1 1 *", "type": "flush", "params": {"namespace": "tmp:"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = json_of(
+        app.public(Method::POST, "/api/v1/schedules", &admin)
+            .json(&json!({"cron": "0 0 1 1 *", "type": "flush", "params": {"namespace": "tmp:"}})),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["disabledReason"], Value::Null);
     let worker = app.spawn_worker();
@@ -305,15 +291,11 @@ async fn a_schedule_stops_firing_once_its_creator_key_is_revoked() {
 async fn a_schedule_whose_job_is_no_longer_allowed_is_disabled_at_its_tick() {
     let app = spawn_app().await;
     let admin = app.key(Role::Admin).await;
-    let created: Value = app
-        .public(Method::POST, "/api/v1/schedules", &admin)
-        .json(&json!({"cron": "0 0 1 1 *", "type": "flush"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = json_of(
+        app.public(Method::POST, "/api/v1/schedules", &admin)
+            .json(&json!({"cron": "0 0 1 1 *", "type": "flush"})),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     // Rows written before these rules, or edited behind the api's back.
     sqlx::query(
