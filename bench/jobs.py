@@ -30,6 +30,8 @@ REDIS_CORE=N runs the benchmark against a redis-server of its own pinned to
 CPU N, with everything else (api, worker, load generator) kept off that CPU:
 Redis with a core to itself, as in a deployment, instead of four busy
 processes sharing every core. Without it the shared local Redis is used.
+REDIS_ARGS adds arguments to that redis-server's command line (e.g.
+"--activerehashing no").
 """
 
 import json
@@ -58,6 +60,7 @@ EDGE = 0.1  # seconds left out at each side of a latency window
 PARTS = os.environ.get("PARTS", "flush,preload,analysis").split(",")
 RUNS = int(os.environ.get("RUNS", "5"))
 REDIS_CORE = os.environ.get("REDIS_CORE")
+REDIS_ARGS = os.environ.get("REDIS_ARGS", "").split()
 REDIS_PORT = 6379
 TOKEN = "bench-token"
 STAMP = time.strftime("%Y%m%d%H%M%S")
@@ -214,7 +217,7 @@ def own_redis():
         sys.exit(f"REDIS_CORE={core}: needs that CPU and at least one other")
     REDIS_PORT = free_port()
     proc = subprocess.Popen(["taskset", "-c", str(core), "redis-server", "--port", str(REDIS_PORT),
-                             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *REDIS_ARGS],
                             stdout=subprocess.DEVNULL)
     os.sched_setaffinity(0, others)
     for _ in range(100):

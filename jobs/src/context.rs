@@ -17,9 +17,11 @@ pub struct Pacing {
     pub pause: Duration,
     /// Deadline of one batch's Redis work (longer than a request's).
     pub batch_timeout: Duration,
-    /// Keys a flush examines per step: small steps keep Redis free for
-    /// other tenants between them.
+    /// Keys per `SCAN` page of a flush step.
     pub flush_batch: usize,
+    /// Longest one flush step holds Redis: the most any other command can
+    /// wait behind it.
+    pub flush_step_budget: Duration,
     /// Most keys a flush examines (and so at most removes) per second.
     pub flush_keys_per_second: u64,
 }
@@ -44,6 +46,7 @@ impl Default for Pacing {
             pause: Duration::from_millis(2),
             batch_timeout: Duration::from_secs(10),
             flush_batch: 50,
+            flush_step_budget: Duration::from_micros(250),
             flush_keys_per_second: 110_000,
         }
     }

@@ -123,24 +123,29 @@ pub async fn run(
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
-    let step = cache_shared::saturating_i64(ctx.pacing.flush_batch);
+    let budget_us = u64::try_from(ctx.pacing.flush_step_budget.as_micros()).unwrap_or(u64::MAX);
+    // A step never examines more than a hundredth of a second of the rate
+    // cap, so the cap stays smooth even where `TIME` stands still.
+    let most = (ctx.pacing.flush_keys_per_second / 100).max(ctx.pacing.flush_batch as u64);
     let mut examined: i64 = 0;
     let mut cursor: u64 = 0;
     loop {
-        let deleted = redis
+        let (deleted, seen) = redis
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis.conn().await?;
-                let (next, deleted): (String, i64) = SCAN_UNLINK
+                let (next, deleted, seen): (String, i64, i64) = SCAN_UNLINK
                     .prepare_invoke()
                     .arg(cursor)
                     .arg(&pattern)
                     .arg(ctx.pacing.flush_batch)
+                    .arg(budget_us)
+                    .arg(most)
                     .invoke_async(&mut conn)
                     .await?;
                 cursor = next
                     .parse()
                     .map_err(|_| Error::internal(format!("SCAN answered cursor {next}")))?;
-                Ok(deleted)
+                Ok((deleted, seen))
             })
             .await?;
         if progress.advance(deleted).await? == Next::Stop {
@@ -150,9 +155,8 @@ pub async fn run(
             break;
         }
         // The rate cap is the flush's throttle, counted in keys examined (a
-        // step that finds nothing to delete still costs Redis a SCAN page);
-        // small steps keep each of its moments in Redis short.
-        examined += step.max(deleted);
+        // page that finds nothing to delete still costs Redis a SCAN).
+        examined += seen;
         pacer.wait(examined).await;
     }
     let deleted = progress.done();

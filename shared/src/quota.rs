@@ -273,50 +273,67 @@ return {k, b}
     )
 });
 
-/// ARGV: cursor, pattern, count. One step of a flush inside Redis: a `SCAN`
-/// page and the `UNLINK` of what it found, each key taken out of its
-/// tenant's accounting. Returns the next cursor and the number of keys
-/// removed. A tenant's pattern stays inside its hash tag, so under Redis
-/// Cluster the step touches one slot.
+/// ARGV: cursor, pattern, page size, time budget in microseconds, most
+/// keys examined. One step of a flush inside Redis: `SCAN` pages and the
+/// `UNLINK` of what they found, each key taken out of its tenant's
+/// accounting, until the cursor is done, the budget is spent or `most` keys
+/// were examined, whichever comes first. The budget is what bounds the wait
+/// of any other command queued behind the step, however sparse the
+/// pattern's keys are in the keyspace (a sparse tenant costs many pages per
+/// key found); `most` bounds it where `TIME` does not move inside a script.
+/// Returns the next cursor, the keys removed and the keys examined. A
+/// tenant's pattern stays inside its hash tag, so under Redis Cluster the
+/// step touches one slot.
 pub static SCAN_UNLINK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local keys = page[2]
+local cursor, pattern, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local budget, most = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function clock_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local started = clock_us()
 -- Per tenant: keys, bytes, and per expiry bucket its keys and bytes, so
 -- each tenant's accounting is changed once per step, not once per key.
 local changes = {}
-for _, key in ipairs(keys) do
-  local tenant = string.match(key, '^c:{([^}]*)}:')
-  if tenant then
-    local old = redis.call('STRLEN', key)
-    if old > 0 then
-      local c = changes[tenant]
-      if not c then
-        c = {0, 0, {}}
-        changes[tenant] = c
-      end
-      local size = #key - #tenant - 5 + old
-      c[1] = c[1] + 1
-      c[2] = c[2] + size
-      local at = redis.call('PEXPIRETIME', key)
-      if at > 0 then
-        local b = bucket_of(at)
-        local e = c[3][b]
-        if not e then
-          e = {0, 0}
-          c[3][b] = e
+local removed, examined = 0, 0
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', count)
+  cursor = page[1]
+  local keys = page[2]
+  examined = examined + math.max(count, #keys)
+  for _, key in ipairs(keys) do
+    local tenant = string.match(key, '^c:{([^}]*)}:')
+    if tenant then
+      local old = redis.call('STRLEN', key)
+      if old > 0 then
+        local c = changes[tenant]
+        if not c then
+          c = {0, 0, {}}
+          changes[tenant] = c
         end
-        e[1] = e[1] + 1
-        e[2] = e[2] + size
+        local size = #key - #tenant - 5 + old
+        c[1] = c[1] + 1
+        c[2] = c[2] + size
+        local at = redis.call('PEXPIRETIME', key)
+        if at > 0 then
+          local b = bucket_of(at)
+          local e = c[3][b]
+          if not e then
+            e = {0, 0}
+            c[3][b] = e
+          end
+          e[1] = e[1] + 1
+          e[2] = e[2] + size
+        end
       end
     end
   end
-end
-local removed = 0
-for i = 1, #keys, 500 do
-  removed = removed + redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
-end
+  for i = 1, #keys, 500 do
+    removed = removed + redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
+  end
+until cursor == '0' or examined >= most or clock_us() - started >= budget
 for tenant, c in pairs(changes) do
   local u, x, xz = 'q:{' .. tenant .. '}:usage', 'q:{' .. tenant .. '}:exp', 'q:{' .. tenant .. '}:expz'
   redis.call('HINCRBY', u, 'k', -c[1])
@@ -331,7 +348,7 @@ for tenant, c in pairs(changes) do
     end
   end
 end
-return {page[1], removed}
+return {cursor, removed, examined}
 ",
     )
 });

@@ -94,10 +94,16 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub job_batch_size: u64,
 
-    /// Keys a flush examines per step (small steps keep other tenants' latency flat).
+    /// Keys per `SCAN` page of a flush step.
     #[arg(long, env = "FLUSH_BATCH_SIZE", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub flush_batch_size: u64,
+
+    /// Longest one flush step holds Redis, in microseconds: the most another
+    /// tenant's command waits behind a flush.
+    #[arg(long, env = "FLUSH_STEP_BUDGET_US", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(50..=100_000))]
+    pub flush_step_budget_us: u64,
 
     /// Most keys one flush examines (and so at most removes) per second.
     #[arg(long, env = "FLUSH_MAX_KEYS_PER_SECOND", default_value_t = 110_000,
@@ -171,6 +177,7 @@ impl WorkerSettings {
             batch: usize::try_from(self.job_batch_size).unwrap_or(1000),
             pause: Duration::from_millis(self.job_batch_pause_ms),
             flush_batch: usize::try_from(self.flush_batch_size).unwrap_or(50),
+            flush_step_budget: Duration::from_micros(self.flush_step_budget_us),
             flush_keys_per_second: self.flush_max_keys_per_second,
             ..Pacing::default()
         }

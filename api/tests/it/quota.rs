@@ -389,3 +389,73 @@ async fn keys_written_before_accounting_and_evicted_keys_are_recounted() {
     );
     worker.stop().await;
 }
+
+/// One flush step, as the flush job runs it: `(cursor, removed, examined)`.
+async fn flush_step(
+    app: &TestApp,
+    cursor: &str,
+    page: u64,
+    budget_us: u64,
+    most: u64,
+) -> (String, i64, i64) {
+    let mut conn = app.raw_redis().await;
+    cache_shared::quota::SCAN_UNLINK
+        .prepare_invoke()
+        .arg(cursor)
+        .arg(format!("c:{{{}}}:*", app.tenant))
+        .arg(page)
+        .arg(budget_us)
+        .arg(most)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flush_step_stops_at_its_time_budget_or_key_bound_and_accounts_what_it_removed() {
+    let own = PrivateRedis::start().await;
+    let app = spawn_app_with(settings(&["--redis-url", &own.url()])).await;
+    let reader = app.key(Role::Reader).await;
+    for batch in 0..3 {
+        let items: Vec<Value> = (batch * 1000..(batch + 1) * 1000)
+            .map(|i| json!({"key": format!("k:{i}"), "value": i, "ttl": if i % 2 == 0 { 600 } else { 0 }}))
+            .collect();
+        let stored = app
+            .post_json("/internal/cache/mset", json!({ "items": items }))
+            .await;
+        assert_eq!(stored.status(), 200);
+    }
+
+    // With all the time in the world, the key bound ends the step.
+    let (cursor, removed, examined) = flush_step(&app, "0", 10, 10_000_000, 200).await;
+    assert_ne!(cursor, "0", "200 of 3000 keys cannot finish the walk");
+    assert!((200..400).contains(&examined), "examined {examined}");
+    assert!(removed > 0 && removed <= examined, "removed {removed}");
+    let (keys, bytes) = scanned(&app, &app.tenant).await;
+    assert_eq!(keys, 3000 - removed as u64);
+    let shown = quota(&app, &reader).await;
+    assert_eq!(
+        (shown["keys"].clone(), shown["bytes"].clone()),
+        (json!(keys), json!(bytes))
+    );
+
+    // With a budget of one microsecond, every step is a single page.
+    let mut cursor = cursor;
+    let mut steps = 0;
+    loop {
+        let (next, _, examined) = flush_step(&app, &cursor, 10, 1, 1_000_000).await;
+        assert!(examined < 100, "a one-page step examined {examined}");
+        steps += 1;
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert!(steps > 100, "{steps} steps for 2800 keys in pages of 10");
+    assert_eq!(scanned(&app, &app.tenant).await, (0, 0));
+    let shown = quota(&app, &reader).await;
+    assert_eq!(
+        (shown["keys"].clone(), shown["bytes"].clone()),
+        (json!(0), json!(0))
+    );
+}
