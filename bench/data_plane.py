@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Data-plane benchmark of cache-api against the Redis floor, in one run.
+"""Data-plane benchmark of cache-api against the machine's floors, in one run.
 
-Builds the release api, starts it against the local Redis (once per Redis
-client mode), and alternates, RUNS times:
+Builds the release api and the `http_floor` example (the same server stack
+answering a fixed 100-byte body: the machine's HTTP ceiling), starts both,
+and alternates, RUNS times:
 
-  redis-benchmark -t get -c 50 -d 100   |  wrk GET  /internal/cache/get/{key}
+  redis-benchmark -t get -c 50 -d SIZE  |  wrk GET /internal/cache/get/{key}
+      for SIZE in 100, 1024 and 10240 bytes (incompressible values)
+  wrk GET on the empty handler
   redis-benchmark -t set -c 50 -d 100   |  wrk POST /internal/cache/set
 
-then measures latency percentiles at a fixed rate with oha (with latency
-correction, so a stalled server is not hidden by coordinated omission) and
-reads the api's peak RSS (VmHWM). Prints medians and the ratio
-ours / redis-benchmark measured in the same run.
+then measures latency percentiles at a fixed rate with oha (latency
+correction, so a stalled server is not hidden by coordinated omission) on
+the internal GET and on the empty handler, reads the api's peak RSS (VmHWM)
+and, where `perf` works, records a flamegraph of the api under a GET load.
+Prints medians and the ratios measured in the same run.
 
 Environment: RUNS (3), DURATION seconds per throughput run (10),
-CONNECTIONS (50), RATE for the latency run (2000), LATENCY_DURATION (20),
-MODES (multiplexed,pool), REDIS_HOST/REDIS_PORT (127.0.0.1:6379).
+CONNECTIONS (50), RATE for the latency runs (2000), LATENCY_DURATION (20),
+MODES (multiplexed; also: pool), SIZES (100,1024,10240), FLAMEGRAPH (1),
+REDIS_HOST/REDIS_PORT (127.0.0.1:6379).
 """
 
 import json
@@ -36,7 +41,9 @@ DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 RATE = int(os.environ.get("RATE", "2000"))
 LATENCY_DURATION = int(os.environ.get("LATENCY_DURATION", "20"))
-MODES = os.environ.get("MODES", "multiplexed,pool").split(",")
+MODES = os.environ.get("MODES", "multiplexed").split(",")
+SIZES = [int(x) for x in os.environ.get("SIZES", "100,1024,10240").split(",")]
+FLAMEGRAPH = os.environ.get("FLAMEGRAPH", "1") == "1"
 REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = os.environ.get("REDIS_PORT", "6379")
 TOKEN = "bench-token"
@@ -44,6 +51,25 @@ TENANT = "bench"
 KEY = "bench:value"
 # A JSON string of 98 characters: 100 bytes of compact JSON, like -d 100.
 VALUE = "x" * 98
+
+
+def key_of(size):
+    return KEY if size == 100 else f"{KEY}:{size}"
+
+
+def value_of(size):
+    """A JSON string of `size` bytes of compact JSON that LZ4 cannot shrink
+    (so it is stored and served as it is, like redis-benchmark's values)."""
+    if size == 100:
+        return VALUE
+    state, out = 0x9E3779B97F4A7C15, []
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    for _ in range(size - 2):
+        state ^= (state << 13) & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 7
+        state ^= (state << 17) & 0xFFFFFFFFFFFFFFFF
+        out.append(alphabet[state % len(alphabet)])
+    return "".join(out)
 
 
 def log(msg):
@@ -104,8 +130,8 @@ def start_api(mode):
     return proc, base
 
 
-def seed(base):
-    body = json.dumps({"key": KEY, "value": VALUE, "ttl": 0}).encode()
+def seed(base, size=100):
+    body = json.dumps({"key": key_of(size), "value": value_of(size), "ttl": 0}).encode()
     req = urllib.request.Request(
         base + "/internal/cache/set",
         data=body,
@@ -118,11 +144,11 @@ def seed(base):
     urllib.request.urlopen(req, timeout=5)
 
 
-def redis_benchmark(test):
+def redis_benchmark(test, size=100):
     out = subprocess.run(
         [
             "redis-benchmark", "-h", REDIS_HOST, "-p", REDIS_PORT,
-            "-t", test, "-c", str(CONNECTIONS), "-d", "100",
+            "-t", test, "-c", str(CONNECTIONS), "-d", str(size),
             "-n", str(200_000), "--csv",
         ],
         check=True, capture_output=True, text=True,
@@ -176,27 +202,90 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
-def bench_mode(mode, set_script):
+def start_floor():
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(ROOT / "target/release/examples/http_floor"), f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/", timeout=1)
+            return proc, base
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("http_floor did not start")
+
+
+def flamegraph(pid, url, out_svg):
+    """perf samples of the api under a wrk GET load, folded into an SVG
+    (inferno). Returns the SVG's path, or why there is none."""
+    if not shutil.which("perf"):
+        return "no perf on this machine"
+    for tool in ("inferno-collapse-perf", "inferno-flamegraph"):
+        if not shutil.which(tool):
+            log("installing inferno from crates.io (one-time)")
+            subprocess.run(["cargo", "install", "inferno", "--locked"], check=True)
+            break
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "perf.data"
+        rec = subprocess.Popen(
+            ["perf", "record", "-F", "499", "-g", "-o", str(data), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(0.5)
+        wrk(url)
+        rec.send_signal(2)
+        _, err = rec.communicate(timeout=60)
+        if rec.returncode not in (0, -2) or not data.exists():
+            return f"perf record failed: {err.strip()[:200]}"
+        script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, check=True)
+        folded = subprocess.run(["inferno-collapse-perf"], input=script.stdout,
+                                capture_output=True, check=True)
+        svg = subprocess.run(["inferno-flamegraph", "--title", "cache-api: internal GET under wrk"],
+                             input=folded.stdout, capture_output=True, check=True)
+        out_svg.write_bytes(svg.stdout)
+    return str(out_svg.relative_to(ROOT))
+
+
+def bench_mode(mode, set_script, floor_base, stamp):
     proc, base = start_api(mode)
     try:
-        seed(base)
-        get_url = f"{base}/internal/cache/get/{KEY}"
+        for size in SIZES:
+            seed(base, size)
+        get_url = lambda size: f"{base}/internal/cache/get/{key_of(size)}"  # noqa: E731
         set_url = f"{base}/internal/cache/set"
-        rows = {"redis_get": [], "ours_get": [], "redis_set": [], "ours_set": []}
+        rows = {"floor_get": [], "redis_set": [], "ours_set": []}
+        for size in SIZES:
+            rows[f"redis_get_{size}"] = []
+            rows[f"ours_get_{size}"] = []
         for run in range(1, RUNS + 1):
             log(f"{mode}: run {run}/{RUNS}")
-            rows["redis_get"].append(redis_benchmark("get"))
-            rows["ours_get"].append(wrk(get_url))
+            for size in SIZES:
+                rows[f"redis_get_{size}"].append(redis_benchmark("get", size))
+                rows[f"ours_get_{size}"].append(wrk(get_url(size)))
+            rows["floor_get"].append(wrk(floor_base + "/"))
             rows["redis_set"].append(redis_benchmark("set"))
             rows["ours_set"].append(wrk(set_url, set_script))
-        log(f"{mode}: latency at {RATE} req/s for {LATENCY_DURATION}s")
-        latency = oha_fixed_rate(get_url)
+        log(f"{mode}: latency at {RATE} req/s for {LATENCY_DURATION}s, ours then the empty handler")
+        latency = oha_fixed_rate(get_url(100))
+        floor_latency = oha_fixed_rate(floor_base + "/")
+        rss = peak_rss_mb(proc.pid)
+        flame = "not asked for (FLAMEGRAPH=0)"
+        if FLAMEGRAPH:
+            log(f"{mode}: flamegraph of the api under a GET load")
+            flame = flamegraph(proc.pid, get_url(100),
+                               ROOT / "bench/results" / f"flame-get-{mode}-{stamp}.svg")
         return {
             "mode": mode,
             "runs": rows,
             "median": {k: statistics.median(v) for k, v in rows.items()},
             "latency": latency,
-            "peak_rss_mb": peak_rss_mb(proc.pid),
+            "floor_latency": floor_latency,
+            "peak_rss_mb": rss,
+            "flamegraph": flame,
         }
     finally:
         proc.terminate()
@@ -205,9 +294,10 @@ def bench_mode(mode, set_script):
 
 def main():
     ensure_tools()
-    log("building release cache-api")
+    log("building release cache-api and the empty handler")
     subprocess.run(
-        ["cargo", "build", "--release", "--locked", "-p", "cache-api"], cwd=ROOT, check=True
+        ["cargo", "build", "--release", "--locked", "-p", "cache-api", "--bin", "cache-api",
+         "--example", "http_floor"], cwd=ROOT, check=True
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         body = json.dumps({"key": KEY, "value": VALUE, "ttl": 0})
@@ -217,27 +307,40 @@ def main():
             f"wrk.body = {json.dumps(body)}\n"
         )
         set_script = f.name
-    results = [bench_mode(mode, set_script) for mode in MODES]
+    out_dir = ROOT / "bench/results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    floor, floor_base = start_floor()
+    try:
+        results = [bench_mode(mode, set_script, floor_base, stamp) for mode in MODES]
+    finally:
+        floor.terminate()
+        floor.wait(timeout=15)
     os.unlink(set_script)
 
     print()
     print(f"cache-api data plane: {CONNECTIONS} connections, {RUNS} alternating runs of "
-          f"{DURATION}s, medians; 100-byte values")
-    print()
-    print("| redis client | redis GET/s | ours GET/s | ratio | redis SET/s | ours SET/s | ratio "
-          f"| p50 @{RATE}/s | p99 @{RATE}/s | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"{DURATION}s, medians")
     for r in results:
-        m, lat = r["median"], r["latency"]
-        print(
-            f"| {r['mode']} | {m['redis_get']:,.0f} | {m['ours_get']:,.0f} "
-            f"| {m['ours_get'] / m['redis_get']:.2f} | {m['redis_set']:,.0f} "
-            f"| {m['ours_set']:,.0f} | {m['ours_set'] / m['redis_set']:.2f} "
-            f"| {lat['p50_ms']:.2f} ms | {lat['p99_ms']:.2f} ms | {r['peak_rss_mb']:.1f} MB |"
-        )
-    out_dir = ROOT / "bench/results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"data-plane-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        m, lat, flat = r["median"], r["latency"], r["floor_latency"]
+        print()
+        print(f"redis client `{r['mode']}`")
+        print()
+        print("| figure | ops/s | ratio | target |")
+        print("|---|---|---|---|")
+        print(f"| empty axum handler (HTTP ceiling) | {m['floor_get']:,.0f} | | |")
+        for size in SIZES:
+            ours, theirs = m[f"ours_get_{size}"], m[f"redis_get_{size}"]
+            print(f"| redis-benchmark GET / internal GET, {size} B | {theirs:,.0f} / {ours:,.0f} "
+                  f"| {ours / theirs:.2f}× redis, {ours / m['floor_get']:.2f}× empty handler | ≥ 0.8× redis |")
+        print(f"| redis-benchmark SET / internal SET, 100 B | {m['redis_set']:,.0f} / {m['ours_set']:,.0f} "
+              f"| {m['ours_set'] / m['redis_set']:.2f}× | ≥ 0.7× |")
+        print(f"| p50 / p99 at {RATE}/s: internal GET | {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms "
+              f"| {lat['p99_ms'] / flat['p99_ms']:.2f}× the empty handler's p99 | ≤ 1.3× |")
+        print(f"| p50 / p99 at {RATE}/s: empty handler | {flat['p50_ms']:.2f} / {flat['p99_ms']:.2f} ms | | |")
+        print(f"| api peak RSS after the runs | {r['peak_rss_mb']:.1f} MiB | | < 48 MiB |")
+        print(f"| flamegraph | {r['flamegraph']} | | |")
+    out = out_dir / f"data-plane-{stamp}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nraw figures: {out.relative_to(ROOT)}")
 

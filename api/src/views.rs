@@ -1,38 +1,30 @@
 //! Response bodies shared by the internal and the public plane.
 
+use std::io::Write;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use cache_shared::Error;
 use cache_shared::cache::Entry;
-use cache_shared::codec::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// A value in a JSON answer: itself when it is JSON, base64 text when it was
-/// stored as raw bytes (then `encoding: "base64"` accompanies it).
+/// The documented shape of a value in an answer; [`entry_answer`] and
+/// [`mget_answer`] write it (the tests hold the two equal).
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub enum ValueView {
     Json(Box<RawValue>),
     Base64(String),
 }
 
-impl ValueView {
-    /// # Errors
-    ///
-    /// [`Error::Internal`] when stored JSON no longer parses.
-    pub fn new(value: Value) -> Result<(Self, Option<&'static str>), Error> {
-        Ok(match value {
-            json @ Value::Json(_) => (Self::Json(json.into_raw_json()?), None),
-            Value::Bytes(bytes) => (
-                Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                Some("base64"),
-            ),
-        })
-    }
-}
-
-/// `{"key","value","ttl"}` (+ `"encoding"` for raw bytes).
+/// `{"key","value","ttl"}` (+ `"encoding"` for raw bytes): the schema of
+/// what [`entry_answer`] writes.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct EntryView {
     pub key: String,
     /// Any JSON value; base64 text of raw bytes when `encoding` is `base64`.
@@ -43,19 +35,122 @@ pub struct EntryView {
     pub ttl: i64,
 }
 
-impl EntryView {
-    /// # Errors
-    ///
-    /// As [`ValueView::new`].
-    pub fn new(key: String, entry: Entry) -> Result<Self, Error> {
-        let (value, encoding) = ValueView::new(entry.value)?;
-        Ok(Self {
-            key,
-            value,
-            encoding,
-            ttl: entry.ttl,
+/// One item of an mget answer: the schema of what [`mget_answer`] writes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct MgetItem {
+    pub key: String,
+    pub found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<ValueView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+}
+
+/// `{"items":[...]}` in request order: the schema of [`mget_answer`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct MgetView {
+    pub items: Vec<MgetItem>,
+}
+
+/// The answer to a single read, written straight from the stored value: its
+/// JSON is copied in as it is, never parsed and serialized again.
+///
+/// # Errors
+///
+/// [`Error::Internal`] when a compressed value does not decompress.
+pub fn entry_answer(key: &str, entry: &Entry) -> Result<Response, Error> {
+    let mut out = Vec::with_capacity(entry_capacity(key, entry) + 2);
+    write_entry(&mut out, key, entry, false)?;
+    Ok(json_response(out))
+}
+
+/// The answer to an mget, values spliced in as [`entry_answer`] does.
+///
+/// # Errors
+///
+/// As [`entry_answer`].
+pub fn mget_answer(keys: &[String], entries: &[Option<Entry>]) -> Result<Response, Error> {
+    let capacity: usize = keys
+        .iter()
+        .zip(entries)
+        .map(|(key, entry)| {
+            entry
+                .as_ref()
+                .map_or(key.len() + 32, |e| entry_capacity(key, e) + 16)
         })
+        .sum();
+    let mut out = Vec::with_capacity(capacity + 16);
+    out.extend_from_slice(b"{\"items\":[");
+    for (i, (key, entry)) in keys.iter().zip(entries).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match entry {
+            Some(entry) => write_entry(&mut out, key, entry, true)?,
+            None => {
+                out.extend_from_slice(b"{\"key\":");
+                write_str(&mut out, key)?;
+                out.extend_from_slice(b",\"found\":false}");
+            }
+        }
     }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(out))
+}
+
+/// Room for an entry's answer: the escaped key may grow, base64 by a third.
+fn entry_capacity(key: &str, entry: &Entry) -> usize {
+    let value = entry.value.payload_len();
+    let value = if entry.value.is_json() {
+        value
+    } else {
+        value.div_ceil(3) * 4 + 24
+    };
+    key.len() + value + 48
+}
+
+fn write_entry(out: &mut Vec<u8>, key: &str, entry: &Entry, found: bool) -> Result<(), Error> {
+    out.extend_from_slice(b"{\"key\":");
+    write_str(out, key)?;
+    if found {
+        out.extend_from_slice(b",\"found\":true");
+    }
+    out.extend_from_slice(b",\"value\":");
+    if entry.value.is_json() {
+        entry.value.append_payload(out)?;
+    } else {
+        let raw = entry.value.clone().into_payload()?;
+        out.push(b'"');
+        let start = out.len();
+        out.resize(start + base64::encoded_len(raw.len(), true).unwrap_or(0), 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&raw, &mut out[start..])
+            .map_err(|e| Error::Internal(Box::new(e)))?;
+        out.truncate(start + written);
+        out.extend_from_slice(b"\",\"encoding\":\"base64\"");
+    }
+    write!(out, ",\"ttl\":{}}}", entry.ttl).map_err(|e| Error::Internal(Box::new(e)))
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn write_str(out: &mut Vec<u8>, text: &str) -> Result<(), Error> {
+    serde_json::to_writer(out, text).map_err(|e| Error::Internal(Box::new(e)))
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -171,5 +266,103 @@ impl From<cache_shared::db::jobs::JobRecord> for JobView {
             started_at: r.started_at.map(timestamp),
             finished_at: r.finished_at.map(timestamp),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache_shared::codec::{Codec, Stored, Value};
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn entry(value: &Value, codec: Codec, ttl: i64) -> Entry {
+        Entry {
+            value: Stored::new(codec.encode(value)).unwrap(),
+            ttl,
+        }
+    }
+
+    /// What the serde views would have written, the reference.
+    fn view(key: &str, value: &Value, ttl: i64) -> EntryView {
+        let (value, encoding) = match value {
+            Value::Json(text) => (
+                ValueView::Json(RawValue::from_string(text.clone()).unwrap()),
+                None,
+            ),
+            Value::Bytes(bytes) => (
+                ValueView::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                Some("base64"),
+            ),
+        };
+        EntryView {
+            key: key.into(),
+            value,
+            encoding,
+            ttl,
+        }
+    }
+
+    fn values() -> Vec<Value> {
+        vec![
+            Value::Json(r#"{"a":[1,2.50,"x \" y"],"b":null}"#.into()),
+            Value::Json(format!("\"{}\"", "ab".repeat(3000))),
+            Value::Bytes(bytes::Bytes::from_static(b"\x00\x01\xfe\xff raw")),
+            Value::Bytes(bytes::Bytes::from(vec![7u8; 5000])),
+        ]
+    }
+
+    #[tokio::test]
+    async fn spliced_answers_equal_what_the_schema_types_serialize() {
+        let key = "user:\"1\"\\é\u{1}";
+        for codec in [Codec::new(usize::MAX), Codec::new(16)] {
+            for (i, value) in values().iter().enumerate() {
+                let ttl = i as i64 * 100 - 1;
+                let spliced = body_of(entry_answer(key, &entry(value, codec, ttl)).unwrap()).await;
+                let reference = serde_json::to_value(view(key, value, ttl)).unwrap();
+                assert_eq!(spliced, reference, "value {i}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn spliced_mget_answers_equal_what_the_schema_types_serialize() {
+        let codec = Codec::new(16);
+        let values = values();
+        let keys: Vec<String> = (0..=values.len()).map(|i| format!("k{i}")).collect();
+        let mut entries: Vec<Option<Entry>> =
+            values.iter().map(|v| Some(entry(v, codec, 5))).collect();
+        entries.insert(1, None);
+        let items: Vec<MgetItem> = keys
+            .iter()
+            .zip(&entries)
+            .map(|(key, found)| match found {
+                None => MgetItem {
+                    key: key.clone(),
+                    found: false,
+                    value: None,
+                    encoding: None,
+                    ttl: None,
+                },
+                Some(_) => {
+                    let i = keys.iter().position(|k| k == key).unwrap();
+                    let v = view(key, &values[if i > 1 { i - 1 } else { i }], 5);
+                    MgetItem {
+                        key: key.clone(),
+                        found: true,
+                        value: Some(v.value),
+                        encoding: v.encoding,
+                        ttl: Some(5),
+                    }
+                }
+            })
+            .collect();
+        let spliced = body_of(mget_answer(&keys, &entries).unwrap()).await;
+        assert_eq!(spliced, serde_json::to_value(MgetView { items }).unwrap());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use deadpool_redis::redis;
 
-use crate::codec::{Codec, Value};
+use crate::codec::{Codec, Stored, Value};
 use crate::error::Error;
 use crate::keys::{CacheNamespace, TenantId, validate_key};
 use crate::limits::LimitBook;
@@ -46,10 +46,11 @@ impl CacheLimits {
     }
 }
 
-/// A stored value with its remaining TTL (`-1`: no expiry).
+/// A value as stored, with its remaining TTL (`-1`: no expiry). Answers
+/// copy the stored payload as it is (see [`Stored`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub value: Value,
+    pub value: Stored,
     pub ttl: i64,
 }
 
@@ -152,7 +153,7 @@ impl Cache {
         };
         self.stats.record_lookup(&tstats, Op::Get, key, true);
         Ok(Entry {
-            value: self.codec.decode(&stored)?,
+            value: Stored::new(stored)?,
             ttl: from_redis_ttl(ttl).unwrap_or(-1),
         })
     }
@@ -291,7 +292,7 @@ impl Cache {
                 stored
                     .map(|bytes| {
                         Ok(Entry {
-                            value: self.codec.decode(&bytes)?,
+                            value: Stored::new(bytes)?,
                             ttl: from_redis_ttl(ttl).unwrap_or(-1),
                         })
                     })

@@ -11,6 +11,11 @@
 //! *and* compression makes it smaller. Callers never see the tag; a value
 //! whose first byte is no known tag was not written by this service and is
 //! reported as corrupt rather than guessed at.
+//!
+//! Invariant: a `J`/`j` payload is valid compact JSON. Every write path
+//! stores only JSON it parsed (a request's value, a preload item) or checked
+//! ([`check_stored`] for backups), so reads write it into answers as it is
+//! ([`Stored`]), never parsing it again.
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -67,6 +72,101 @@ impl Value {
             }
             Self::Bytes(_) => Err(Error::internal("the value is raw bytes, not JSON")),
         }
+    }
+}
+
+/// A value as read from Redis, still in its stored form: read paths copy its
+/// payload into their answer (decompressing straight into it) instead of
+/// decoding it into a [`Value`] and encoding that again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored(Bytes);
+
+impl Stored {
+    /// # Errors
+    ///
+    /// [`Error::Internal`] when the bytes carry no known tag (not written by
+    /// this service).
+    pub fn new(bytes: impl Into<Bytes>) -> Result<Self, Error> {
+        let bytes = bytes.into();
+        match bytes.first() {
+            Some(&(TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4)) => Ok(Self(bytes)),
+            Some(other) => Err(Error::internal(format!(
+                "stored value has unknown format tag {other:#04x}"
+            ))),
+            None => Err(Error::internal("stored value is empty")),
+        }
+    }
+
+    /// Whether the value is JSON (else raw bytes).
+    pub fn is_json(&self) -> bool {
+        matches!(self.0.first(), Some(&(TAG_JSON | TAG_JSON_LZ4)))
+    }
+
+    /// The value's size once decompressed, for sizing an answer's buffer.
+    pub fn payload_len(&self) -> usize {
+        let payload = &self.0[1..];
+        if is_compressed(&self.0) {
+            lz4_flex::block::uncompressed_size(payload).map_or(0, |(size, _)| size)
+        } else {
+            payload.len()
+        }
+    }
+
+    /// Appends the value's bytes (JSON as compact text) to `out`, an LZ4
+    /// payload decompressed straight into it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] when a compressed payload does not decompress.
+    pub fn append_payload(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let payload = &self.0[1..];
+        if !is_compressed(&self.0) {
+            out.extend_from_slice(payload);
+            return Ok(());
+        }
+        let (size, packed) = lz4_flex::block::uncompressed_size(payload)
+            .map_err(|e| Error::Internal(Box::new(e)))?;
+        if size > MAX_DECODED_BYTES {
+            return Err(Error::internal(format!(
+                "stored value claims {size} bytes uncompressed"
+            )));
+        }
+        let start = out.len();
+        out.resize(start + size, 0);
+        let written = match lz4_flex::block::decompress_into(packed, &mut out[start..]) {
+            Ok(written) => written,
+            Err(err) => {
+                out.truncate(start);
+                return Err(Error::Internal(Box::new(err)));
+            }
+        };
+        if written != size {
+            out.truncate(start);
+            return Err(Error::internal(format!(
+                "stored value decompressed to {written} bytes, not the {size} it claims"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The value's bytes (JSON as compact text): no copy unless compressed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stored::append_payload`].
+    pub fn into_payload(self) -> Result<Bytes, Error> {
+        if is_compressed(&self.0) {
+            let mut out = Vec::with_capacity(self.payload_len());
+            self.append_payload(&mut out)?;
+            Ok(Bytes::from(out))
+        } else {
+            Ok(self.0.slice(1..))
+        }
+    }
+
+    /// The stored bytes, tag included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -159,10 +259,15 @@ pub fn check_stored(
             "the value is {size} bytes, more than the limit of {max_value_bytes} bytes"
         )));
     }
-    Codec::new(usize::MAX)
+    let value = Codec::new(usize::MAX)
         .decode(stored)
-        .map(drop)
-        .map_err(|e| bad(format!("the value does not decode: {e}")))
+        .map_err(|e| bad(format!("the value does not decode: {e}")))?;
+    if let Value::Json(text) = &value {
+        // Reads splice stored JSON into answers: it must be JSON.
+        serde_json::from_str::<&RawValue>(text)
+            .map_err(|e| bad(format!("the value is not JSON: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Whether stored bytes are LZ4-compressed.
@@ -237,6 +342,40 @@ mod tests {
             check_stored(b"J\xff\xfe", 100, "value").is_err(),
             "not UTF-8"
         );
+        assert!(check_stored(b"J{\"a\":", 100, "value").is_err(), "not JSON");
+        assert!(check_stored(b"J{\"a\":1}", 100, "value").is_ok());
+    }
+
+    #[test]
+    fn stored_values_give_their_payload_without_decoding() {
+        let codec = Codec::new(16);
+        let big = Value::Json(format!("\"{}\"", "ab".repeat(500)));
+        for value in [
+            json(r#"{"a":[1,2]}"#),
+            big.clone(),
+            Value::Bytes(Bytes::from_static(b"\x00\x01")),
+        ] {
+            let stored = Stored::new(codec.encode(&value)).unwrap();
+            assert_eq!(stored.is_json(), matches!(value, Value::Json(_)));
+            assert_eq!(stored.payload_len(), value.len());
+            let mut out = b"prefix:".to_vec();
+            stored.append_payload(&mut out).unwrap();
+            let expected: &[u8] = match &value {
+                Value::Json(text) => text.as_bytes(),
+                Value::Bytes(bytes) => bytes,
+            };
+            assert_eq!(&out[7..], expected);
+            assert_eq!(&stored.clone().into_payload().unwrap()[..], expected);
+        }
+        assert!(is_compressed(
+            Stored::new(codec.encode(&big)).unwrap().as_bytes()
+        ));
+        assert!(Stored::new(Bytes::from_static(b"Xjunk")).is_err());
+        assert!(Stored::new(Bytes::new()).is_err());
+        let liar = Stored::new(Bytes::from_static(b"j\x10\x00\x00\x00\x10ab")).unwrap();
+        let mut out = Vec::new();
+        assert!(liar.append_payload(&mut out).is_err());
+        assert!(out.is_empty(), "nothing half-written is left behind");
     }
 
     fn json(text: &str) -> Value {

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 use cache_shared::cache::SetItem;
 use cache_shared::codec::Value;
 use cache_shared::ttl::Expiry;
@@ -11,7 +12,9 @@ use serde_json::value::RawValue;
 use crate::error::ApiError;
 use crate::extract::{CacheCaller, JsonBody, PathParam};
 use crate::state::AppState;
-use crate::views::{Deleted, EntryView, ExistsView, KeyTtl, Updated, ValueView};
+use crate::views::{
+    Deleted, EntryView, ExistsView, KeyTtl, MgetView, Updated, entry_answer, mget_answer,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -38,15 +41,10 @@ async fn get_value(
     State(state): State<AppState>,
     caller: CacheCaller,
     PathParam(key): PathParam,
-) -> Result<Json<EntryView>, ApiError> {
-    let entry = state
-        .cache
-        .get(&caller.tenant, &key)
-        .await
-        .map_err(ApiError::op("get"))?;
-    Ok(Json(
-        EntryView::new(key, entry).map_err(ApiError::op("get"))?,
-    ))
+) -> Result<Response, ApiError> {
+    let op = ApiError::op("get");
+    let entry = state.cache.get(&caller.tenant, &key).await.map_err(&op)?;
+    entry_answer(&key, &entry).map_err(&op)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -109,24 +107,6 @@ struct KeysBody {
     keys: Vec<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct MgetItem {
-    key: String,
-    found: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    value: Option<ValueView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encoding: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<i64>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct MgetView {
-    items: Vec<MgetItem>,
-}
-
 #[utoipa::path(
     post,
     path = "/internal/cache/mget",
@@ -141,38 +121,13 @@ async fn mget(
     State(state): State<AppState>,
     caller: CacheCaller,
     JsonBody(body): JsonBody<KeysBody>,
-) -> Result<Json<MgetView>, ApiError> {
+) -> Result<Response, ApiError> {
     let entries = state
         .cache
         .mget(&caller.tenant, &body.keys)
         .await
         .map_err(ApiError::op("mget"))?;
-    let items = body
-        .keys
-        .into_iter()
-        .zip(entries)
-        .map(|(key, entry)| match entry {
-            None => Ok(MgetItem {
-                key,
-                found: false,
-                value: None,
-                encoding: None,
-                ttl: None,
-            }),
-            Some(entry) => {
-                let (value, encoding) = ValueView::new(entry.value)?;
-                Ok(MgetItem {
-                    key,
-                    found: true,
-                    value: Some(value),
-                    encoding,
-                    ttl: Some(entry.ttl),
-                })
-            }
-        })
-        .collect::<Result<_, cache_shared::Error>>()
-        .map_err(ApiError::op("mget"))?;
-    Ok(Json(MgetView { items }))
+    mget_answer(&body.keys, &entries).map_err(ApiError::op("mget"))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

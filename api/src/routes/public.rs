@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use cache_jobs::flush::FlushParams;
 use cache_jobs::preload::PreloadParams;
 use cache_jobs::queue::JobSpec;
@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody, PathParam, read_body};
 use crate::routes::jobs::{idempotency_key, public_status_url};
 use crate::state::AppState;
-use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated};
+use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated, entry_answer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -67,10 +67,7 @@ async fn get_value(
     let op = ApiError::op("get");
     let entry = state.cache.get(&caller.tenant, &key).await.map_err(&op)?;
     if wants_bytes(&headers) {
-        let bytes = match entry.value {
-            Value::Json(text) => bytes::Bytes::from(text),
-            Value::Bytes(bytes) => bytes,
-        };
+        let bytes = entry.value.into_payload().map_err(&op)?;
         let mut response = Response::new(Body::from(bytes));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -78,7 +75,7 @@ async fn get_value(
         );
         return Ok(response);
     }
-    Ok(Json(EntryView::new(key, entry).map_err(&op)?).into_response())
+    entry_answer(&key, &entry).map_err(&op)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
