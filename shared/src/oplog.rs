@@ -61,7 +61,8 @@ impl Outcome {
 /// records it has produced so far.
 #[derive(Debug)]
 pub struct RequestContext {
-    request_id: Box<str>,
+    /// Inline, as every request carries one: no allocation per request.
+    request_id: RequestId,
     actor: OnceCell<Box<str>>,
     items: Cell<i32>,
 }
@@ -73,11 +74,27 @@ impl RequestContext {
         while !request_id.is_char_boundary(end) {
             end -= 1;
         }
+        let mut bytes = [0u8; MAX_REQUEST_ID_BYTES];
+        bytes[..end].copy_from_slice(&request_id.as_bytes()[..end]);
         Self {
-            request_id: request_id[..end].into(),
+            request_id: RequestId { bytes, len: end },
             actor: OnceCell::new(),
             items: Cell::new(0),
         }
+    }
+}
+
+/// A request id of at most [`MAX_REQUEST_ID_BYTES`], cut at a character
+/// boundary, so always UTF-8.
+#[derive(Debug)]
+struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID_BYTES],
+    len: usize,
+}
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 
@@ -183,7 +200,7 @@ impl OpLog {
                 let item = c.items.get();
                 c.items.set(item.saturating_add(1));
                 (
-                    c.request_id.to_string(),
+                    c.request_id.as_str().to_owned(),
                     item,
                     c.actor.get().map(ToString::to_string),
                 )

@@ -255,7 +255,13 @@ impl RedisStore {
                 let i = next.fetch_add(1, Ordering::Relaxed) % connections.len();
                 Ok(Conn::Shared(connections[i].clone()))
             }
-            Backend::Pool(pool) => pool.get().await.map(Conn::Pooled).map_err(pool_error),
+            // Boxed: the pool's future is kilobytes, and inline it would
+            // swell every caller's future, which axum boxes per request,
+            // in the default multiplexed mode too.
+            Backend::Pool(pool) => Box::pin(pool.get())
+                .await
+                .map(Conn::Pooled)
+                .map_err(pool_error),
         }
     }
 

@@ -9,7 +9,8 @@ use subtle::ConstantTimeEq;
 /// Accepted secret tokens; several allow rotation.
 #[derive(Clone, Default)]
 pub struct ServiceTokens {
-    digests: Vec<[u8; 32]>,
+    /// Shared: the admission layer is cloned per request.
+    digests: std::sync::Arc<[[u8; 32]]>,
 }
 
 impl std::fmt::Debug for ServiceTokens {
