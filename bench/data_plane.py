@@ -310,6 +310,13 @@ def main():
     out_dir = ROOT / "bench/results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    log("allocations per request (cargo bench -p cache-api --bench allocations)")
+    allocations = subprocess.run(
+        ["cargo", "bench", "--locked", "-p", "cache-api", "--bench", "allocations"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+        env=dict(os.environ, REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}",
+                 QUEUE_PREFIX=f"bench-allocations-{os.getpid()}"),
+    ).stdout.strip()
     floor, floor_base = start_floor()
     try:
         results = [bench_mode(mode, set_script, floor_base, stamp) for mode in MODES]
@@ -340,6 +347,8 @@ def main():
         print(f"| p50 / p99 at {RATE}/s: empty handler | {flat['p50_ms']:.2f} / {flat['p99_ms']:.2f} ms | | |")
         print(f"| api peak RSS after the runs | {r['peak_rss_mb']:.1f} MiB | | < 48 MiB |")
         print(f"| flamegraph | {r['flamegraph']} | | |")
+    print()
+    print(allocations)
     out = out_dir / f"data-plane-{stamp}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nraw figures: {out.relative_to(ROOT)}")
