@@ -134,6 +134,12 @@ pub struct HttpSettings {
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
+    /// Serving threads, each a single-threaded runtime with its own accept
+    /// loop and Redis connection; 0: one per CPU.
+    #[arg(long, env = "API_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub api_threads: u16,
+
     /// Largest request body in bytes, chunked or not.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -187,6 +193,14 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
+    /// `API_THREADS`, with 0 meaning one per CPU this process may use.
+    pub fn serving_threads(&self) -> usize {
+        match self.api_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => usize::from(n),
+        }
+    }
+
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
     }

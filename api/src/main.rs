@@ -9,7 +9,9 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// Requests are served by threads of their own (`serve_threads`); this runtime
+// only hosts background work and waits for the shutdown signal.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = cache_api::cli::Cli::parse();
     match cache_api::run(cli).await {

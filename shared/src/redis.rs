@@ -39,6 +39,8 @@ struct Inner {
 enum Backend {
     Multiplexed {
         connections: Vec<ConnectionManager>,
+        /// One per serving thread (see [`pin_thread_to_connection`]).
+        pinned: Vec<ConnectionManager>,
         next: AtomicUsize,
     },
     Pool(Pool),
@@ -92,6 +94,19 @@ pub struct ConnectionStats {
     pub failovers: u64,
 }
 
+thread_local! {
+    static PINNED_SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives this thread's Redis work connection `slot` of the pinned set (see
+/// [`RedisStore::with_pinned`]): a thread that runs its own single-threaded
+/// runtime then has a connection whose driver task lives on that runtime
+/// (connections open lazily, on first use), so a command and the reply's
+/// wake-up never cross threads.
+pub fn pin_thread_to_connection(slot: usize) {
+    PINNED_SLOT.with(|s| s.set(Some(slot)));
+}
+
 impl RedisStore {
     /// Builds the client without touching the network: the api starts even
     /// while Redis is down and reports `503` until it answers.
@@ -100,6 +115,16 @@ impl RedisStore {
     ///
     /// When the URL cannot be parsed.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
+        Self::with_pinned(settings, 0)
+    }
+
+    /// [`RedisStore::new`] with `pinned` more connections in multiplexed
+    /// mode, one per thread that calls [`pin_thread_to_connection`].
+    ///
+    /// # Errors
+    ///
+    /// When the URL cannot be parsed.
+    pub fn with_pinned(settings: &RedisSettings, pinned: usize) -> Result<Self, redis::RedisError> {
         let backend = match settings.redis_client {
             RedisClientMode::Multiplexed => {
                 let client = redis::Client::open(settings.redis_url.as_str())?;
@@ -108,13 +133,16 @@ impl RedisStore {
                     .set_response_timeout(Some(settings.command_timeout()))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                let connections = (0..settings.redis_multiplexed_connections)
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let open = |n: usize| {
+                    (0..n)
+                        .map(|_| {
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
                 Backend::Multiplexed {
-                    connections,
+                    connections: open(usize::from(settings.redis_multiplexed_connections))?,
+                    pinned: open(pinned)?,
                     next: AtomicUsize::new(0),
                 }
             }
@@ -251,9 +279,16 @@ impl RedisStore {
     /// [`Error::CacheUnavailable`] when no connection can be had.
     pub async fn conn(&self) -> Result<Conn, Error> {
         match &self.inner.backend {
-            Backend::Multiplexed { connections, next } => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % connections.len();
-                Ok(Conn::Shared(connections[i].clone()))
+            Backend::Multiplexed {
+                connections,
+                pinned,
+                next,
+            } => {
+                let connection = match PINNED_SLOT.with(std::cell::Cell::get) {
+                    Some(slot) if !pinned.is_empty() => &pinned[slot % pinned.len()],
+                    _ => &connections[next.fetch_add(1, Ordering::Relaxed) % connections.len()],
+                };
+                Ok(Conn::Shared(connection.clone()))
             }
             // Boxed: the pool's future is kilobytes, and inline it would
             // swell every caller's future, which axum boxes per request,
@@ -446,11 +481,15 @@ impl RedisStore {
         let timeouts = self.inner.timeouts.load(Ordering::Relaxed);
         let failovers = self.inner.failovers.load(Ordering::Relaxed);
         match &self.inner.backend {
-            Backend::Multiplexed { connections, .. } => ConnectionStats {
+            Backend::Multiplexed {
+                connections,
+                pinned,
+                ..
+            } => ConnectionStats {
                 mode: "multiplexed",
-                size: connections.len(),
-                max_size: connections.len(),
-                idle: connections.len(),
+                size: connections.len() + pinned.len(),
+                max_size: connections.len() + pinned.len(),
+                idle: connections.len() + pinned.len(),
                 in_use: 0,
                 waiting: 0,
                 timeouts,

@@ -91,14 +91,20 @@ pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
     let queue_prefix = args.queue.queue_prefix.clone();
     let database_url = args.database.database_url.clone();
     let state = cache_api::build_state(&args).expect("state builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a free port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(cache_api::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
+    // Served as the binary serves: threads of their own, each with its
+    // runtime and pinned Redis connection.
+    let threads = args.http.serving_threads().max(2);
+    let server = tokio::spawn(cache_api::serve_threads(
+        listener,
+        state.clone(),
+        threads,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestApp {
         addr,
         client: reqwest::Client::new(),

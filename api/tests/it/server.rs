@@ -129,12 +129,21 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "POST /internal/cache/set HTTP/1.1\r\nHost: x\r\nX-Service-Token: {}\r\n\
-         X-Tenant-Id: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         X-Tenant-Id: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
         crate::helpers::TOKEN_A,
         app.tenant,
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
+    // `100 Continue` comes once the handler reads the body: from then on
+    // the request is in flight, not waiting in the listen backlog.
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+        .await
+        .expect("the server asked for the body")
+        .unwrap();
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{interim:?}");
     stream.write_all(head).await.unwrap();
 
     // Half a request is in flight; begin the shutdown and wait until the

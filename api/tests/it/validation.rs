@@ -139,8 +139,13 @@ async fn bodies_over_the_limit_are_refused_even_when_chunked() {
         .chunks(100)
         .map(|c| Ok(c.to_vec()))
         .collect();
-    let response = app
-        .internal(Method::POST, "/internal/cache/set")
+    // A client of its own: the server answers before the body has all
+    // arrived and then closes the connection, which must not be the one
+    // the next request of the test's client is sent on.
+    let response = reqwest::Client::new()
+        .post(app.url("/internal/cache/set"))
+        .header("X-Service-Token", crate::helpers::TOKEN_A)
+        .header("X-Tenant-Id", &app.tenant)
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
         .send()
