@@ -772,11 +772,9 @@ async fn jobs_backups_and_reports_past_retention_are_swept_and_nothing_else() {
     .unwrap();
 
     let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
-    let swept = retention::sweep(db, cutoff, 1).await.unwrap();
-    assert!(
-        swept.jobs >= 1 && swept.backups >= 1 && swept.reports >= 1,
-        "{swept:?}"
-    );
+    // Workers of other tests share this database and sweep it too, so the
+    // rows this call removes may already be gone: what is left is checked.
+    retention::sweep(db, cutoff, 1).await.unwrap();
     let exists = |table: &'static str, id: String| async move {
         let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select count(*) from {table} where id = $1"
