@@ -88,13 +88,8 @@ impl Stored {
     /// this service).
     pub fn new(bytes: impl Into<Bytes>) -> Result<Self, Error> {
         let bytes = bytes.into();
-        match bytes.first() {
-            Some(&(TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4)) => Ok(Self(bytes)),
-            Some(other) => Err(Error::internal(format!(
-                "stored value has unknown format tag {other:#04x}"
-            ))),
-            None => Err(Error::internal("stored value is empty")),
-        }
+        split_tag(&bytes)?;
+        Ok(Self(bytes))
     }
 
     /// Whether the value is JSON (else raw bytes).
@@ -120,33 +115,12 @@ impl Stored {
     /// [`Error::Internal`] when a compressed payload does not decompress.
     pub fn append_payload(&self, out: &mut Vec<u8>) -> Result<(), Error> {
         let payload = &self.0[1..];
-        if !is_compressed(&self.0) {
+        if is_compressed(&self.0) {
+            decompress_into(payload, out)
+        } else {
             out.extend_from_slice(payload);
-            return Ok(());
+            Ok(())
         }
-        let (size, packed) = lz4_flex::block::uncompressed_size(payload)
-            .map_err(|e| Error::Internal(Box::new(e)))?;
-        if size > MAX_DECODED_BYTES {
-            return Err(Error::internal(format!(
-                "stored value claims {size} bytes uncompressed"
-            )));
-        }
-        let start = out.len();
-        out.resize(start + size, 0);
-        let written = match lz4_flex::block::decompress_into(packed, &mut out[start..]) {
-            Ok(written) => written,
-            Err(err) => {
-                out.truncate(start);
-                return Err(Error::Internal(Box::new(err)));
-            }
-        };
-        if written != size {
-            out.truncate(start);
-            return Err(Error::internal(format!(
-                "stored value decompressed to {written} bytes, not the {size} it claims"
-            )));
-        }
-        Ok(())
     }
 
     /// The value's bytes (JSON as compact text): no copy unless compressed.
@@ -214,18 +188,13 @@ impl Codec {
     ///
     /// [`Error::Internal`] when the bytes carry no known tag or do not decompress.
     pub fn decode(&self, stored: &[u8]) -> Result<Value, Error> {
-        let (&tag, payload) = stored
-            .split_first()
-            .ok_or_else(|| Error::internal("stored value is empty"))?;
-        match tag {
-            TAG_JSON => Ok(Value::Json(utf8(payload.to_vec())?)),
-            TAG_JSON_LZ4 => Ok(Value::Json(utf8(decompress(payload)?)?)),
-            TAG_BYTES => Ok(Value::Bytes(Bytes::copy_from_slice(payload))),
-            TAG_BYTES_LZ4 => Ok(Value::Bytes(Bytes::from(decompress(payload)?))),
-            other => Err(Error::internal(format!(
-                "stored value has unknown format tag {other:#04x}"
-            ))),
-        }
+        let (tag, payload) = split_tag(stored)?;
+        Ok(match tag {
+            TAG_JSON => Value::Json(utf8(payload.to_vec())?),
+            TAG_JSON_LZ4 => Value::Json(utf8(decompress(payload)?)?),
+            TAG_BYTES_LZ4 => Value::Bytes(Bytes::from(decompress(payload)?)),
+            _ => Value::Bytes(Bytes::copy_from_slice(payload)),
+        })
     }
 }
 
@@ -275,15 +244,56 @@ pub fn is_compressed(stored: &[u8]) -> bool {
     matches!(stored.first(), Some(&TAG_JSON_LZ4 | &TAG_BYTES_LZ4))
 }
 
+/// The tag and the payload of stored bytes.
+///
+/// # Errors
+///
+/// [`Error::Internal`] for empty bytes or an unknown tag (not written by
+/// this service).
+fn split_tag(stored: &[u8]) -> Result<(u8, &[u8]), Error> {
+    match stored.split_first() {
+        Some((&tag @ (TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4), payload)) => {
+            Ok((tag, payload))
+        }
+        Some((other, _)) => Err(Error::internal(format!(
+            "stored value has unknown format tag {other:#04x}"
+        ))),
+        None => Err(Error::internal("stored value is empty")),
+    }
+}
+
 fn decompress(payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let (size, _) =
+    let mut out = Vec::new();
+    decompress_into(payload, &mut out)?;
+    Ok(out)
+}
+
+/// Appends an LZ4 payload (length prepended) decompressed to `out`, which
+/// is left as it was on failure.
+fn decompress_into(payload: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    let (size, packed) =
         lz4_flex::block::uncompressed_size(payload).map_err(|e| Error::Internal(Box::new(e)))?;
     if size > MAX_DECODED_BYTES {
         return Err(Error::internal(format!(
             "stored value claims {size} bytes uncompressed"
         )));
     }
-    lz4_flex::decompress_size_prepended(payload).map_err(|e| Error::Internal(Box::new(e)))
+    let start = out.len();
+    out.resize(start + size, 0);
+    let written = match lz4_flex::block::decompress_into(packed, &mut out[start..]) {
+        Ok(written) => written,
+        Err(err) => {
+            out.truncate(start);
+            return Err(Error::Internal(Box::new(err)));
+        }
+    };
+    if written != size {
+        out.truncate(start);
+        return Err(Error::internal(format!(
+            "stored value decompressed to {written} bytes, not the {size} it claims"
+        )));
+    }
+    Ok(())
 }
 
 fn utf8(bytes: Vec<u8>) -> Result<String, Error> {
