@@ -329,22 +329,10 @@ async fn one_tenants_jobs_never_hold_every_worker_slot() {
     };
     let mut mine = Vec::new();
     for namespace in ["a:", "b:", "c:"] {
-        let accepted: Value = flush(&admin, namespace)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let accepted = json_of(flush(&admin, namespace)).await;
         mine.push(accepted["jobId"].as_str().unwrap().to_owned());
     }
-    let accepted: Value = flush(&other, "z:")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = json_of(flush(&other, "z:")).await;
     let theirs = accepted["jobId"].as_str().unwrap().to_owned();
 
     // While they run, the first tenant never has two flushes running, and
