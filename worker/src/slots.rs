@@ -95,4 +95,25 @@ mod tests {
             .unwrap();
         drop((a2, a3, b));
     }
+
+    #[tokio::test]
+    async fn idle_tenants_are_forgotten_so_the_map_stays_bounded() {
+        let slots = Slots::new(4, 2);
+        let busy = slots.acquire("busy").await;
+        for i in 0..3 * TENANTS_KEPT {
+            drop(slots.acquire(&format!("t{i}")).await);
+        }
+        let tenants = slots.tenants.lock().unwrap();
+        assert!(
+            tenants.len() <= TENANTS_KEPT + 1,
+            "{} tenants kept",
+            tenants.len()
+        );
+        assert!(
+            tenants.contains_key("busy"),
+            "a tenant holding a slot is kept"
+        );
+        drop(tenants);
+        drop(busy);
+    }
 }
