@@ -215,6 +215,8 @@ local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 10000)
 local keys, bytes = 0, 0
 for _, k in ipairs(page[2]) do
   local n = redis.call('STRLEN', k)
+  -- The expiry header is not counted (see shared/src/codec.rs).
+  if n > 9 and redis.call('GETRANGE', k, 0, 0) == 'T' then n = n - 9 end
   if n > 0 then keys = keys + 1; bytes = bytes + n + #k - tonumber(ARGV[3]) end
 end
 return {page[1], keys, bytes}

@@ -5,6 +5,7 @@
 //! keys whose time ran out since the backup.
 
 use cache_shared::Error;
+use cache_shared::codec::split_expiry;
 use cache_shared::db::backups::{self, BackupEntry};
 use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
 use cache_shared::quota;
@@ -149,7 +150,10 @@ pub async fn backup(
             .into_iter()
             // Gone between SCAN and GET (expired or deleted): nothing to keep.
             .filter_map(|(key, value, pttl)| {
-                let value = value?;
+                let mut value = value?;
+                // A backup keeps the envelope; its expiry is `expires_at`.
+                let header = value.len() - split_expiry(&value).1.len();
+                value.drain(..header);
                 Some(BackupEntry {
                     cache_key: ns.strip(&key)?.to_owned(),
                     value,

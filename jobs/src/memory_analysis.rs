@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use cache_shared::Error;
+use cache_shared::codec::{EXPIRY_HEADER_BYTES, split_expiry};
 use cache_shared::db::reports;
 use cache_shared::keys::{CacheNamespace, TenantId};
 use deadpool_redis::redis;
@@ -197,7 +198,8 @@ pub async fn run(
                 for key in &keys {
                     pipe.cmd("MEMORY").arg("USAGE").arg(key);
                     pipe.ttl(key);
-                    pipe.getrange(key, 0, 0);
+                    // The tag, behind the expiry header when there is one.
+                    pipe.getrange(key, 0, EXPIRY_HEADER_BYTES as isize);
                     pipe.strlen(key);
                 }
                 let answers: Vec<(Option<u64>, i64, Vec<u8>, u64)> = {
@@ -237,7 +239,9 @@ pub async fn run(
             group.keys += 1;
             group.bytes += bytes;
             ttl_counts[ttl_bucket(ttl)] += 1;
-            let uncompressed = matches!(tag.first(), Some(b'J' | b'B'));
+            let envelope = split_expiry(&tag).1;
+            let uncompressed = matches!(envelope.first(), Some(b'J' | b'B'));
+            let len = len - (tag.len() - envelope.len()) as u64;
             if uncompressed && len > COMPRESSION_CANDIDATE_BYTES {
                 candidate_count += 1;
                 candidate_bytes += len;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use deadpool_redis::redis;
 
-use crate::codec::{Codec, Stored, Value};
+use crate::codec::{Codec, Stored, StoredExpiry, Value, split_expiry, unix_now_ms};
 use crate::error::Error;
 use crate::keys::{CacheNamespace, TenantId, validate_key};
 use crate::limits::LimitBook;
@@ -136,26 +136,38 @@ impl Cache {
             .redis
             .timed(async {
                 let mut conn = self.redis.conn().await?;
-                let (stored, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                    .get(&redis_key)
-                    .ttl(&redis_key)
+                let stored: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&redis_key)
                     .query_async(&mut conn)
                     .await?;
-                Ok((stored, ttl))
+                // One command: the value's header carries its expiry, except
+                // for values written before the header (see the codec).
+                let legacy_ttl = match &stored {
+                    Some(bytes) if split_expiry(bytes).0 == StoredExpiry::Unknown => {
+                        let ttl: i64 = redis::cmd("TTL")
+                            .arg(&redis_key)
+                            .query_async(&mut conn)
+                            .await?;
+                        Some(from_redis_ttl(ttl).unwrap_or(-1))
+                    }
+                    _ => None,
+                };
+                Ok((stored, legacy_ttl))
             })
             .await;
-        let (stored, ttl) = self
-            .stats
-            .observe(Op::Get, &tstats, started, Some(key), result)?;
+        let (stored, legacy_ttl) =
+            self.stats
+                .observe(Op::Get, &tstats, started, Some(key), result)?;
         let Some(stored) = stored else {
             self.stats.record_lookup(&tstats, Op::Get, key, false);
             return Err(Error::KeyNotFound { key: key.into() });
         };
         self.stats.record_lookup(&tstats, Op::Get, key, true);
-        Ok(Entry {
-            value: Stored::new(stored)?,
-            ttl: from_redis_ttl(ttl).unwrap_or(-1),
-        })
+        let value = Stored::new(stored)?;
+        let ttl = legacy_ttl
+            .or_else(|| value.expiry().ttl_at(unix_now_ms()))
+            .unwrap_or(-1);
+        Ok(Entry { value, ttl })
     }
 
     /// Stores `value` under `key`; returns the TTL a read would now report.
@@ -282,6 +294,7 @@ impl Cache {
         let (stored, ttls) = self
             .stats
             .observe(Op::Mget, &tstats, started, None, result)?;
+        let now = unix_now_ms();
         stored
             .into_iter()
             .zip(ttls)
@@ -291,10 +304,12 @@ impl Cache {
                     .record_lookup(&tstats, Op::Mget, key, stored.is_some());
                 stored
                     .map(|bytes| {
-                        Ok(Entry {
-                            value: Stored::new(bytes)?,
-                            ttl: from_redis_ttl(ttl).unwrap_or(-1),
-                        })
+                        let value = Stored::new(bytes)?;
+                        let ttl = value
+                            .expiry()
+                            .ttl_at(now)
+                            .unwrap_or_else(|| from_redis_ttl(ttl).unwrap_or(-1));
+                        Ok(Entry { value, ttl })
                     })
                     .transpose()
             })
@@ -580,27 +595,32 @@ pub async fn compress_stored(
     stored: &[u8],
     deadline: std::time::Duration,
 ) -> Result<Compressed, Error> {
+    let envelope = split_expiry(stored).1;
     let unchanged = Compressed {
-        bytes_before: stored.len(),
-        bytes_after: stored.len(),
-        compressed: crate::codec::is_compressed(stored),
+        bytes_before: envelope.len(),
+        bytes_after: envelope.len(),
+        compressed: crate::codec::is_compressed(envelope),
     };
     if unchanged.compressed {
         return Ok(unchanged);
     }
-    let packed = codec.encode_compressed(&codec.decode(stored)?);
-    if !crate::codec::is_compressed(&packed) || packed.len() >= stored.len() {
+    let packed = codec.encode_compressed(&codec.decode(envelope)?);
+    if !crate::codec::is_compressed(&packed) || packed.len() >= envelope.len() {
         return Ok(unchanged);
     }
+    // The expiry header stays as it was: the swap happens only if the
+    // value, header included, is unchanged, and it keeps the key's TTL.
+    let header = &stored[..stored.len() - envelope.len()];
+    let replacement = [header, &packed].concat();
     let replaced = redis_store
         .timed_for(deadline, async {
             let mut conn = redis_store.conn().await?;
-            quota::compare_and_set(&mut conn, redis_key, stored, &packed).await
+            quota::compare_and_set(&mut conn, redis_key, stored, &replacement).await
         })
         .await?;
     if replaced {
         Ok(Compressed {
-            bytes_before: stored.len(),
+            bytes_before: envelope.len(),
             bytes_after: packed.len(),
             compressed: true,
         })

@@ -1,4 +1,15 @@
-//! The bytes stored in Redis for a value: a one-byte format tag, then the payload.
+//! The bytes stored in Redis for a value: an expiry header, a one-byte
+//! format tag, then the payload.
+//!
+//! The expiry header is `T` and the absolute time the key expires, Unix
+//! milliseconds as 8 bytes big-endian (`0`: never). Only the accounting
+//! scripts write it, from the same instant they give Redis as the key's
+//! expiry (`PXAT`), and every script that changes a key's expiry rewrites
+//! it in the same step; so a read learns the TTL from the value alone, one
+//! Redis command per read. Values written before the header existed have
+//! none (their first byte is a tag): reads ask Redis for their TTL. The
+//! header is not part of a value's size in quota accounting or in
+//! compression figures: those count the tag and the payload.
 //!
 //! | tag | payload |
 //! |-----|---------|
@@ -26,6 +37,58 @@ const TAG_JSON: u8 = b'J';
 const TAG_JSON_LZ4: u8 = b'j';
 const TAG_BYTES: u8 = b'B';
 const TAG_BYTES_LZ4: u8 = b'b';
+const TAG_EXPIRY: u8 = b'T';
+
+/// Length of the expiry header: `T` and 8 bytes of absolute expiry.
+pub const EXPIRY_HEADER_BYTES: usize = 9;
+
+/// When a stored value expires, as its header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredExpiry {
+    /// Written before values carried their expiry: only Redis knows.
+    Unknown,
+    Never,
+    /// Unix milliseconds.
+    At(u64),
+}
+
+impl StoredExpiry {
+    /// The TTL Redis's `TTL` would answer at `now_ms` (seconds, rounded to
+    /// the nearest, never below 0; `-1` for no expiry); `None` when unknown.
+    pub fn ttl_at(self, now_ms: u64) -> Option<i64> {
+        match self {
+            Self::Unknown => None,
+            Self::Never => Some(-1),
+            Self::At(at) => {
+                let left = at.saturating_sub(now_ms);
+                Some(i64::try_from(left.saturating_add(500) / 1000).unwrap_or(i64::MAX))
+            }
+        }
+    }
+}
+
+/// The expiry header of stored bytes and the envelope (tag and payload) after it.
+pub fn split_expiry(stored: &[u8]) -> (StoredExpiry, &[u8]) {
+    match stored {
+        [TAG_EXPIRY, at @ ..] if at.len() > 8 => {
+            let (at, envelope) = at.split_at(8);
+            let mut be = [0u8; 8];
+            be.copy_from_slice(at);
+            match u64::from_be_bytes(be) {
+                0 => (StoredExpiry::Never, envelope),
+                at => (StoredExpiry::At(at), envelope),
+            }
+        }
+        _ => (StoredExpiry::Unknown, stored),
+    }
+}
+
+/// Now in Unix milliseconds, the clock [`StoredExpiry::ttl_at`] reads.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Largest decompressed size accepted, Redis's own limit on a string. Guards
 /// against a corrupt length prefix asking for an absurd allocation.
@@ -79,7 +142,11 @@ impl Value {
 /// payload into their answer (decompressing straight into it) instead of
 /// decoding it into a [`Value`] and encoding that again.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stored(Bytes);
+pub struct Stored {
+    /// Tag and payload, without the expiry header.
+    envelope: Bytes,
+    expiry: StoredExpiry,
+}
 
 impl Stored {
     /// # Errors
@@ -88,19 +155,29 @@ impl Stored {
     /// this service).
     pub fn new(bytes: impl Into<Bytes>) -> Result<Self, Error> {
         let bytes = bytes.into();
-        split_tag(&bytes)?;
-        Ok(Self(bytes))
+        let (expiry, envelope) = split_expiry(&bytes);
+        split_tag(envelope)?;
+        let header = bytes.len() - envelope.len();
+        Ok(Self {
+            envelope: bytes.slice(header..),
+            expiry,
+        })
+    }
+
+    /// When the value expires, as its header says.
+    pub fn expiry(&self) -> StoredExpiry {
+        self.expiry
     }
 
     /// Whether the value is JSON (else raw bytes).
     pub fn is_json(&self) -> bool {
-        matches!(self.0.first(), Some(&(TAG_JSON | TAG_JSON_LZ4)))
+        matches!(self.envelope.first(), Some(&(TAG_JSON | TAG_JSON_LZ4)))
     }
 
     /// The value's size once decompressed, for sizing an answer's buffer.
     pub fn payload_len(&self) -> usize {
-        let payload = &self.0[1..];
-        if is_compressed(&self.0) {
+        let payload = &self.envelope[1..];
+        if is_compressed(&self.envelope) {
             lz4_flex::block::uncompressed_size(payload).map_or(0, |(size, _)| size)
         } else {
             payload.len()
@@ -114,8 +191,8 @@ impl Stored {
     ///
     /// [`Error::Internal`] when a compressed payload does not decompress.
     pub fn append_payload(&self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let payload = &self.0[1..];
-        if is_compressed(&self.0) {
+        let payload = &self.envelope[1..];
+        if is_compressed(&self.envelope) {
             decompress_into(payload, out)
         } else {
             out.extend_from_slice(payload);
@@ -129,18 +206,18 @@ impl Stored {
     ///
     /// As [`Stored::append_payload`].
     pub fn into_payload(self) -> Result<Bytes, Error> {
-        if is_compressed(&self.0) {
+        if is_compressed(&self.envelope) {
             let mut out = Vec::with_capacity(self.payload_len());
             self.append_payload(&mut out)?;
             Ok(Bytes::from(out))
         } else {
-            Ok(self.0.slice(1..))
+            Ok(self.envelope.slice(1..))
         }
     }
 
-    /// The stored bytes, tag included.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// The tag and the payload, without the expiry header.
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope
     }
 }
 
@@ -188,7 +265,7 @@ impl Codec {
     ///
     /// [`Error::Internal`] when the bytes carry no known tag or do not decompress.
     pub fn decode(&self, stored: &[u8]) -> Result<Value, Error> {
-        let (tag, payload) = split_tag(stored)?;
+        let (tag, payload) = split_tag(split_expiry(stored).1)?;
         Ok(match tag {
             TAG_JSON => Value::Json(utf8(payload.to_vec())?),
             TAG_JSON_LZ4 => Value::Json(utf8(decompress(payload)?)?),
@@ -239,9 +316,12 @@ pub fn check_stored(
     Ok(())
 }
 
-/// Whether stored bytes are LZ4-compressed.
+/// Whether stored bytes (expiry header or not) are LZ4-compressed.
 pub fn is_compressed(stored: &[u8]) -> bool {
-    matches!(stored.first(), Some(&TAG_JSON_LZ4 | &TAG_BYTES_LZ4))
+    matches!(
+        split_expiry(stored).1.first(),
+        Some(&TAG_JSON_LZ4 | &TAG_BYTES_LZ4)
+    )
 }
 
 /// The tag and the payload of stored bytes.
@@ -378,7 +458,7 @@ mod tests {
             assert_eq!(&stored.clone().into_payload().unwrap()[..], expected);
         }
         assert!(is_compressed(
-            Stored::new(codec.encode(&big)).unwrap().as_bytes()
+            Stored::new(codec.encode(&big)).unwrap().envelope()
         ));
         assert!(Stored::new(Bytes::from_static(b"Xjunk")).is_err());
         assert!(Stored::new(Bytes::new()).is_err());
@@ -386,6 +466,37 @@ mod tests {
         let mut out = Vec::new();
         assert!(liar.append_payload(&mut out).is_err());
         assert!(out.is_empty(), "nothing half-written is left behind");
+    }
+
+    #[test]
+    fn the_expiry_header_gives_the_ttl_redis_would_and_leaves_the_envelope() {
+        let codec = Codec::new(16);
+        let value = json(r#"{"a":1}"#);
+        let envelope = codec.encode(&value);
+        let with = |at: u64| [&[b'T'][..], &at.to_be_bytes(), &envelope].concat();
+
+        let stored = Stored::new(with(10_000)).unwrap();
+        assert_eq!(stored.expiry(), StoredExpiry::At(10_000));
+        assert_eq!(stored.envelope(), &envelope[..]);
+        assert_eq!(codec.decode(&with(10_000)).unwrap(), value);
+        // Rounded to the nearest second as Redis's TTL does, never negative.
+        assert_eq!(stored.expiry().ttl_at(0), Some(10));
+        assert_eq!(stored.expiry().ttl_at(500), Some(10));
+        assert_eq!(stored.expiry().ttl_at(501), Some(9));
+        assert_eq!(stored.expiry().ttl_at(9_600), Some(0));
+        assert_eq!(stored.expiry().ttl_at(20_000), Some(0));
+        assert_eq!(Stored::new(with(0)).unwrap().expiry().ttl_at(5), Some(-1));
+
+        let legacy = Stored::new(envelope.clone()).unwrap();
+        assert_eq!(legacy.expiry(), StoredExpiry::Unknown);
+        assert_eq!(legacy.expiry().ttl_at(0), None);
+        assert_eq!(legacy.envelope(), &envelope[..]);
+
+        let big = codec.encode(&Value::Json(format!("\"{}\"", "ab".repeat(500))));
+        assert!(is_compressed(&big));
+        assert!(is_compressed(&[&with(1)[..9], &big].concat()));
+        // A header with nothing behind it is no value.
+        assert!(Stored::new(with(1)[..9].to_vec()).is_err());
     }
 
     fn json(text: &str) -> Value {

@@ -1,5 +1,5 @@
 //! How much each tenant stores (keys, and bytes = the caller's key bytes +
-//! the value bytes as stored), kept exact by the writes themselves, and the
+//! the value bytes as stored, less the expiry header), kept exact by the writes themselves, and the
 //! quota check that refuses a write before anything is stored (API.md §9).
 //!
 //! # Accounting
@@ -27,6 +27,7 @@ use std::sync::LazyLock;
 
 use deadpool_redis::redis::{self, Script};
 
+use crate::codec::EXPIRY_HEADER_BYTES;
 use crate::error::Error;
 use crate::keys::TenantId;
 use crate::limits::TenantLimits;
@@ -119,9 +120,21 @@ local function usage(u)
   local f = redis.call('HMGET', u, 'k', 'b')
   return tonumber(f[1]) or 0, tonumber(f[2]) or 0
 end
+-- The expiry header of a value expiring at `at` (ms; 0 or less: never),
+-- see the codec module.
+local function expiry_header(at)
+  return 'T' .. struct.pack('>I8', math.max(at, 0))
+end
+-- A stored value's size as accounted: its bytes less the expiry header
+-- (values written before the header have none); 0 when the key is absent.
+local function value_len(key)
+  local n = redis.call('STRLEN', key)
+  if n > 9 and redis.call('GETRANGE', key, 0, 0) == 'T' then return n - 9 end
+  return n
+end
 -- Takes one present key out of the accounting; returns its size.
 local function forget(u, x, xz, key, plen)
-  local old = redis.call('STRLEN', key)
+  local old = value_len(key)
   if old == 0 then return 0 end
   local size = #key - plen + old
   add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), size, -1)
@@ -135,7 +148,8 @@ fn script(body: &str) -> Script {
 
 /// KEYS: usage, buckets, index, then the keys to write. ARGV: max keys,
 /// max bytes (0: unlimited), `1` to write only absent keys, prefix length,
-/// then per key its value and TTL in milliseconds (0: none). Keys are
+/// then per key its envelope and TTL in milliseconds (0: none); each is
+/// stored behind the expiry header of the instant its `PXAT` names. Keys are
 /// distinct. Writes all or nothing: returns how many keys were written, or
 /// `{limit, quota, usage}` when the batch would go over a quota.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
@@ -151,7 +165,7 @@ local olds = {}
 local dk, db = 0, 0
 for i = 1, n do
   local key, value = KEYS[i + 3], ARGV[3 + 2 * i]
-  local old = redis.call('STRLEN', key)
+  local old = value_len(key)
   olds[i] = old
   if old == 0 then
     dk = dk + 1
@@ -176,9 +190,9 @@ for i = 1, n do
     local at = -1
     if ttl > 0 then
       at = now + ttl
-      redis.call('SET', key, value, 'PXAT', at)
+      redis.call('SET', key, expiry_header(at) .. value, 'PXAT', at)
     else
-      redis.call('SET', key, value)
+      redis.call('SET', key, expiry_header(0) .. value)
     end
     rebucket(x, xz, old_at, #key - plen + olds[i], at, #key - plen + #value)
     written = written + 1
@@ -219,7 +233,8 @@ return dk
 });
 
 /// KEYS: usage, buckets, index, key. ARGV: prefix length, TTL in
-/// milliseconds (0: no expiry). Returns 1 when the key exists.
+/// milliseconds (0: no expiry). Sets the key's expiry and its value's
+/// expiry header together. Returns 1 when the key exists.
 static RETIME: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -229,11 +244,16 @@ local now = now_ms()
 settle(u, x, xz, now)
 local size = forget(u, x, xz, key, plen)
 if size == 0 then return 0 end
+local at = 0
 if ttl > 0 then
-  redis.call('PEXPIREAT', key, now + ttl)
-  add_to_bucket(x, xz, now + ttl, size, 1)
+  at = now + ttl
+  redis.call('PEXPIREAT', key, at)
+  add_to_bucket(x, xz, at, size, 1)
 else
   redis.call('PERSIST', key)
+end
+if redis.call('GETRANGE', key, 0, 0) == 'T' then
+  redis.call('SETRANGE', key, 1, struct.pack('>I8', at))
 end
 redis.call('HINCRBY', u, 'w', 1)
 return 1
@@ -242,8 +262,9 @@ return 1
 });
 
 /// KEYS: usage, buckets, index, key. ARGV: prefix length, the bytes expected
-/// at the key, the bytes to store. Replaces the value, keeping its TTL, only
-/// if it is still the expected one; returns 1 when replaced.
+/// at the key, the bytes to store (with the expected bytes' expiry header).
+/// Replaces the value, keeping its TTL, only if it is still the expected
+/// one; returns 1 when replaced.
 static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -252,9 +273,11 @@ local plen = tonumber(ARGV[1])
 if redis.call('GET', key) ~= ARGV[2] then return 0 end
 local at = redis.call('PEXPIRETIME', key)
 local klen = #key - plen
+local before = value_len(key)
 redis.call('SET', key, ARGV[3], 'KEEPTTL')
-rebucket(x, xz, at, klen + #ARGV[2], at, klen + #ARGV[3])
-local db = #ARGV[3] - #ARGV[2]
+local after = value_len(key)
+rebucket(x, xz, at, klen + before, at, klen + after)
+local db = after - before
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
 redis.call('HINCRBY', u, 'w', 1)
 return 1
@@ -306,7 +329,7 @@ repeat
   for _, key in ipairs(keys) do
     local tenant = string.match(key, '^c:{([^}]*)}:')
     if tenant then
-      local old = redis.call('STRLEN', key)
+      local old = value_len(key)
       if old > 0 then
         local c = changes[tenant]
         if not c then
@@ -436,14 +459,17 @@ pub async fn reconcile(
         Box::pin(async move {
             let mut pipe = redis::pipe();
             for key in &keys {
-                pipe.strlen(key).cmd("PEXPIRETIME").arg(key);
+                pipe.strlen(key)
+                    .cmd("PEXPIRETIME")
+                    .arg(key)
+                    .getrange(key, 0, 0);
             }
-            let answers: Vec<(u64, i64)> = pipe.query_async(conn).await?;
+            let answers: Vec<(u64, i64, Vec<u8>)> = pipe.query_async(conn).await?;
             Ok(keys.into_iter().zip(answers).collect::<Vec<_>>())
         })
     })
     .await?;
-    for (key, (stored, expires_at)) in sizes {
+    for (key, (stored, expires_at, first)) in sizes {
         walked += 1;
         let Some(tenant) = tenant_of(&key) else {
             continue;
@@ -451,7 +477,12 @@ pub async fn reconcile(
         if stored == 0 {
             continue; // gone since the page was read
         }
-        let size = (key.len() - tenant.len() - 5) as u64 + stored;
+        let header = if first == b"T" && stored > EXPIRY_HEADER_BYTES as u64 {
+            EXPIRY_HEADER_BYTES as u64
+        } else {
+            0
+        };
+        let size = (key.len() - tenant.len() - 5) as u64 + stored - header;
         let recount = tenants.entry(tenant.to_owned()).or_insert_with(|| Recount {
             seen: Some(String::new()),
             ..Recount::default()
@@ -551,8 +582,8 @@ fn with_usage_keys(invocation: &mut redis::ScriptInvocation<'_>, tenant: &Tenant
     invocation.key(keys.usage).key(keys.buckets).key(keys.index);
 }
 
-/// One key to write: its Redis key, stored bytes and TTL in milliseconds
-/// (0: none).
+/// One key to write: its Redis key, its envelope (tag and payload: the
+/// script puts the expiry header before it) and TTL in milliseconds (0: none).
 #[derive(Debug, Clone)]
 pub struct Write<'a> {
     pub redis_key: &'a str,

@@ -178,22 +178,32 @@ return pruned
     )
 });
 
-/// KEYS: the keys to read. ARGV: the most stored bytes to answer. Returns
+/// KEYS: the keys to read. ARGV: the most stored bytes (less expiry
+/// headers) to answer. Returns
 /// `{total, values, ttls}`, or `{total, {}, {}}` without the values when
 /// they add up to more than the limit: an mget's answer stays bounded
-/// whatever the values' sizes.
+/// whatever the values' sizes. A value with an expiry header (see the
+/// codec) carries its TTL: its entry in `ttls` is `-3`; only values written
+/// before the header cost a `TTL`.
 pub static BOUNDED_MGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local total = 0
 for i = 1, #KEYS do
-  total = total + redis.call('STRLEN', KEYS[i])
+  local n = redis.call('STRLEN', KEYS[i])
+  if n > 9 and redis.call('GETRANGE', KEYS[i], 0, 0) == 'T' then n = n - 9 end
+  total = total + n
 end
 if total > tonumber(ARGV[1]) then return {total, {}, {}} end
 local values = redis.call('MGET', unpack(KEYS))
 local ttls = {}
 for i = 1, #KEYS do
-  ttls[i] = redis.call('TTL', KEYS[i])
+  local v = values[i]
+  if v and string.byte(v, 1) ~= 84 then
+    ttls[i] = redis.call('TTL', KEYS[i])
+  else
+    ttls[i] = -3
+  end
 end
 return {total, values, ttls}
 ",
