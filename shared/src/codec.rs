@@ -42,6 +42,25 @@ const TAG_EXPIRY: u8 = b'T';
 /// Length of the expiry header: `T` and 8 bytes of absolute expiry.
 pub const EXPIRY_HEADER_BYTES: usize = 9;
 
+/// The header in Lua, for the scripts that write or measure values: the
+/// Redis clock in milliseconds, the header of a value expiring at `at` (0
+/// or less: never), and a stored value's length less its header (0 when the
+/// key is absent).
+pub const EXPIRY_HEADER_LUA: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function expiry_header(at)
+  return 'T' .. struct.pack('>I8', math.max(at, 0))
+end
+local function value_len(key)
+  local n = redis.call('STRLEN', key)
+  if n > 9 and redis.call('GETRANGE', key, 0, 0) == 'T' then return n - 9 end
+  return n
+end
+";
+
 /// When a stored value expires, as its header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredExpiry {

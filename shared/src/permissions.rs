@@ -4,7 +4,7 @@
 //! never scans the keyspace.
 
 use crate::cache::Cache;
-use crate::codec::Value;
+use crate::codec::{Value, split_expiry, unix_now_ms};
 use crate::error::Error;
 use crate::keys::{PermissionKeys, validate_key};
 use crate::live_stats::Op;
@@ -165,12 +165,25 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
     let outcome = redis
         .timed(async {
             let mut conn = redis.conn().await?;
-            let found: (Option<Vec<u8>>, i64) = deadpool_redis::redis::pipe()
-                .get(&entry)
-                .ttl(&entry)
+            let stored: Option<Vec<u8>> = deadpool_redis::redis::cmd("GET")
+                .arg(&entry)
                 .query_async(&mut conn)
                 .await?;
-            Ok(found)
+            // The header gives the TTL, except for entries written before it.
+            let ttl = match &stored {
+                Some(bytes) => match split_expiry(bytes).0.ttl_at(unix_now_ms()) {
+                    Some(ttl) => ttl,
+                    None => {
+                        let ttl: i64 = deadpool_redis::redis::cmd("TTL")
+                            .arg(&entry)
+                            .query_async(&mut conn)
+                            .await?;
+                        from_redis_ttl(ttl).unwrap_or(-1)
+                    }
+                },
+                None => -1,
+            };
+            Ok((stored, ttl))
         })
         .await;
     let platform = cache.platform_stats();
@@ -190,7 +203,7 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
     Ok(Permission {
         key: key.as_str().to_owned(),
         result: cache.codec().decode(&stored)?,
-        ttl: from_redis_ttl(ttl).unwrap_or(-1),
+        ttl,
     })
 }
 

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 
 use deadpool_redis::redis::{self, Script};
 
-use crate::codec::EXPIRY_HEADER_BYTES;
+use crate::codec::{EXPIRY_HEADER_BYTES, EXPIRY_HEADER_LUA};
 use crate::error::Error;
 use crate::keys::TenantId;
 use crate::limits::TenantLimits;
@@ -66,15 +66,12 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// Functions every accounting script starts with. `plen` is the length of
-/// the tenant's key prefix (`c:{tenant}:`), so `#key - plen` is the caller's
-/// key length.
+/// Functions every accounting script starts with (after the codec's
+/// [`EXPIRY_HEADER_LUA`]; sizes leave the header out). `plen` is the length
+/// of the tenant's key prefix (`c:{tenant}:`), so `#key - plen` is the
+/// caller's key length.
 const LIBRARY: &str = r"
 local BUCKET = 10000
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local function bucket_of(at) return math.floor(at / BUCKET) end
 local function add_to_bucket(x, xz, at, bytes, sign)
   if at <= 0 then return end
@@ -120,18 +117,6 @@ local function usage(u)
   local f = redis.call('HMGET', u, 'k', 'b')
   return tonumber(f[1]) or 0, tonumber(f[2]) or 0
 end
--- The expiry header of a value expiring at `at` (ms; 0 or less: never),
--- see the codec module.
-local function expiry_header(at)
-  return 'T' .. struct.pack('>I8', math.max(at, 0))
-end
--- A stored value's size as accounted: its bytes less the expiry header
--- (values written before the header have none); 0 when the key is absent.
-local function value_len(key)
-  local n = redis.call('STRLEN', key)
-  if n > 9 and redis.call('GETRANGE', key, 0, 0) == 'T' then return n - 9 end
-  return n
-end
 -- Takes one present key out of the accounting; returns its size.
 local function forget(u, x, xz, key, plen)
   local old = value_len(key)
@@ -143,7 +128,7 @@ end
 ";
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{LIBRARY}{body}"))
+    Script::new(&format!("{EXPIRY_HEADER_LUA}{LIBRARY}{body}"))
 }
 
 /// KEYS: usage, buckets, index, then the keys to write. ARGV: max keys,

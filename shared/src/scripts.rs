@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 
 use deadpool_redis::redis::Script;
 
+use crate::codec::EXPIRY_HEADER_LUA;
+
 /// Shared helper: make an index live at least as long as an entry with `ttl`
 /// (0: forever). `existed` tells a fresh set (no TTL yet) from a persistent one.
 const EXTEND_INDEX: &str = r"
@@ -87,15 +89,17 @@ return 1
 });
 
 /// KEYS: entry, user index, tenant index. ARGV: permission key, encoded
-/// result, ttl (0: none).
+/// result, ttl (0: none). The entry carries the codec's expiry header, so
+/// a read is one `GET`.
 pub static PERMISSION_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{EXTEND_INDEX}
+        r"{EXPIRY_HEADER_LUA}{EXTEND_INDEX}
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+  local at = now_ms() + ttl * 1000
+  redis.call('SET', KEYS[1], expiry_header(at) .. ARGV[2], 'PXAT', at)
 else
-  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], expiry_header(0) .. ARGV[2])
 end
 index(KEYS[2], ARGV[1], ttl)
 index(KEYS[3], ARGV[1], ttl)
@@ -186,17 +190,15 @@ return pruned
 /// codec) carries its TTL: its entry in `ttls` is `-3`; only values written
 /// before the header cost a `TTL`.
 pub static BOUNDED_MGET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{EXPIRY_HEADER_LUA}
 local total = 0
 for i = 1, #KEYS do
-  local n = redis.call('STRLEN', KEYS[i])
-  if n > 9 and redis.call('GETRANGE', KEYS[i], 0, 0) == 'T' then n = n - 9 end
-  total = total + n
+  total = total + value_len(KEYS[i])
 end
-if total > tonumber(ARGV[1]) then return {total, {}, {}} end
+if total > tonumber(ARGV[1]) then return {{total, {{}}, {{}}}} end
 local values = redis.call('MGET', unpack(KEYS))
-local ttls = {}
+local ttls = {{}}
 for i = 1, #KEYS do
   local v = values[i]
   if v and string.byte(v, 1) ~= 84 then
@@ -205,7 +207,7 @@ for i = 1, #KEYS do
     ttls[i] = -3
   end
 end
-return {total, values, ttls}
-",
-    )
+return {{total, values, ttls}}
+"
+    ))
 });

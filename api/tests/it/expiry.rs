@@ -216,6 +216,38 @@ async fn a_read_is_one_redis_command_and_values_without_a_header_still_tell_thei
     assert_eq!(calls(&mut conn, "ttl").await, 0, "the header gave the TTL");
     assert_eq!(calls(&mut conn, "pttl").await, 0);
 
+    // Permission results too.
+    let permission = format!("permission:u1:{}:doc:read", app.tenant);
+    let stored = app
+        .post_json(
+            "/internal/cache/permission/set",
+            json!({"key": permission, "result": {"allowed": true}, "ttl": 80}),
+        )
+        .await;
+    assert_eq!(stored.status(), 200);
+    let entry = format!("p:{{_platform}}:{permission}");
+    let (raw, at): (Vec<u8>, i64) = redis::pipe()
+        .get(&entry)
+        .cmd("PEXPIRETIME")
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        header_of(&raw),
+        Some(at),
+        "the entry's header names its expiry"
+    );
+    let read: Value = json_of(app.internal(
+        Method::GET,
+        &format!("/internal/cache/permission/get?key={permission}"),
+    ))
+    .await;
+    assert_eq!(read["result"], json!({"allowed": true}));
+    assert!((79..=80).contains(&read["ttl"].as_i64().unwrap()), "{read}");
+    assert_eq!(calls(&mut conn, "get").await, 7, "one GET per read");
+    assert_eq!(calls(&mut conn, "ttl").await, 0);
+
     let (value, ttl) = ttl_of(&app, "old").await;
     assert_eq!(value, "o");
     assert!((49..=50).contains(&ttl), "ttl {ttl}");
