@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
+use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::config::ObservabilitySettings;
 use cache_shared::live_stats::{LiveStats, hit_rate};
 use cache_shared::metrics::{self, MetricError, Metrics, OpMetrics};
@@ -597,7 +597,7 @@ async fn report_metrics(state: AppState, mut stop: watch::Receiver<bool>) {
         return;
     };
     let url = format!("{}/internal/metrics/cache", base.trim_end_matches('/'));
-    let client = cache_jobs::outbound::Client::new(&state.observability.outbound);
+    let client = cache_shared::outbound::Client::new(&state.observability.outbound);
     let mut ticker = tokio::time::interval(Duration::from_secs(
         state.observability.monitoring_interval_s,
     ));

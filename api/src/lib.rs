@@ -27,7 +27,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
-use cache_jobs::fetch::AllowList;
+use cache_jobs::allow_list::AllowList;
 use cache_jobs::queue::{JobQueue, QueueSettings};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::limits::LimitBook;

@@ -1,20 +1,13 @@
-//! `compress`: re-encodes with LZ4 the values of a tenant that match a glob,
-//! where that makes them smaller, keeping their TTLs. Idempotent: an already
-//! compressed value is left as it is, and a value changed meanwhile is skipped.
+//! The parameters of `compress`: which of a tenant's values to re-encode
+//! with LZ4.
 
 use cache_shared::Error;
-use cache_shared::cache::compress_stored;
-use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
-use deadpool_redis::redis;
+use cache_shared::keys::validate_key;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::Outcome;
-use crate::context::JobContext;
-use crate::error::JobError;
-use crate::progress::{Next, Progress};
+use crate::payload::{Checks, Params};
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompressParams {
     /// A glob over the tenant's keys (`*`, `?`, `[..]` act).
@@ -30,67 +23,8 @@ impl CompressParams {
     }
 }
 
-/// # Errors
-///
-/// [`JobError::Retryable`] when Redis or PostgreSQL blips.
-pub async fn run(
-    ctx: &JobContext,
-    job_id: &str,
-    tenant: &TenantId,
-    params: &CompressParams,
-) -> Result<Outcome, JobError> {
-    params.validate()?;
-    let pattern = CacheNamespace::new(tenant).pattern(&params.pattern);
-    let redis_store = ctx.cache.redis();
-    let codec = ctx.cache.codec();
-    let mut progress = Progress::new(&ctx.db, job_id);
-    let (mut compressed, mut skipped, mut saved) = (0u64, 0u64, 0u64);
-    let mut cursor: u64 = 0;
-    loop {
-        let values: Vec<(String, Option<Vec<u8>>)> = redis_store
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = ctx
-                    .pacing
-                    .scan(cursor, &pattern)
-                    .query_async(&mut conn)
-                    .await?;
-                cursor = next;
-                if keys.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let stored: Vec<Option<Vec<u8>>> =
-                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-                Ok(keys.into_iter().zip(stored).collect())
-            })
-            .await?;
-        let n = values.len() as i64;
-        for (key, stored) in values {
-            let Some(stored) = stored else { continue };
-            match compress_stored(redis_store, codec, &key, &stored, ctx.pacing.batch_timeout).await
-            {
-                Ok(outcome) if outcome.bytes_after < outcome.bytes_before => {
-                    compressed += 1;
-                    saved += (outcome.bytes_before - outcome.bytes_after) as u64;
-                }
-                Ok(_) => skipped += 1,
-                // Bytes this service did not write are left alone.
-                Err(Error::Internal(_)) => skipped += 1,
-                Err(other) => return Err(other.into()),
-            }
-        }
-        if progress.advance(n).await? == Next::Stop {
-            return Ok(Outcome::Cancelled(
-                json!({ "compressed": compressed, "skipped": skipped, "bytesSaved": saved }),
-            ));
-        }
-        if cursor == 0 {
-            break;
-        }
-        tokio::time::sleep(ctx.pacing.pause).await;
+impl Params for CompressParams {
+    fn validate(&self, _: &Checks<'_>) -> Result<(), Error> {
+        CompressParams::validate(self)
     }
-    progress.report().await?;
-    Ok(Outcome::Succeeded(
-        json!({ "compressed": compressed, "skipped": skipped, "bytesSaved": saved }),
-    ))
 }

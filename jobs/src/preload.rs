@@ -1,21 +1,16 @@
-//! `preload`: writes many keys into a tenant's namespace with pipelined,
-//! paced batches. Idempotent: a re-run writes the same values again.
+//! The parameters of `preload`: the items to write into a tenant, inline,
+//! from an allowed URL or from a backup.
 
 use cache_shared::Error;
-use cache_shared::cache::SetItem;
 use cache_shared::codec::Value;
-use cache_shared::keys::{TenantId, validate_key};
+use cache_shared::keys::validate_key;
 use cache_shared::ttl::Expiry;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::Outcome;
+use crate::allow_list::AllowList;
 use crate::backup::RestoreParams;
-use crate::context::JobContext;
-use crate::error::JobError;
-use crate::fetch::{AllowList, fetch_lines};
-use crate::progress::{Next, Progress};
+use crate::payload::{Checks, Params};
 
 /// Most items one inline preload may carry.
 pub const MAX_INLINE_ITEMS: usize = 10_000;
@@ -105,85 +100,8 @@ impl PreloadParams {
     }
 }
 
-/// # Errors
-///
-/// [`JobError::Retryable`] when Redis or PostgreSQL blips,
-/// [`JobError::Permanent`] for items that break the rules.
-pub async fn run(
-    ctx: &JobContext,
-    job_id: &str,
-    tenant: &TenantId,
-    params: &PreloadParams,
-) -> Result<Outcome, JobError> {
-    let max_value_bytes = ctx.cache.limits().max_value_bytes;
-    params.validate(max_value_bytes, &ctx.preload.allow)?;
-    if let Some(backup_id) = &params.backup_id {
-        let restore = RestoreParams {
-            backup_id: Some(backup_id.clone()),
-            file: None,
-            overwrite: true,
-        };
-        return crate::backup::restore(ctx, job_id, tenant, &restore).await;
+impl Params for PreloadParams {
+    fn validate(&self, checks: &Checks<'_>) -> Result<(), Error> {
+        PreloadParams::validate(self, checks.max_value_bytes, checks.preload_hosts)
     }
-    let (items, skipped) = match &params.url {
-        Some(url) => download(ctx, url, max_value_bytes).await?,
-        None => (
-            params
-                .items
-                .iter()
-                .flatten()
-                .map(|item| SetItem {
-                    key: item.key.clone(),
-                    value: Value::from_raw_json(&item.value),
-                    ttl: item.ttl,
-                })
-                .collect(),
-            0,
-        ),
-    };
-    let mut progress = Progress::new(&ctx.db, job_id);
-    progress.set_total(items.len() as i64);
-    for batch in items.chunks(ctx.pacing.batch.clamp(1, crate::MAX_WRITE_BATCH)) {
-        ctx.cache.mset(tenant, batch).await?;
-        if progress.advance(batch.len() as i64).await? == Next::Stop {
-            return Ok(Outcome::Cancelled(
-                json!({ "loaded": progress.done(), "skipped": skipped }),
-            ));
-        }
-    }
-    Ok(Outcome::Succeeded(
-        json!({ "loaded": progress.done(), "skipped": skipped }),
-    ))
-}
-
-/// The valid items of a newline-delimited JSON download and how many lines
-/// were skipped as invalid (blank lines are not counted).
-async fn download(
-    ctx: &JobContext,
-    url: &str,
-    max_value_bytes: usize,
-) -> Result<(Vec<SetItem>, u64), JobError> {
-    let mut items = Vec::new();
-    let mut skipped = 0u64;
-    fetch_lines(&ctx.preload.allow, url, ctx.preload.limits, |line| {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        let parsed = serde_json::from_slice::<PreloadItem>(line)
-            .ok()
-            .filter(|item| validate_key(&item.key, "key").is_ok())
-            .map(|item| SetItem {
-                value: Value::from_raw_json(&item.value),
-                key: item.key,
-                ttl: item.ttl,
-            })
-            .filter(|item| item.value.len() <= max_value_bytes);
-        match parsed {
-            Some(item) => items.push(item),
-            None => skipped += 1,
-        }
-    })
-    .await
-    .map_err(JobError::Permanent)?;
-    Ok((items, skipped))
 }

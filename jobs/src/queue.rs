@@ -12,24 +12,16 @@ use cache_shared::Error;
 use cache_shared::db::admin_actions;
 use cache_shared::db::jobs::{self, JobRecord, NewJob};
 use cache_shared::oplog::{OpLog, Outcome};
-use cache_shared::sessions::Owner;
 use deadpool_redis::redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 
+pub use crate::JobSpec;
 use crate::JobType;
-use crate::backup::{BackupParams, RestoreParams};
-use crate::compress::CompressParams;
-use crate::fetch::AllowList;
-use crate::flush::FlushParams;
-use crate::memory_analysis::AnalysisParams;
-use crate::payloads::{
-    BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
-    SessionCleanupJob,
-};
+use crate::allow_list::AllowList;
+use crate::payload::{Checks, Queued};
 use crate::policy::Authorized;
 use crate::preload::PreloadParams;
-use crate::runner::Queued;
 
 /// Where the queues live and how fast a dead worker's jobs come back.
 #[derive(Debug, Clone)]
@@ -63,7 +55,8 @@ impl QueueSettings {
         self.config("").orphaned_duration()
     }
 
-    fn config(&self, queue: &str) -> Config {
+    /// The apalis configuration of queue `queue` (a job type's or an upkeep queue's name).
+    pub fn config(&self, queue: &str) -> Config {
         Config::default()
             .queue(crate::queue_name(&self.prefix, queue))
             .heartbeat_interval(self.heartbeat)
@@ -92,52 +85,7 @@ pub struct QueueDepth {
     pub queues: Vec<TypeDepth>,
 }
 
-/// A job to start, by type, with the parameters its endpoint takes.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", content = "params", rename_all = "snake_case")]
-pub enum JobSpec {
-    Flush(FlushParams),
-    Preload(PreloadParams),
-    SessionCleanup(Owner),
-    CollectStats {},
-    MemoryAnalysis(AnalysisParams),
-    Compress(CompressParams),
-    Backup(BackupParams),
-    Restore(RestoreParams),
-}
-
 impl JobSpec {
-    pub fn job_type(&self) -> JobType {
-        match self {
-            JobSpec::Flush(_) => JobType::Flush,
-            JobSpec::Preload(_) => JobType::Preload,
-            JobSpec::SessionCleanup(_) => JobType::SessionCleanup,
-            JobSpec::CollectStats {} => JobType::CollectStats,
-            JobSpec::MemoryAnalysis(_) => JobType::MemoryAnalysis,
-            JobSpec::Compress(_) => JobType::Compress,
-            JobSpec::Backup(_) => JobType::Backup,
-            JobSpec::Restore(_) => JobType::Restore,
-        }
-    }
-
-    /// Checks the parameters before anything is recorded or enqueued.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Validation`] or [`Error::PayloadTooLarge`] naming the bad field.
-    pub fn validate(&self, max_value_bytes: usize, allow: &AllowList) -> Result<(), Error> {
-        match self {
-            JobSpec::Flush(params) => params.validate(),
-            JobSpec::Preload(params) => params.validate(max_value_bytes, allow),
-            JobSpec::SessionCleanup(owner) => owner.validate(),
-            JobSpec::CollectStats {} => Ok(()),
-            JobSpec::MemoryAnalysis(params) => params.validate(),
-            JobSpec::Compress(params) => params.validate(),
-            JobSpec::Backup(params) => params.validate(),
-            JobSpec::Restore(params) => params.validate(),
-        }
-    }
-
     /// A job from its type name and the JSON text of its parameters.
     ///
     /// # Errors
@@ -166,7 +114,7 @@ impl JobSpec {
                 items: Some(items), ..
             }) => return Ok(serde_json::json!({ ITEM_COUNT: items.len() })),
             JobSpec::Preload(PreloadParams { url: Some(url), .. }) => {
-                return Ok(serde_json::json!({ "url": crate::fetch::redact(url) }));
+                return Ok(serde_json::json!({ "url": crate::allow_list::redact(url) }));
             }
             _ => {}
         }
@@ -190,23 +138,8 @@ fn spec_digest(spec: &JobSpec) -> Result<[u8; 32], Error> {
 /// back, so that it is settled (released or forgotten) before it could go out.
 const AUDIT_HOLD_MARGIN: Duration = Duration::from_secs(5);
 
-/// What one [`JobQueue::recover_lost`] pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Recovered {
-    /// Pushed onto their queue again from their records.
-    pub requeued: u64,
-    /// Ended `failed`: their records cannot rebuild them.
-    pub failed: u64,
-}
-
 /// The field a job record counts inline preload items in, in place of them.
-const ITEM_COUNT: &str = "itemCount";
-
-/// Jobs one recovery query reads (a pass walks them all, in id order).
-const RECOVERY_BATCH: i64 = 500;
-
-/// The error of a job that vanished from its queue and cannot be rebuilt.
-pub const LOST_FROM_QUEUE: &str = "lost from its queue (Redis lost its data) and not rebuildable from its record (inline preload items travel in the queue only): submit it again";
+pub const ITEM_COUNT: &str = "itemCount";
 
 /// Records and enqueues jobs.
 #[derive(Clone)]
@@ -278,7 +211,10 @@ impl JobQueue {
     ///
     /// As [`JobSpec::validate`].
     pub(crate) fn validate(&self, spec: &JobSpec) -> Result<(), Error> {
-        spec.validate(self.max_value_bytes, &self.allow)
+        spec.validate(&Checks {
+            max_value_bytes: self.max_value_bytes,
+            preload_hosts: &self.allow,
+        })
     }
 
     pub fn db(&self) -> &PgPool {
@@ -349,7 +285,7 @@ impl JobQueue {
             }
             _ => None,
         };
-        let pushed = self.push(&id, tenant.as_str(), spec).await;
+        let pushed = spec.push(self, &id, tenant.as_str()).await;
         if let Some(action) = action {
             let settled = match &pushed {
                 Ok(()) => admin_actions::release(&self.db, action).await,
@@ -419,236 +355,22 @@ impl JobQueue {
         Ok(depth)
     }
 
-    /// Puts back on their queue the jobs whose queued payload is gone (Redis
-    /// restarted without its data), rebuilt from their records, which would
-    /// otherwise say `queued` or `running` forever. Only jobs recorded as
-    /// queued under this prefix are looked at: a queued one once its record
-    /// has not changed for `queued_for`, a running one once it has not
-    /// reported for `running_idle` (choose it well beyond the queue's own
-    /// hand-over of a dead worker's jobs and the longest silence of a live
-    /// one), never one whose cancellation was asked. Lost means the queue's
-    /// payload hash no longer holds the id. Inline preload items travel in
-    /// the queue only: such a job ends `failed`, saying so. Safe from every
-    /// worker at once: each job is claimed by a compare-and-set on its
-    /// record, and the queue ignores a push of an id it holds.
+    /// Pushes a job again from its record, which shows it was authorized
+    /// when it was submitted (recovery of a job its queue lost).
     ///
     /// # Errors
     ///
-    /// [`Error::CacheUnavailable`], [`Error::StoreUnavailable`].
-    pub async fn recover_lost(
-        &self,
-        queued_for: Duration,
-        running_idle: Duration,
-    ) -> Result<Recovered, Error> {
-        use deadpool_redis::redis;
-
-        let mut recovered = Recovered::default();
-        let mut after = String::new();
-        loop {
-            let batch = jobs::unsettled(
-                &self.db,
-                &self.settings.prefix,
-                queued_for,
-                running_idle,
-                &after,
-                RECOVERY_BATCH,
-            )
-            .await?;
-            let Some(last) = batch.last() else {
-                return Ok(recovered);
-            };
-            after.clone_from(&last.id);
-            let mut pipe = redis::pipe();
-            for job in &batch {
-                pipe.hexists(self.settings.config(&job.job_type).job_data_hash(), &job.id);
-            }
-            let held: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
-            for (job, held) in batch.iter().zip(held) {
-                if !held {
-                    self.recover(job, &mut recovered).await?;
-                }
-            }
-            if batch.len() < RECOVERY_BATCH as usize {
-                return Ok(recovered);
-            }
-        }
-    }
-
-    /// Pushes one lost job again from its record, or fails it when the
-    /// record cannot rebuild it; nothing when another worker claimed it first.
-    async fn recover(&self, job: &jobs::Unsettled, recovered: &mut Recovered) -> Result<(), Error> {
-        let Some(record) = jobs::claim_unsettled(&self.db, job).await? else {
-            return Ok(());
-        };
-        match JobSpec::from_parts(&record.job_type, &record.params.to_string()) {
-            Ok(spec) => {
-                self.push(&record.id, &record.tenant_id, spec).await?;
-                tracing::warn!(job_id = %record.id, job_type = %record.job_type, "job missing from its queue; queued again from its record");
-                recovered.requeued += 1;
-            }
-            Err(err) => {
-                let inline_preload = record.params.get(ITEM_COUNT).is_some();
-                let reason = if inline_preload {
-                    LOST_FROM_QUEUE.to_owned()
-                } else {
-                    format!(
-                        "lost from its queue (Redis lost its data) and its record no longer describes a job: {err}"
-                    )
-                };
-                if jobs::fail_unfinished(&self.db, &record.id, &reason).await? {
-                    tracing::warn!(job_id = %record.id, job_type = %record.job_type, %reason, "job missing from its queue; failed");
-                    recovered.failed += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes finished jobs' queue data older than `older_than` (PostgreSQL
-    /// keeps their history), the ids the queues' done and dead sets keep for
-    /// them, and the registration data of workers long gone. Safe to run from
-    /// every worker at once.
-    ///
-    /// # Errors
-    ///
+    /// [`Error::Validation`] when the record no longer describes a job,
     /// [`Error::CacheUnavailable`].
-    pub async fn vacuum(&self, older_than: Duration) -> Result<u64, Error> {
-        let mut removed = 0;
-        for queue in crate::all_queues() {
-            removed += self.vacuum_queue(queue, older_than).await?;
-        }
-        Ok(removed)
-    }
-
-    async fn vacuum_queue(&self, queue: &str, older_than: Duration) -> Result<u64, Error> {
-        use apalis_core::backend::Vacuum;
-        use deadpool_redis::redis;
-
-        let unavailable = |e: &dyn std::fmt::Display| Error::CacheUnavailable(e.to_string().into());
-        let config = self.settings.config(queue);
-        // Vacuuming never reads a job's payload: one storage type serves every queue.
-        let mut storage =
-            RedisStorage::<serde_json::Value>::new(self.conn.clone()).with_config(config.clone());
-        let removed = storage
-            .vacuum_before(older_than)
+    pub async fn requeue(&self, record: &JobRecord) -> Result<(), Error> {
+        JobSpec::from_parts(&record.job_type, &record.params.to_string())?
+            .push(self, &record.id, &record.tenant_id)
             .await
-            .map_err(|e| unavailable(&e))?;
-        let mut conn = self.conn.clone();
-        for set in [config.done_jobs_set(), config.dead_jobs_set()] {
-            let ids: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(&set)
-                .query_async(&mut conn)
-                .await?;
-            for chunk in ids.chunks(500) {
-                let mut pipe = redis::pipe();
-                for id in chunk {
-                    pipe.hexists(config.job_data_hash(), id);
-                }
-                let present: Vec<bool> = pipe.query_async(&mut conn).await?;
-                let gone: Vec<&String> = chunk
-                    .iter()
-                    .zip(present)
-                    .filter_map(|(id, present)| (!present).then_some(id))
-                    .collect();
-                if !gone.is_empty() {
-                    let _: i64 = redis::cmd("SREM")
-                        .arg(&set)
-                        .arg(&gone)
-                        .query_async(&mut conn)
-                        .await?;
-                }
-            }
-        }
-        // Registration data of workers that neither heartbeat nor hold jobs.
-        let metadata_prefix = format!("{}:metadata:", config.workers_set());
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{metadata_prefix}*"))
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn)
-                .await?;
-            for key in keys {
-                let Some(worker) = key.strip_prefix(&metadata_prefix) else {
-                    continue;
-                };
-                let (score, inflight): (Option<f64>, bool) = redis::pipe()
-                    .zscore(config.workers_set(), worker)
-                    .exists(format!("{}:{worker}", config.inflight_jobs_set()))
-                    .query_async(&mut conn)
-                    .await?;
-                if score.is_none() && !inflight {
-                    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        Ok(removed as u64)
     }
 
-    async fn push(&self, id: &str, tenant: &str, spec: JobSpec) -> Result<(), Error> {
-        let job_id = id.to_owned();
-        let tenant_id = tenant.to_owned();
-        match spec {
-            JobSpec::Flush(params) => {
-                self.push_job(FlushJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-            JobSpec::Preload(params) => {
-                self.push_job(PreloadJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-            JobSpec::SessionCleanup(owner) => {
-                self.push_job(SessionCleanupJob { job_id, owner }).await
-            }
-            JobSpec::CollectStats {} => self.push_job(CollectStatsJob { job_id }).await,
-            JobSpec::MemoryAnalysis(params) => {
-                self.push_job(MemoryAnalysisJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-            JobSpec::Compress(params) => {
-                self.push_job(CompressJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-            JobSpec::Backup(params) => {
-                self.push_job(BackupJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-            JobSpec::Restore(params) => {
-                self.push_job(RestoreJob {
-                    job_id,
-                    tenant_id,
-                    params,
-                })
-                .await
-            }
-        }
+    /// A connection to the queues' Redis, for the worker's upkeep of them.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// Pushes an upkeep payload (no record: it must queue while PostgreSQL is down).
@@ -657,10 +379,10 @@ impl JobQueue {
     ///
     /// [`Error::CacheUnavailable`] when the queue does not take it in time.
     pub async fn push_internal<J: Queued>(&self, job: J) -> Result<(), Error> {
-        self.push_job(job).await
+        self.push_task(job).await
     }
 
-    async fn push_job<J: Queued>(&self, job: J) -> Result<(), Error> {
+    pub(crate) async fn push_task<J: Queued>(&self, job: J) -> Result<(), Error> {
         let task_id = TaskId::from_str(job.task_id())
             .map_err(|e| Error::internal(format!("job id is not a ULID: {e}")))?;
         let task = TaskBuilder::new(job).task_id(task_id).build();

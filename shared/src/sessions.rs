@@ -182,7 +182,9 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
 }
 
 /// Whose sessions a revocation targets.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
     pub user_id: Option<String>,

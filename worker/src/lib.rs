@@ -5,6 +5,13 @@
 //! vanished from their queue, and on SIGTERM stops fetching, lets running
 //! jobs finish their batch and exits. It never serves requests.
 
+pub mod context;
+pub mod error;
+pub mod jobs;
+pub mod progress;
+pub mod recovery;
+pub mod runner;
+mod schedules;
 mod slots;
 mod upkeep;
 
@@ -17,15 +24,23 @@ use apalis::prelude::{
     BackendExt, BoxDynError, Data, Monitor, PollSnapshot, PollStrategy, WorkerBuilder,
     WorkerBuilderExt,
 };
-use cache_jobs::context::{JobContext, Pacing, PreloadSources};
-use cache_jobs::fetch::{AllowList, FetchLimits};
-use cache_jobs::internal::{InternalJob, LogPersistJob, StatsRollupJob};
-use cache_jobs::payloads::{
-    BackupJob, CollectStatsJob, CompressJob, FlushJob, MemoryAnalysisJob, PreloadJob, RestoreJob,
-    SessionCleanupJob,
-};
-use cache_jobs::queue::{JobQueue, QueueSettings, Recovered};
-use cache_jobs::runner::{self, Delivery, Job, Queued};
+use cache_jobs::allow_list::AllowList;
+use cache_jobs::backup::{BackupParams, RestoreParams};
+use cache_jobs::compress::CompressParams;
+use cache_jobs::flush::FlushParams;
+use cache_jobs::memory_analysis::AnalysisParams;
+use cache_jobs::payload::{NoParams, Payload, Queued};
+use cache_jobs::preload::PreloadParams;
+use cache_jobs::queue::{JobQueue, QueueSettings};
+use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob};
+use cache_shared::sessions::Owner;
+
+use crate::context::{JobContext, Pacing, PreloadSources};
+use crate::jobs::Handler;
+use crate::jobs::fetch::FetchLimits;
+use crate::recovery::Recovered;
+use crate::runner::{Delivery, Job};
+use crate::upkeep::InternalJob;
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::config::{
     CacheSettings, DatabaseSettings, OutboundSettings, PreloadArgs, QueueArgs, RedisSettings,
@@ -38,6 +53,14 @@ use cache_shared::redis::RedisStore;
 use cache_shared::shutdown::every;
 use clap::{Args, Parser, Subcommand};
 use deadpool_redis::redis::aio::ConnectionManager;
+
+/// How a run ended when it did not fail; the JSON is the job's `result`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(serde_json::Value),
+    /// Cancellation was requested and honoured between batches.
+    Cancelled(serde_json::Value),
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -305,16 +328,17 @@ pub async fn run(
         closing: &closing_seen,
         process_name: &name,
     };
-    // Every queue of `cache_jobs::all_queues`, each drained by its handler.
+    // The registry: every queue of `cache_jobs::all_queues`, each drained
+    // by its handler (a job type's parameters name its handler).
     let queue_workers = [
-        Registrar::job::<FlushJob>,
-        Registrar::job::<PreloadJob>,
-        Registrar::job::<SessionCleanupJob>,
-        Registrar::job::<CollectStatsJob>,
-        Registrar::job::<MemoryAnalysisJob>,
-        Registrar::job::<CompressJob>,
-        Registrar::job::<BackupJob>,
-        Registrar::job::<RestoreJob>,
+        Registrar::job::<FlushParams>,
+        Registrar::job::<PreloadParams>,
+        Registrar::job::<Owner>,
+        Registrar::job::<NoParams>,
+        Registrar::job::<AnalysisParams>,
+        Registrar::job::<CompressParams>,
+        Registrar::job::<BackupParams>,
+        Registrar::job::<RestoreParams>,
         Registrar::upkeep::<StatsRollupJob>,
         Registrar::upkeep::<LogPersistJob>,
     ];
@@ -380,7 +404,7 @@ pub async fn run(
     let audit = tokio::spawn(upkeep::audit_loop(
         db.clone(),
         settings.audit_service_url.clone(),
-        cache_jobs::outbound::Client::new(&settings.outbound),
+        cache_shared::outbound::Client::new(&settings.outbound),
         ctx.metrics.clone(),
         heartbeat_stopped.clone(),
     ));
@@ -440,10 +464,10 @@ impl Registrar<'_> {
     /// A job queue: the runner keeps each job's record; jobs run in the
     /// type's slots, a tenant's share at most ([`slots::Slots`]), out of
     /// more deliveries taken from the queue than run at once.
-    fn job<J: Job>(&self, monitor: Monitor) -> Monitor {
+    fn job<P: Handler>(&self, monitor: Monitor) -> Monitor {
         let slots = Arc::new(slots::Slots::new(self.concurrency, self.tenant_slots));
         let closing = self.closing.clone();
-        let handler = move |job: J, ctx: Data<JobContext>| {
+        let handler = move |job: Payload<P>, ctx: Data<JobContext>| {
             let slots = Arc::clone(&slots);
             let mut closing = closing.clone();
             async move {
@@ -458,7 +482,7 @@ impl Registrar<'_> {
                 done
             }
         };
-        self.register::<J, _, _>(monitor, self.concurrency * DELIVERIES_PER_SLOT, handler)
+        self.register::<Payload<P>, _, _>(monitor, self.concurrency * DELIVERIES_PER_SLOT, handler)
     }
 
     /// An upkeep queue: no job record, retried until it lands.
@@ -522,7 +546,7 @@ async fn heartbeat_loop(redis: RedisStore, name: String, stop: tokio::sync::watc
 async fn schedule_loop(queue: JobQueue, stop: tokio::sync::watch::Receiver<bool>) {
     let queue = &queue;
     every(Duration::from_secs(1), stop, move || async move {
-        match cache_jobs::schedule::fire_due(queue).await {
+        match schedules::fire_due(queue).await {
             Ok(0) => {}
             Ok(fired) => tracing::info!(fired, "scheduled jobs started"),
             Err(err) => tracing::warn!(%err, "schedules not checked; retrying next second"),
@@ -564,7 +588,7 @@ async fn vacuum_loop(
 ) {
     let queue = &queue;
     every(interval, stop, move || async move {
-        match queue.vacuum(keep).await {
+        match recovery::vacuum(queue, keep).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "vacuumed finished jobs from the queues"),
             Err(err) => tracing::warn!(%err, "queue vacuum failed; retrying next round"),
@@ -594,7 +618,7 @@ async fn recovery_loop(
 ) {
     let queue = &queue;
     every(RECOVERY_INTERVAL, stop, move || async move {
-        match queue.recover_lost(RECOVER_AFTER, running_idle).await {
+        match recovery::recover_lost(queue, RECOVER_AFTER, running_idle).await {
             Ok(done) if done == Recovered::default() => {}
             Ok(done) => tracing::warn!(
                 requeued = done.requeued,

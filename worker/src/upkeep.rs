@@ -4,16 +4,61 @@
 
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use apalis::prelude::{BoxDynError, Data};
-use cache_jobs::context::JobContext;
-use cache_jobs::error::JobError;
-use cache_jobs::internal::InternalJob;
-use cache_jobs::outbound::{Client, OutboundError};
-use cache_jobs::runner::backoff;
+use cache_jobs::payload::Queued;
+use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob};
 use cache_shared::db::admin_actions::{self, PendingAudit};
 use cache_shared::metrics::{JobMetrics, Metrics};
+use cache_shared::outbound::{Client, OutboundError};
+use cache_shared::retry::backoff;
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::context::JobContext;
+use crate::error::JobError;
+
+/// An upkeep job: run until stored; the worker retries transient failures
+/// for as long as it takes (nothing is dropped during an outage).
+pub(crate) trait InternalJob: Queued {
+    /// Does the work once; returns the rows it wrote.
+    fn run(&self, ctx: &JobContext) -> impl Future<Output = Result<u64, JobError>> + Send;
+}
+
+impl InternalJob for StatsRollupJob {
+    async fn run(&self, ctx: &JobContext) -> Result<u64, JobError> {
+        let mut merged = 0;
+        for tenant in &self.tenants {
+            // Where the accounting cannot be read, the figures go in without it.
+            let usage = match cache_shared::keys::TenantId::from_record(&tenant.tenant_id) {
+                Ok(id) => ctx.cache.usage(&id).await.ok(),
+                Err(_) => None,
+            };
+            let added = cache_shared::db::statistics::add_contribution(
+                &ctx.db,
+                &self.instance_id,
+                &tenant.tenant_id,
+                self.period_start,
+                self.period_minutes,
+                &tenant.figures,
+                usage,
+            )
+            .await?;
+            merged += u64::from(added.is_some());
+        }
+        Ok(merged)
+    }
+}
+
+impl InternalJob for LogPersistJob {
+    async fn run(&self, ctx: &JobContext) -> Result<u64, JobError> {
+        let stored = cache_shared::db::oplog::insert_batch(&ctx.db, &self.records).await?;
+        ctx.metrics.oplog_persisted.inc_by(stored.inserted);
+        ctx.metrics.oplog_rejected.inc_by(stored.rejected);
+        Ok(stored.inserted)
+    }
+}
 
 /// One delivery of an upkeep job: retried until stored, however long
 /// PostgreSQL is away (the payload stays with this worker meanwhile, and a

@@ -8,18 +8,19 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_jobs::context::{JobContext, Pacing, PreloadSources};
-use cache_jobs::fetch::{AllowList, FetchLimits};
+use cache_jobs::allow_list::AllowList;
 use cache_jobs::flush::FlushParams;
-use cache_jobs::payloads::FlushJob;
+use cache_jobs::payload::Payload;
 use cache_jobs::policy::Requester;
 use cache_jobs::queue::{JobQueue, JobSpec, QueueSettings};
-use cache_jobs::runner::{self, Delivery, MAX_CRASHES};
 use cache_shared::cache::{Cache, CacheLimits};
 use cache_shared::db::jobs::{self, JobRecord};
 use cache_shared::keys::TenantId;
 use cache_shared::live_stats::LiveStats;
 use cache_shared::redis::RedisStore;
+use cache_worker::context::{JobContext, Pacing, PreloadSources};
+use cache_worker::jobs::fetch::FetchLimits;
+use cache_worker::runner::{self, Delivery, MAX_CRASHES};
 use cache_worker::{Cli, WorkerSettings};
 use clap::Parser;
 use deadpool_redis::redis;
@@ -260,11 +261,7 @@ async fn a_job_that_keeps_killing_its_worker_is_stopped() {
         ));
     }
     let ctx = context(&settings, db.clone());
-    let payload = FlushJob {
-        job_id: record.id.clone(),
-        tenant_id: "crashy".into(),
-        params: FlushParams::default(),
-    };
+    let payload = Payload::new(&record.id, "crashy", FlushParams::default());
     assert_eq!(runner::execute(&ctx, &payload).await, Delivery::Done);
     let stopped = job(&db, &record.id).await;
     assert_eq!(stopped.status, "failed");
@@ -383,7 +380,7 @@ impl runner::Job for OutageJob {
     async fn run(
         &self,
         _: &JobContext,
-    ) -> Result<cache_jobs::Outcome, cache_jobs::error::JobError> {
+    ) -> Result<cache_worker::Outcome, cache_worker::error::JobError> {
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(relay) = self.relay.clone() {
             relay.set(false);
@@ -393,7 +390,7 @@ impl runner::Job for OutageJob {
                 relay.set(true);
             });
         }
-        Ok(cache_jobs::Outcome::Succeeded(
+        Ok(cache_worker::Outcome::Succeeded(
             serde_json::json!({"done": 1}),
         ))
     }

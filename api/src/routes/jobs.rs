@@ -116,7 +116,13 @@ async fn collect_stats(
     caller: InternalCaller,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    submit(&state, &caller, &headers, JobSpec::CollectStats {}).await
+    submit(
+        &state,
+        &caller,
+        &headers,
+        JobSpec::CollectStats(cache_jobs::payload::NoParams {}),
+    )
+    .await
 }
 
 /// A caller with `X-Tenant-Id` sees its tenant's jobs only; the platform sees all.

@@ -270,9 +270,7 @@ async fn vacuuming_drops_finished_queue_data_but_keeps_the_history() {
         in_queue(&mut raw).await,
         "the finished job is still in its queue before vacuuming"
     );
-    app.state
-        .jobs
-        .vacuum(std::time::Duration::ZERO)
+    cache_worker::recovery::vacuum(&app.state.jobs, std::time::Duration::ZERO)
         .await
         .unwrap();
     assert!(
@@ -651,8 +649,8 @@ async fn an_operator_backs_up_to_a_file_and_restores_from_it() {
 
 #[tokio::test]
 async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
-    use cache_jobs::queue::Recovered;
     use cache_shared::api_keys::Role;
+    use cache_worker::recovery::{Recovered, recover_lost};
     use std::time::Duration;
 
     let app = spawn_app().await;
@@ -694,8 +692,7 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         .unwrap();
 
     let jobs = &app.state.jobs;
-    let recovered = jobs
-        .recover_lost(Duration::ZERO, Duration::ZERO)
+    let recovered = recover_lost(jobs, Duration::ZERO, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -706,15 +703,14 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         }
     );
     // The flush is back in its queue: another pass leaves everything alone.
-    let again = jobs
-        .recover_lost(Duration::ZERO, Duration::ZERO)
+    let again = recover_lost(jobs, Duration::ZERO, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(again, Recovered::default());
 
     let lost = app.wait_public_job(&admin, &preload_url).await;
     assert_eq!(lost["status"], "failed", "{lost}");
-    assert_eq!(lost["error"], cache_jobs::queue::LOST_FROM_QUEUE);
+    assert_eq!(lost["error"], cache_worker::recovery::LOST_FROM_QUEUE);
     let worker = app.spawn_worker();
     let flushed = app.wait_public_job(&admin, &flush_url).await;
     assert_eq!(flushed["status"], "succeeded", "{flushed}");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use cache_jobs::internal::{LogPersistJob, StatsRollupJob, TenantFigures};
+use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::api_keys::Role;
 use cache_shared::db::admin_actions;
 use cache_shared::rollup::{OpFigures, PeriodFigures};

@@ -5,45 +5,21 @@
 use std::future::Future;
 use std::time::Duration;
 
+use cache_jobs::JobType;
 use cache_shared::db::jobs::{self, JobStatus, Start};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use crate::Outcome;
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::{JobType, Outcome};
 
-/// Runs of one job in the service's retry policy: the first and 3 retries.
-pub const MAX_RUNS: u32 = 4;
+pub use cache_shared::retry::{MAX_RUNS, backoff};
+
 /// A job whose worker died this many times mid-run is stopped for good.
 pub const MAX_CRASHES: i32 = 3;
 
-/// Delay before retry `n` (1-based): 1 s, 2 s, 4 s, … capped at 10 s.
-pub fn backoff(retry: u32) -> Duration {
-    let seconds = 1u64 << retry.saturating_sub(1).min(4);
-    Duration::from_secs(seconds.min(10))
-}
-
-/// A payload as it travels on its own queue.
-pub trait Queued: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
-    /// The queue's name under the prefix; fixed forever, never derived from a
-    /// Rust type name, so that renaming code never strands queued payloads.
-    const QUEUE: &'static str;
-
-    /// The id the queue knows the payload by (a ULID).
-    fn task_id(&self) -> &str;
-}
-
-impl<J: Job> Queued for J {
-    const QUEUE: &'static str = J::TYPE.as_str();
-
-    fn task_id(&self) -> &str {
-        self.job_id()
-    }
-}
-
-/// A job with a record in PostgreSQL, started over HTTP or by a schedule.
-pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
+/// A job with a record in PostgreSQL, started over HTTP or by a schedule:
+/// what the runner needs of a delivery.
+pub trait Job: Send + Sync {
     const TYPE: JobType;
 
     /// The id of the job's record (also the queue's task id).
@@ -213,16 +189,5 @@ async fn run_with_retries<J: Job>(
                 return (JobStatus::Failed, None, Some(message));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_one_second_up_to_ten() {
-        let delays: Vec<u64> = (1..=6).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
     }
 }

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use cache_shared::config::{OutboundSettings, Secret};
+use crate::config::{OutboundSettings, Secret};
 use serde::Serialize;
 
-use crate::runner::{MAX_RUNS, backoff};
+use crate::retry::{MAX_RUNS, backoff};
 
 /// Why a post did not land.
 #[derive(Debug, thiserror::Error)]

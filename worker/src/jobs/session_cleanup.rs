@@ -8,6 +8,9 @@ use cache_shared::sessions::{self, Owner};
 use deadpool_redis::redis;
 use serde_json::json;
 
+use cache_jobs::payload::Payload;
+
+use super::Handler;
 use crate::Outcome;
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -18,7 +21,7 @@ use crate::progress::{Next, Progress};
 /// # Errors
 ///
 /// [`JobError::Retryable`] when Redis or PostgreSQL blips.
-pub async fn run(ctx: &JobContext, job_id: &str, owner: &Owner) -> Result<Outcome, JobError> {
+async fn run(ctx: &JobContext, job_id: &str, owner: &Owner) -> Result<Outcome, JobError> {
     owner.validate()?;
     let mut progress = Progress::new(&ctx.db, job_id);
     if owner.user_id.is_none() && owner.tenant_id.is_none() {
@@ -81,4 +84,10 @@ async fn prune(ctx: &JobContext, progress: &mut Progress<'_>) -> Result<Outcome,
     Ok(Outcome::Succeeded(
         json!({ "pruned": pruned, "indexes": progress.done() }),
     ))
+}
+
+impl Handler for Owner {
+    async fn run(ctx: &JobContext, job: &Payload<Self>) -> Result<Outcome, JobError> {
+        run(ctx, &job.job_id, &job.params).await
+    }
 }

@@ -3,6 +3,9 @@
 
 use serde_json::json;
 
+use cache_jobs::payload::{NoParams, Payload};
+
+use super::Handler;
 use crate::Outcome;
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -10,7 +13,7 @@ use crate::error::JobError;
 /// # Errors
 ///
 /// [`JobError::Retryable`] when Redis does not answer.
-pub async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
+async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
     let figures = ctx.cache.redis().server_figures().await?;
     let hit_rate =
         cache_shared::live_stats::hit_rate((figures.keyspace_hits, figures.keyspace_misses));
@@ -18,4 +21,10 @@ pub async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
         .map_err(|e| JobError::Permanent(format!("serialising figures: {e}")))?;
     result["hitRate"] = json!(hit_rate);
     Ok(Outcome::Succeeded(result))
+}
+
+impl Handler for NoParams {
+    async fn run(ctx: &JobContext, _: &Payload<Self>) -> Result<Outcome, JobError> {
+        run(ctx).await
+    }
 }

@@ -6,7 +6,8 @@ use cache_shared::cache::Cache;
 use cache_shared::metrics::JobMetrics;
 use sqlx::PgPool;
 
-use crate::fetch::{AllowList, FetchLimits};
+use crate::jobs::fetch::FetchLimits;
+use cache_jobs::allow_list::AllowList;
 
 /// Pacing of batch jobs so that they never starve request traffic.
 #[derive(Debug, Clone, Copy)]

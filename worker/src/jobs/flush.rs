@@ -1,0 +1,109 @@
+//! `flush`: deletes a tenant's keys (all, a namespace, or a glob pattern)
+//! with `SCAN` + `UNLINK` in paced batches. Never `KEYS`; `FLUSHDB` never at
+//! all: even the operator's whole-server flush only removes tenants' cached
+//! values, so queues, sessions and permission entries survive it.
+//! Idempotent: a re-run deletes whatever still matches.
+
+use cache_jobs::flush::FlushParams;
+use cache_jobs::payload::Payload;
+use cache_shared::Error;
+use cache_shared::keys::TenantId;
+use cache_shared::quota::SCAN_UNLINK;
+use serde_json::json;
+use std::time::Duration;
+
+use super::{Handler, tenant_of};
+use crate::Outcome;
+use crate::context::JobContext;
+use crate::error::JobError;
+use crate::progress::{Next, Progress};
+
+/// Keeps a job under a rate: waits whenever it is ahead of schedule (by at
+/// least a timer tick, so short waits are not rounded up into slowness).
+#[derive(Debug)]
+pub struct Pacer {
+    started: tokio::time::Instant,
+    per_second: u64,
+}
+
+impl Pacer {
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            per_second: per_second.max(1),
+        }
+    }
+
+    /// Waits until `done` units are due.
+    pub async fn wait(&self, done: i64) {
+        let due = Duration::from_secs_f64(done.max(0) as f64 / self.per_second as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= Duration::from_millis(2) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+}
+
+/// Runs a flush for `tenant`.
+///
+/// # Errors
+///
+/// [`JobError::Retryable`] when Redis or PostgreSQL blips.
+async fn run(
+    ctx: &JobContext,
+    job_id: &str,
+    tenant: &TenantId,
+    params: &FlushParams,
+) -> Result<Outcome, JobError> {
+    params.validate()?;
+    let pattern = params.scan_pattern(tenant);
+    let redis = ctx.cache.redis();
+    let mut progress = Progress::new(&ctx.db, job_id);
+    let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
+    let budget_us = u64::try_from(ctx.pacing.flush_step_budget.as_micros()).unwrap_or(u64::MAX);
+    // A step never examines more than a hundredth of a second of the rate
+    // cap, so the cap stays smooth even where `TIME` stands still.
+    let most = (ctx.pacing.flush_keys_per_second / 100).max(ctx.pacing.flush_batch as u64);
+    let mut examined: i64 = 0;
+    let mut cursor: u64 = 0;
+    loop {
+        let (deleted, seen) = redis
+            .timed_for(ctx.pacing.batch_timeout, async {
+                let mut conn = redis.conn().await?;
+                let (next, deleted, seen): (String, i64, i64) = SCAN_UNLINK
+                    .prepare_invoke()
+                    .arg(cursor)
+                    .arg(&pattern)
+                    .arg(ctx.pacing.flush_batch)
+                    .arg(budget_us)
+                    .arg(most)
+                    .invoke_async(&mut conn)
+                    .await?;
+                cursor = next
+                    .parse()
+                    .map_err(|_| Error::internal(format!("SCAN answered cursor {next}")))?;
+                Ok((deleted, seen))
+            })
+            .await?;
+        if progress.advance(deleted).await? == Next::Stop {
+            return Ok(Outcome::Cancelled(json!({ "deleted": progress.done() })));
+        }
+        if cursor == 0 {
+            break;
+        }
+        // The rate cap is the flush's throttle, counted in keys examined (a
+        // page that finds nothing to delete still costs Redis a SCAN).
+        examined += seen;
+        pacer.wait(examined).await;
+    }
+    let deleted = progress.done();
+    progress.set_total(deleted);
+    progress.report().await?;
+    Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
+}
+
+impl Handler for FlushParams {
+    async fn run(ctx: &JobContext, job: &Payload<Self>) -> Result<Outcome, JobError> {
+        run(ctx, &job.job_id, &tenant_of(job)?, &job.params).await
+    }
+}
