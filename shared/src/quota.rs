@@ -191,6 +191,12 @@ return written
     )
 });
 
+/// The SHA1 of the write script, for benchmarks that run it alone with
+/// `EVALSHA` (Redis has it once the service wrote a value).
+pub fn write_script_sha() -> &'static str {
+    WRITE.get_hash()
+}
+
 /// KEYS: usage, buckets, index, then keys. ARGV: prefix length. Removes the
 /// keys; returns how many existed.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
