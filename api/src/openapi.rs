@@ -1,11 +1,12 @@
 //! The OpenAPI document, generated from the route annotations, served at
-//! `/openapi.json` with a browsable page at `/docs`.
+//! `/openapi.json` with a browsable page at `/docs` (Swagger UI, its assets
+//! served from the binary: the page works where the service runs, with no
+//! internet).
 
 use axum::Router;
-use axum::routing::get;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_swagger_ui::SwaggerUi;
 
 /// Document-wide parts: title, credentials, tags. The paths come from the routers.
 #[derive(Debug, OpenApi)]
@@ -58,18 +59,9 @@ impl Modify for Credentials {
 }
 
 /// The paths [`serve`] adds.
-pub const PATHS: [&str; 2] = ["/openapi.json", "/docs"];
+pub const PATHS: [&str; 4] = ["/openapi.json", "/docs", "/docs/", "/docs/{*rest}"];
 
 /// `/openapi.json` and the `/docs` page for `doc`.
 pub fn serve<S: Clone + Send + Sync + 'static>(doc: utoipa::openapi::OpenApi) -> Router<S> {
-    let json = std::sync::Arc::new(doc.clone());
-    Router::new()
-        .route(
-            "/openapi.json",
-            get(move || {
-                let json = std::sync::Arc::clone(&json);
-                async move { axum::Json((*json).clone()) }
-            }),
-        )
-        .merge(Scalar::with_url("/docs", doc))
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
 }
