@@ -13,6 +13,7 @@ pub mod health;
 pub mod keys;
 pub mod limits;
 pub mod live_stats;
+pub mod memory_report;
 pub mod metrics;
 pub mod oplog;
 pub mod outbound;

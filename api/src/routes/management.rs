@@ -14,7 +14,10 @@ use cache_shared::Error;
 use cache_shared::api_keys::Role;
 use cache_shared::cache::Compressed;
 use cache_shared::db::{admin_actions, reports};
-use cache_shared::live_stats::hit_rate;
+use cache_shared::live_stats::{HotKey, OpSnapshot, hit_rate};
+use cache_shared::memory_report::{
+    KeySize, MemoryReport, Recommendation, Signals, recommendations,
+};
 use cache_shared::redis::ConnectionStats;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -75,7 +78,7 @@ async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
         "keyCount": usage.keys,
         "keyCountComplete": true,
         "bytes": usage.bytes,
-        "memoryEstimateBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
+        "memoryEstimateBytes": report.as_ref().map(|r| r.report.0.total_bytes),
         "memoryEstimateFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
         "redisVersion": server.get("redis_version"),
         "uptimeSeconds": number(&server, "uptime_in_seconds"),
@@ -121,7 +124,7 @@ async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
         "scope": "tenant",
         "tenantId": caller.tenant.as_str(),
         "server": server,
-        "tenantBytes": report.as_ref().and_then(|r| r.report.get("totalBytes").cloned()),
+        "tenantBytes": report.as_ref().map(|r| r.report.0.total_bytes),
         "tenantBytesFrom": report.as_ref().map(|r| r.created_at.to_rfc3339()),
         "quota": quota,
     })))
@@ -287,7 +290,7 @@ struct ReportView {
     tenant_id: String,
     mode: String,
     created_at: String,
-    report: Value,
+    report: MemoryReport,
 }
 
 #[utoipa::path(
@@ -316,7 +319,7 @@ async fn latest_analysis(
         tenant_id: row.tenant_id,
         mode: row.mode,
         created_at: crate::views::timestamp(row.created_at),
-        report: row.report,
+        report: row.report.0,
     }))
 }
 
@@ -399,13 +402,13 @@ const SLOW_P99_MS: f64 = 10.0;
     tag = "performance",
     description = "Latency, hit rate, slow operations and recommendations.",
     params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
-    responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    responses((status = 200, description = "Success", body = PerformanceView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
 async fn performance(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PerformanceView>, ApiError> {
     let op = ApiError::op("performance");
     let tenant = state.cache.stats().tenant(&caller.tenant);
     let ops = tenant.snapshot();
@@ -417,59 +420,59 @@ async fn performance(
     let pool = state.cache.redis().connection_stats();
     let hot = tenant.hot_keys(10);
 
-    let mut recommendations = Vec::new();
-    if let Some(rate) = rate.filter(|r| *r < 80.0) {
-        recommendations.push(json!({
-            "rule": "low-hit-rate",
-            "message": format!("hit rate is {rate:.1}% (under 80%): preload the hot keys"),
-            "keys": hot.iter().map(|h| h.key.clone()).collect::<Vec<_>>(),
-        }));
-    }
-    if let Some(r) = &report {
-        let large: Vec<&Value> = r.report["compressionCandidates"]["largest"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|k| k["bytes"].as_u64().is_some_and(|b| b > 100 * 1024))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !large.is_empty() {
-            recommendations.push(json!({
-                "rule": "large-uncompressed-values",
-                "message": "values over 100 KB are stored uncompressed: compress them",
-                "keys": large,
-            }));
-        }
-        if let Some(n) = r.report["keysWithoutTtl"].as_u64().filter(|n| *n > 0) {
-            recommendations.push(json!({
-                "rule": "keys-without-ttl",
-                "message": format!("{n} keys have no TTL: set one so the cache stays bounded"),
-            }));
-        }
-    }
-    if pool.waiting > 0 || pool.timeouts > 0 {
-        recommendations.push(json!({
-            "rule": "pool-waits",
-            "message": "requests waited for or timed out on Redis connections: grow the pool or the timeout",
-            "waiting": pool.waiting,
-            "timeouts": pool.timeouts,
-        }));
-    }
-    let slow: Vec<Value> = ops
+    let hot_names: Vec<String> = hot.iter().map(|h| h.key.clone()).collect();
+    let recommendations = recommendations(&Signals {
+        hit_rate: rate,
+        hot_keys: &hot_names,
+        report: report.as_ref().map(|r| &r.report.0),
+        pool_waiting: u64::try_from(pool.waiting).unwrap_or(u64::MAX),
+        pool_timeouts: pool.timeouts,
+    });
+    let slow_operations = ops
         .iter()
         .filter(|o| o.calls > 0 && o.latency.p99_ms > SLOW_P99_MS)
-        .map(|o| json!({ "operation": o.op.name(), "p99Ms": o.latency.p99_ms, "maxMs": o.latency.max_ms }))
+        .map(|o| SlowOperation {
+            operation: o.op.name(),
+            p99_ms: o.latency.p99_ms,
+            max_ms: o.latency.max_ms,
+        })
         .collect();
-    Ok(Json(json!({
-        "tenantId": caller.tenant.as_str(),
-        "hitRate": rate,
-        "hits": lookups.0,
-        "misses": lookups.1,
-        "operations": ops.iter().filter(|o| o.calls > 0).collect::<Vec<_>>(),
-        "slowOperations": slow,
-        "biggestKeys": report.as_ref().map(|r| r.report["biggestKeys"].clone()),
-        "hotKeys": hot,
-        "recommendations": recommendations,
-    })))
+    Ok(Json(PerformanceView {
+        tenant_id: caller.tenant.as_str().to_owned(),
+        hit_rate: rate,
+        hits: lookups.0,
+        misses: lookups.1,
+        operations: ops.into_iter().filter(|o| o.calls > 0).collect(),
+        slow_operations,
+        biggest_keys: report.map(|r| r.report.0.biggest_keys),
+        hot_keys: hot,
+        recommendations,
+    }))
+}
+
+/// `GET /api/v1/cache/performance`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PerformanceView {
+    tenant_id: String,
+    /// Percent of lookups that found their key; null before the first lookup.
+    hit_rate: Option<f64>,
+    hits: u64,
+    misses: u64,
+    /// Operations called since this instance started.
+    operations: Vec<OpSnapshot>,
+    /// Operations whose p99 is over 10 ms.
+    slow_operations: Vec<SlowOperation>,
+    /// From the latest memory report; null when there is none.
+    biggest_keys: Option<Vec<KeySize>>,
+    hot_keys: Vec<HotKey>,
+    recommendations: Vec<Recommendation>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SlowOperation {
+    operation: &'static str,
+    p99_ms: f64,
+    max_ms: f64,
 }

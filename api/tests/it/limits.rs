@@ -337,31 +337,31 @@ async fn one_tenants_jobs_never_hold_every_worker_slot() {
 
     // While they run, the first tenant never has two flushes running, and
     // the other tenant's flush finishes before the first tenant's last one.
-    let status = |id: String| {
+    // One query per look: a consistent snapshot of every job's status (a
+    // query per job could see one finish and the next start in between).
+    let statuses = || {
         let app = &app;
+        let ids: Vec<String> = mine.iter().chain([&theirs]).cloned().collect();
         async move {
-            let (status,): (String,) = sqlx::query_as("select status from jobs where id = $1")
-                .bind(id)
-                .fetch_one(&app.state.db)
-                .await
-                .unwrap();
-            status
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("select id, status from jobs where id = any($1)")
+                    .bind(ids)
+                    .fetch_all(&app.state.db)
+                    .await
+                    .unwrap();
+            rows.into_iter()
+                .collect::<std::collections::HashMap<String, String>>()
         }
     };
     let theirs_done_first = std::sync::atomic::AtomicBool::new(false);
     let theirs_done_first = &theirs_done_first;
     wait_until(Duration::from_secs(60), || async {
-        let mut running = 0;
-        let mut finished = 0;
-        for id in &mine {
-            match status(id.clone()).await.as_str() {
-                "running" => running += 1,
-                "succeeded" => finished += 1,
-                _ => {}
-            }
-        }
+        let now = statuses().await;
+        let of = |id: &String| now.get(id).map_or("", String::as_str);
+        let running = mine.iter().filter(|id| of(id) == "running").count();
+        let finished = mine.iter().filter(|id| of(id) == "succeeded").count();
         assert!(running <= 1, "{running} flushes of one tenant ran at once");
-        if status(theirs.clone()).await == "succeeded" && finished < 3 {
+        if of(&theirs) == "succeeded" && finished < 3 {
             theirs_done_first.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         finished == 3

@@ -1,17 +1,18 @@
 //! The `memory_reports` table.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value as Json;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgExecutor};
 
 use crate::error::Error;
+use crate::memory_report::MemoryReport;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct MemoryReportRow {
     pub id: String,
     pub tenant_id: String,
     pub mode: String,
-    pub report: Json,
+    pub report: Json<MemoryReport>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -25,7 +26,7 @@ pub async fn upsert(
     id: &str,
     tenant: &str,
     mode: &str,
-    report: &Json,
+    report: &MemoryReport,
 ) -> Result<(), Error> {
     sqlx::query(
         "insert into memory_reports (id, tenant_id, mode, report) values ($1, $2, $3, $4) \
@@ -34,7 +35,7 @@ pub async fn upsert(
     .bind(id)
     .bind(tenant)
     .bind(mode)
-    .bind(report)
+    .bind(Json(report))
     .execute(exec)
     .await?;
     Ok(())

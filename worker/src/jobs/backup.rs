@@ -16,6 +16,7 @@ use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::pages::KeyPages;
 use super::{Handler, tenant_of};
 use crate::Outcome;
 use crate::context::JobContext;
@@ -44,7 +45,6 @@ async fn backup(
     params.validate()?;
     let ns = CacheNamespace::new(tenant);
     let pattern = ns.pattern("*");
-    let redis_store = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let mut file = match &params.file {
         Some(path) => Some(
@@ -59,32 +59,22 @@ async fn backup(
         }
     };
     let (mut keys_written, mut bytes_written) = (0u64, 0u64);
-    let mut cursor: u64 = 0;
-    loop {
-        let batch: Vec<(String, Option<Vec<u8>>, i64)> = redis_store
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = ctx
-                    .pacing
-                    .scan(cursor, &pattern)
-                    .query_async(&mut conn)
-                    .await?;
-                cursor = next;
-                if keys.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.get(key).pttl(key);
-                }
-                let answers: Vec<(Option<Vec<u8>>, i64)> = pipe.query_async(&mut conn).await?;
-                Ok(keys
-                    .into_iter()
-                    .zip(answers)
-                    .map(|(k, (v, ttl))| (k, v, ttl))
-                    .collect())
-            })
-            .await?;
+    let mut pages = KeyPages::new(ctx, &pattern);
+    while let Some(batch) = pages
+        .next(async |conn, keys| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.get(key).pttl(key);
+            }
+            let answers: Vec<(Option<Vec<u8>>, i64)> = pipe.query_async(conn).await?;
+            Ok(keys
+                .into_iter()
+                .zip(answers)
+                .map(|(k, (v, ttl))| (k, v, ttl))
+                .collect::<Vec<_>>())
+        })
+        .await?
+    {
         let now = Utc::now();
         let entries: Vec<BackupEntry> = batch
             .into_iter()
@@ -126,10 +116,6 @@ async fn backup(
         if progress.advance(entries.len() as i64).await? == Next::Stop {
             return Ok(Outcome::Cancelled(json!({ "keys": progress.done() })));
         }
-        if cursor == 0 {
-            break;
-        }
-        tokio::time::sleep(ctx.pacing.pause).await;
     }
     progress.report().await?;
     if let (Some(mut out), Some(path)) = (file, &params.file) {

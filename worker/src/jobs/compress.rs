@@ -10,6 +10,7 @@ use cache_shared::keys::{CacheNamespace, TenantId};
 use deadpool_redis::redis;
 use serde_json::json;
 
+use super::pages::KeyPages;
 use super::{Handler, tenant_of};
 use crate::Outcome;
 use crate::context::JobContext;
@@ -31,25 +32,15 @@ async fn run(
     let codec = ctx.cache.codec();
     let mut progress = Progress::new(&ctx.db, job_id);
     let (mut compressed, mut skipped, mut saved) = (0u64, 0u64, 0u64);
-    let mut cursor: u64 = 0;
-    loop {
-        let values: Vec<(String, Option<Vec<u8>>)> = redis_store
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = ctx
-                    .pacing
-                    .scan(cursor, &pattern)
-                    .query_async(&mut conn)
-                    .await?;
-                cursor = next;
-                if keys.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let stored: Vec<Option<Vec<u8>>> =
-                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-                Ok(keys.into_iter().zip(stored).collect())
-            })
-            .await?;
+    let mut pages = KeyPages::new(ctx, &pattern);
+    while let Some(values) = pages
+        .next(async |conn, keys| {
+            let stored: Vec<Option<Vec<u8>>> =
+                redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+            Ok(keys.into_iter().zip(stored).collect::<Vec<_>>())
+        })
+        .await?
+    {
         let n = values.len() as i64;
         for (key, stored) in values {
             let Some(stored) = stored else { continue };
@@ -70,10 +61,6 @@ async fn run(
                 json!({ "compressed": compressed, "skipped": skipped, "bytesSaved": saved }),
             ));
         }
-        if cursor == 0 {
-            break;
-        }
-        tokio::time::sleep(ctx.pacing.pause).await;
     }
     progress.report().await?;
     Ok(Outcome::Succeeded(

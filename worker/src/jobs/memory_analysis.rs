@@ -4,12 +4,13 @@
 //! keys without TTL and compression candidates. Idempotent: a re-run
 //! replaces the job's report.
 
-use cache_shared::Error;
 use cache_shared::codec::{EXPIRY_HEADER_BYTES, split_expiry};
 use cache_shared::db::reports;
 use cache_shared::keys::{CacheNamespace, TenantId};
+use cache_shared::memory_report::{
+    CompressionCandidates, KeySize, MemoryReport, PatternGroup, TtlDistribution,
+};
 use deadpool_redis::redis;
-use serde::Serialize;
 use serde_json::json;
 use std::collections::HashMap;
 /// Uncompressed values above this size are candidates for compression.
@@ -19,6 +20,7 @@ const TOP: usize = 10;
 use cache_jobs::memory_analysis::{AnalysisParams, DEFAULT_SAMPLE, Mode};
 use cache_jobs::payload::Payload;
 
+use super::pages::KeyPages;
 use super::{Handler, tenant_of};
 use crate::Outcome;
 use crate::context::JobContext;
@@ -50,21 +52,6 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Group {
-    pattern: String,
-    keys: u64,
-    bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeySize {
-    key: String,
-    bytes: u64,
-}
-
 /// Patterns tracked during a walk; later ones are counted as [`OTHER`].
 const MAX_PATTERNS: usize = 1000;
 /// Patterns in a report, biggest first; the rest are folded into [`OTHER`].
@@ -74,10 +61,13 @@ pub const OTHER: &str = "(other)";
 
 /// The report's patterns: the biggest [`REPORTED_PATTERNS`] by bytes, then
 /// one [`OTHER`] group holding the rest, if any.
-fn fold_patterns(groups: HashMap<String, Group>, mut other: Group) -> Vec<Group> {
-    let mut groups: Vec<Group> = groups
+fn fold_patterns(
+    groups: HashMap<String, PatternGroup>,
+    mut other: PatternGroup,
+) -> Vec<PatternGroup> {
+    let mut groups: Vec<PatternGroup> = groups
         .into_iter()
-        .map(|(pattern, g)| Group { pattern, ..g })
+        .map(|(pattern, g)| PatternGroup { pattern, ..g })
         .collect();
     groups.sort_by(|a, b| {
         b.bytes
@@ -89,7 +79,7 @@ fn fold_patterns(groups: HashMap<String, Group>, mut other: Group) -> Vec<Group>
         other.bytes += folded.bytes;
     }
     if other.keys > 0 {
-        groups.push(Group {
+        groups.push(PatternGroup {
             pattern: OTHER.to_owned(),
             ..other
         });
@@ -101,20 +91,6 @@ fn keep_top(list: &mut Vec<KeySize>, item: KeySize) {
     list.push(item);
     list.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.key.cmp(&b.key)));
     list.truncate(TOP);
-}
-
-/// TTL bucket names, in order.
-const TTL_BUCKETS: [&str; 6] = ["none", "under1m", "under1h", "under1d", "under7d", "over7d"];
-
-fn ttl_bucket(ttl: i64) -> usize {
-    match ttl {
-        t if t < 0 => 0,
-        t if t < 60 => 1,
-        t if t < 3_600 => 2,
-        t if t < 86_400 => 3,
-        t if t < 604_800 => 4,
-        _ => 5,
-    }
 }
 
 /// # Errors
@@ -133,58 +109,44 @@ async fn run(
     };
     let ns = CacheNamespace::new(tenant);
     let pattern = ns.pattern("*");
-    let redis_store = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
-    let mut groups: HashMap<String, Group> = HashMap::new();
-    let mut other = Group::default();
+    let mut groups: HashMap<String, PatternGroup> = HashMap::new();
+    let mut other = PatternGroup::default();
     let mut biggest: Vec<KeySize> = Vec::new();
     let mut candidates: Vec<KeySize> = Vec::new();
     let (mut candidate_count, mut candidate_bytes) = (0u64, 0u64);
-    let mut ttl_counts = [0u64; TTL_BUCKETS.len()];
+    let mut ttls = TtlDistribution::default();
     let (mut keys_seen, mut total_bytes) = (0u64, 0u64);
-    let mut cursor: u64 = 0;
-    let complete = loop {
-        let batch: Vec<(String, u64, i64, Vec<u8>, u64)> = redis_store
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = ctx
-                    .pacing
-                    .scan(cursor, &pattern)
-                    .query_async(&mut conn)
-                    .await?;
-                cursor = next;
-                if keys.is_empty() {
-                    return Ok(Vec::new());
+    let mut pages = KeyPages::new(ctx, &pattern);
+    while let Some(batch) = pages
+        .next(async |conn, keys| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("MEMORY").arg("USAGE").arg(key);
+                pipe.ttl(key);
+                // The tag, behind the expiry header when there is one.
+                pipe.getrange(key, 0, EXPIRY_HEADER_BYTES as isize);
+                pipe.strlen(key);
+            }
+            let raw: Vec<redis::Value> = pipe.query_async(conn).await?;
+            let mut read = Vec::with_capacity(keys.len());
+            for (key, c) in keys.into_iter().zip(raw.chunks(4)) {
+                let memory: Option<u64> = redis::from_redis_value(c[0].clone())?;
+                // A key that expired between SCAN and MEMORY USAGE is skipped.
+                if let Some(memory) = memory {
+                    read.push((
+                        key,
+                        memory,
+                        redis::from_redis_value::<i64>(c[1].clone())?,
+                        redis::from_redis_value::<Vec<u8>>(c[2].clone())?,
+                        redis::from_redis_value::<u64>(c[3].clone())?,
+                    ));
                 }
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("MEMORY").arg("USAGE").arg(key);
-                    pipe.ttl(key);
-                    // The tag, behind the expiry header when there is one.
-                    pipe.getrange(key, 0, EXPIRY_HEADER_BYTES as isize);
-                    pipe.strlen(key);
-                }
-                let answers: Vec<(Option<u64>, i64, Vec<u8>, u64)> = {
-                    let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                    raw.chunks(4)
-                        .map(|c| {
-                            Ok((
-                                redis::from_redis_value(c[0].clone())?,
-                                redis::from_redis_value(c[1].clone())?,
-                                redis::from_redis_value(c[2].clone())?,
-                                redis::from_redis_value(c[3].clone())?,
-                            ))
-                        })
-                        .collect::<Result<_, Error>>()?
-                };
-                Ok(keys
-                    .into_iter()
-                    .zip(answers)
-                    // A key that expired between SCAN and MEMORY USAGE is skipped.
-                    .filter_map(|(k, (mem, ttl, tag, len))| mem.map(|m| (k, m, ttl, tag, len)))
-                    .collect())
-            })
-            .await?;
+            }
+            Ok(read)
+        })
+        .await?
+    {
         let n = batch.len() as u64;
         for (redis_key, bytes, ttl, tag, len) in batch {
             let key = ns.strip(&redis_key).unwrap_or(&redis_key).to_owned();
@@ -200,7 +162,7 @@ async fn run(
             };
             group.keys += 1;
             group.bytes += bytes;
-            ttl_counts[ttl_bucket(ttl)] += 1;
+            ttls.count(ttl);
             let envelope = split_expiry(&tag).1;
             let uncompressed = matches!(envelope.first(), Some(b'J' | b'B'));
             let len = len - (tag.len() - envelope.len()) as u64;
@@ -220,36 +182,33 @@ async fn run(
         if progress.advance(n as i64).await? == Next::Stop {
             return Ok(Outcome::Cancelled(json!({ "keysAnalysed": keys_seen })));
         }
-        if cursor == 0 {
-            break true;
-        }
         if keys_seen >= limit {
-            break false;
+            break;
         }
-        tokio::time::sleep(ctx.pacing.pause).await;
-    };
+    }
+    let complete = pages.is_done();
     let groups = fold_patterns(groups, other);
     let mode = match params.mode {
         Mode::Full => "full",
         Mode::Sampled => "sampled",
     };
-    let report = json!({
-        "tenantId": tenant.as_str(),
-        "mode": mode,
-        "complete": complete,
-        "keysAnalysed": keys_seen,
-        "totalBytes": total_bytes,
-        "averageBytes": total_bytes.checked_div(keys_seen).unwrap_or(0),
-        "patterns": groups,
-        "biggestKeys": biggest,
-        "ttlDistribution": TTL_BUCKETS.iter().zip(ttl_counts).map(|(b, n)| (b.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "keysWithoutTtl": ttl_counts[0],
-        "compressionCandidates": {
-            "count": candidate_count,
-            "bytes": candidate_bytes,
-            "largest": candidates,
+    let report = MemoryReport {
+        tenant_id: tenant.as_str().to_owned(),
+        mode: mode.to_owned(),
+        complete,
+        keys_analysed: keys_seen,
+        total_bytes,
+        average_bytes: total_bytes.checked_div(keys_seen).unwrap_or(0),
+        patterns: groups,
+        biggest_keys: biggest,
+        ttl_distribution: ttls,
+        keys_without_ttl: ttls.none,
+        compression_candidates: CompressionCandidates {
+            count: candidate_count,
+            bytes: candidate_bytes,
+            largest: candidates,
         },
-    });
+    };
     progress.report().await?;
     reports::upsert(&ctx.db, job_id, tenant.as_str(), mode, &report).await?;
     Ok(Outcome::Succeeded(json!({
@@ -283,9 +242,9 @@ mod tests {
 
     #[test]
     fn patterns_beyond_the_reported_ones_are_folded_into_other() {
-        let groups: HashMap<String, Group> = (0..150u64)
+        let groups: HashMap<String, PatternGroup> = (0..150u64)
             .map(|i| {
-                let group = Group {
+                let group = PatternGroup {
                     pattern: String::new(),
                     keys: 1,
                     bytes: 1000 + i,
@@ -293,7 +252,7 @@ mod tests {
                 (format!("p{i}"), group)
             })
             .collect();
-        let overflow = Group {
+        let overflow = PatternGroup {
             pattern: String::new(),
             keys: 7,
             bytes: 70,

@@ -8,6 +8,7 @@ pub mod compress;
 pub mod fetch;
 pub mod flush;
 pub mod memory_analysis;
+pub mod pages;
 pub mod preload;
 pub mod session_cleanup;
 
