@@ -69,9 +69,9 @@ impl Admission {
             return None;
         }
         let headers = req.headers();
-        let tenant = headers.get(crate::extract::TENANT_HEADER)?.to_str().ok()?;
+        let tenant = headers.get(crate::headers::TENANT_HEADER)?.to_str().ok()?;
         let refusal = self.rate.spent(tenant)?;
-        let token = headers.get(crate::extract::SERVICE_TOKEN_HEADER)?;
+        let token = headers.get(crate::headers::SERVICE_TOKEN_HEADER)?;
         if !self.service_tokens.accepts(token.as_bytes()) {
             return None;
         }

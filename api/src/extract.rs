@@ -11,10 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Header carrying a platform service's credential.
-pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
-/// Header naming the tenant an internal caller acts for.
-pub const TENANT_HEADER: &str = "x-tenant-id";
+pub use crate::headers::{SERVICE_TOKEN_HEADER, TENANT_HEADER};
 
 /// Who the operation log names for calls of the internal plane.
 pub const SERVICE_ACTOR: &str = "service";

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod headers;
 pub mod instrumentation;
 pub mod key_cache;
 pub mod keys_cli;
@@ -45,7 +46,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
-use crate::instrumentation::Instruments;
+use crate::instrumentation::metrics::Instruments;
 use crate::state::{AppState, Shared};
 use cache_shared::tokens::ServiceTokens;
 
@@ -161,7 +162,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The router and its route templates (what the HTTP figures count under).
-fn routed(state: AppState) -> (Router, instrumentation::HttpRoutes) {
+fn routed(state: AppState) -> (Router, instrumentation::requests::HttpRoutes) {
     let (routes, doc) = documented_routes(&state).split_for_parts();
     let templates = doc
         .paths
@@ -169,7 +170,7 @@ fn routed(state: AppState) -> (Router, instrumentation::HttpRoutes) {
         .keys()
         .map(String::as_str)
         .chain(openapi::PATHS);
-    let templates = instrumentation::HttpRoutes::new(templates);
+    let templates = instrumentation::requests::HttpRoutes::new(templates);
     let router = routes
         .merge(openapi::serve(doc))
         .fallback(error::route_not_found)
@@ -204,7 +205,7 @@ pub fn app(
         .cache
         .stats()
         .is_enabled()
-        .then(|| instrumentation::ObserveRequests::new(state.clone(), templates));
+        .then(|| instrumentation::requests::ObserveRequests::new(state.clone(), templates));
     tower::ServiceBuilder::new()
         .map_response(axum::response::IntoResponse::into_response)
         .layer(SetRequestIdLayer::new(REQUEST_ID, UlidRequestId))
@@ -232,7 +233,7 @@ pub fn app(
 pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
-        .routes(utoipa_axum::routes!(instrumentation::scrape))
+        .routes(utoipa_axum::routes!(routes::health::scrape))
         .merge(routes::internal::router())
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
@@ -279,7 +280,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let background = instrumentation::Background::start(&state);
+    let background = instrumentation::background::Background::start(&state);
     accept_loop(listener, state, shutdown).await;
     // After the last request: its figures and log records go out too.
     background.finish().await;
@@ -304,7 +305,7 @@ pub async fn serve_threads(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let background = instrumentation::Background::start(&state);
+    let background = instrumentation::background::Background::start(&state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut serving = Vec::with_capacity(threads);
     for slot in 0..threads.max(1) {

@@ -29,7 +29,7 @@ pub async fn keep_current(state: AppState, stop: watch::Receiver<bool>) {
 
 /// One round; a dependency that is down leaves the last known figures.
 pub async fn refresh(state: &AppState, group: &str) {
-    if let Err(err) = state.limits.reload(&state.db).await {
+    if let Err(err) = cache_shared::db::tenant_limits::reload(&state.db, &state.limits).await {
         tracing::warn!(%err, "tenant limits not reloaded; keeping the last known ones");
     }
     let instances = match state

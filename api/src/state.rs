@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::admission::RateLimiter;
 use crate::cli::HttpSettings;
-use crate::instrumentation::Instruments;
+use crate::instrumentation::metrics::Instruments;
 use crate::key_cache::KeyCache;
 use cache_shared::tokens::ServiceTokens;
 

@@ -1,6 +1,7 @@
 //! The one door to the queues. A job becomes runnable only as an
-//! [`Authorized`] job, which only [`JobQueue::authorize`] makes, from who
-//! asks ([`Requester`]) and what ([`JobSpec`]); [`JobQueue::submit`] takes
+//! [`Authorized`] job, which only [`authorize`] makes (called as
+//! `JobQueue::authorize`), from who asks ([`Requester`]) and what
+//! ([`JobSpec`]); `JobQueue::submit` takes
 //! nothing else, so a path that skips these rules does not compile. Every
 //! path goes through it: the per-type endpoints, `POST /api/v1/jobs`, the
 //! internal plane, and schedules at creation and again at every firing.
@@ -19,7 +20,10 @@ use cache_shared::db::backups;
 use cache_shared::keys::TenantId;
 use cache_shared::sessions::Owner;
 
-use crate::queue::{JobQueue, JobSpec};
+use sqlx::PgPool;
+
+use crate::JobSpec;
+use crate::payload::Checks;
 
 /// Where a request to start a job came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,39 +95,38 @@ impl Authorized {
 /// The least role that may start a job on the public plane.
 pub const JOB_ROLE: Role = Role::Admin;
 
-impl JobQueue {
-    /// Validates `spec` and applies the rules of the module docs for
-    /// `requester`: the only way to an [`Authorized`] job.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Validation`] for bad parameters, [`Error::Forbidden`] naming
-    /// the rule, [`Error::NotFound`] for a backup the requester cannot see,
-    /// [`Error::StoreUnavailable`] when the backup cannot be looked up.
-    pub async fn authorize(
-        &self,
-        requester: &Requester,
-        spec: JobSpec,
-    ) -> Result<Authorized, Error> {
-        self.validate(&spec)?;
-        let spec = scope(requester, spec)?;
-        if let Some(backup_id) = backup_source(&spec) {
-            let backup = backups::get(self.db(), backup_id).await?;
-            let visible = backup.is_some_and(|b| {
-                requester.is_operator() || b.tenant_id == requester.tenant.as_str()
+/// Validates `spec` and applies the rules of the module docs for
+/// `requester`: the only way to an [`Authorized`] job (reached through
+/// `JobQueue::authorize`).
+///
+/// # Errors
+///
+/// [`Error::Validation`] for bad parameters, [`Error::Forbidden`] naming
+/// the rule, [`Error::NotFound`] for a backup the requester cannot see,
+/// [`Error::StoreUnavailable`] when the backup cannot be looked up.
+pub(crate) async fn authorize(
+    db: &PgPool,
+    checks: &Checks<'_>,
+    requester: &Requester,
+    spec: JobSpec,
+) -> Result<Authorized, Error> {
+    spec.validate(checks)?;
+    let spec = scope(requester, spec)?;
+    if let Some(backup_id) = backup_source(&spec) {
+        let backup = backups::get(db, backup_id).await?;
+        let visible = backup
+            .is_some_and(|b| requester.is_operator() || b.tenant_id == requester.tenant.as_str());
+        if !visible {
+            return Err(Error::NotFound {
+                what: format!("backup '{backup_id}'"),
             });
-            if !visible {
-                return Err(Error::NotFound {
-                    what: format!("backup '{backup_id}'"),
-                });
-            }
         }
-        Ok(Authorized {
-            tenant: requester.tenant.clone(),
-            spec,
-            created_by: requester.label.clone(),
-        })
     }
+    Ok(Authorized {
+        tenant: requester.tenant.clone(),
+        spec,
+        created_by: requester.label.clone(),
+    })
 }
 
 /// The role and tenant rules that need no lookup; returns the spec scoped

@@ -20,7 +20,7 @@ pub use crate::JobSpec;
 use crate::JobType;
 use crate::allow_list::AllowList;
 use crate::payload::{Checks, Queued};
-use crate::policy::Authorized;
+use crate::policy::{Authorized, Requester};
 use crate::preload::PreloadParams;
 
 /// Where the queues live and how fast a dead worker's jobs come back.
@@ -205,16 +205,24 @@ impl JobQueue {
         self
     }
 
-    /// Checks a job's parameters, as [`JobQueue::authorize`] does first.
+    /// Validates `spec` and applies the job policy for `requester`
+    /// ([`crate::policy`]): the only way to an [`Authorized`] job.
     ///
     /// # Errors
     ///
-    /// As [`JobSpec::validate`].
-    pub(crate) fn validate(&self, spec: &JobSpec) -> Result<(), Error> {
-        spec.validate(&Checks {
+    /// [`Error::Validation`] for bad parameters, [`Error::Forbidden`] naming
+    /// the rule, [`Error::NotFound`] for a backup the requester cannot see,
+    /// [`Error::StoreUnavailable`] when the backup cannot be looked up.
+    pub async fn authorize(
+        &self,
+        requester: &Requester,
+        spec: JobSpec,
+    ) -> Result<Authorized, Error> {
+        let checks = Checks {
             max_value_bytes: self.max_value_bytes,
             preload_hosts: &self.allow,
-        })
+        };
+        crate::policy::authorize(&self.db, &checks, requester, spec).await
     }
 
     pub fn db(&self) -> &PgPool {

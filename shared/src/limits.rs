@@ -9,8 +9,6 @@ use std::sync::RwLock;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 /// The defaults every tenant starts with; `0` means unlimited.
 #[derive(Debug, Clone, Args)]
 pub struct LimitSettings {
@@ -156,20 +154,6 @@ impl LimitBook {
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
                 .any(|o| o.requests_per_second.is_some_and(|r| r > 0))
-    }
-
-    /// Replaces the overrides with PostgreSQL's.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::StoreUnavailable`]; the book keeps what it had.
-    pub async fn reload(&self, db: &sqlx::PgPool) -> Result<(), Error> {
-        let rows = crate::db::tenant_limits::all(db).await?;
-        self.replace(
-            rows.into_iter()
-                .map(|row| (row.tenant_id.clone(), row.overrides())),
-        );
-        Ok(())
     }
 
     /// Replaces the overrides (one tenant's, after a change on this instance).

@@ -287,7 +287,7 @@ pub async fn run(
     let tenant_limits = Arc::new(cache_shared::limits::LimitBook::new(
         settings.limits.clone(),
     ));
-    if let Err(err) = tenant_limits.reload(&db).await {
+    if let Err(err) = cache_shared::db::tenant_limits::reload(&db, &tenant_limits).await {
         tracing::warn!(%err, "tenant limits not loaded yet; defaults apply until they are");
     }
     let ctx = JobContext {
@@ -564,7 +564,7 @@ async fn limits_loop(
 ) {
     let (book, db) = (&book, &db);
     every(LIMITS_REFRESH, stop, move || async move {
-        if let Err(err) = book.reload(db).await {
+        if let Err(err) = cache_shared::db::tenant_limits::reload(db, book).await {
             tracing::warn!(%err, "tenant limits not reloaded; keeping the last known ones");
         }
     })

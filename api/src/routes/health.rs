@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use cache_shared::health::{self, HealthReport, Status};
@@ -192,4 +192,40 @@ pub(crate) async fn metrics_report(state: &AppState) -> Result<MetricsReport, Er
         misses,
         total_keys: figures.total_keys,
     })
+}
+
+/// `GET /metrics`: the Prometheus text format; with `METRICS_TOKEN` set, only
+/// for `Authorization: Bearer <that token>`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)
+    )
+)]
+pub async fn scrape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.metrics_tokens.is_empty() {
+        let given = crate::auth::bearer(&headers).unwrap_or("");
+        if !state.metrics_tokens.accepts(given.as_bytes()) {
+            return Err(ApiError::Unauthorized {
+                message: "missing or wrong metrics token",
+                bearer: true,
+            });
+        }
+    }
+    let body = state
+        .instruments
+        .metrics
+        .render(&state.cache, &state.jobs, state.instruments.ops.as_ref())
+        .await;
+    Ok((
+        [(header::CONTENT_TYPE, cache_shared::metrics::TEXT_FORMAT)],
+        body,
+    )
+        .into_response())
 }

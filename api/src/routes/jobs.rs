@@ -199,7 +199,7 @@ async fn create_job(
         request.params.as_ref().map_or("{}", |p| p.get()),
     )
     .map_err(ApiError::op("job.submit"))?;
-    crate::routes::public::start_job(&state, &caller, &headers, spec).await
+    start_job(&state, &caller, &headers, spec).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -315,4 +315,27 @@ async fn cancel_job(
         .await
         .map_err(ApiError::op("job.cancel"))?;
     Ok(Json(JobView::from(record)))
+}
+
+/// Starts a job for the caller's tenant and answers `202`.
+pub(crate) async fn start_job(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    spec: JobSpec,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    let op = ApiError::op("job.submit");
+    let idempotency_key = idempotency_key(headers)?;
+    let job = state
+        .jobs
+        .authorize(&caller.requester(), spec)
+        .await
+        .map_err(&op)?;
+    let record = state
+        .jobs
+        .submit(job, idempotency_key.as_deref())
+        .await
+        .map_err(op)?;
+    let url = public_status_url(&record.id, caller);
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }

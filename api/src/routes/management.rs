@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody, PathParam};
-use crate::routes::public::start_job;
+use crate::routes::jobs::start_job;
 use crate::state::AppState;
 use crate::views::JobAccepted;
 use utoipa_axum::router::OpenApiRouter;

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody, PathParam, read_body};
-use crate::routes::jobs::{idempotency_key, public_status_url};
+use crate::routes::jobs::start_job;
 use crate::state::AppState;
 use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated, entry_answer};
 use utoipa_axum::router::OpenApiRouter;
@@ -299,29 +299,6 @@ async fn exists(
         .await
         .map_err(ApiError::op("exists"))?;
     Ok(Json(ExistsView::new(body.keys, found)))
-}
-
-/// Starts a job for the caller's tenant and answers `202`.
-pub(crate) async fn start_job(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    spec: JobSpec,
-) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    let op = ApiError::op("job.submit");
-    let idempotency_key = idempotency_key(headers)?;
-    let job = state
-        .jobs
-        .authorize(&caller.requester(), spec)
-        .await
-        .map_err(&op)?;
-    let record = state
-        .jobs
-        .submit(job, idempotency_key.as_deref())
-        .await
-        .map_err(op)?;
-    let url = public_status_url(&record.id, caller);
-    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }
 
 #[utoipa::path(

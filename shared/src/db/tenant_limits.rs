@@ -3,7 +3,7 @@
 use sqlx::{FromRow, PgExecutor};
 
 use crate::error::Error;
-use crate::limits::LimitOverrides;
+use crate::limits::{LimitBook, LimitOverrides};
 
 /// One tenant's overrides.
 #[derive(Debug, Clone, FromRow)]
@@ -124,4 +124,18 @@ pub async fn put(
     .fetch_one(exec)
     .await?;
     Ok(row)
+}
+
+/// Replaces `book`'s overrides with PostgreSQL's.
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`]; the book keeps what it had.
+pub async fn reload(db: &sqlx::PgPool, book: &LimitBook) -> Result<(), Error> {
+    let rows = all(db).await?;
+    book.replace(
+        rows.into_iter()
+            .map(|row| (row.tenant_id.clone(), row.overrides())),
+    );
+    Ok(())
 }
