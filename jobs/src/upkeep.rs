@@ -4,7 +4,7 @@
 //! rollup by instance and period, a log batch by its records' request ids.
 
 use cache_shared::oplog::LogRecord;
-use cache_shared::rollup::PeriodFigures;
+use cache_shared::stats::rollup::PeriodFigures;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

@@ -13,9 +13,10 @@ use crate::codec::{Codec, Stored, StoredExpiry, Value, split_expiry, unix_now_ms
 use crate::error::Error;
 use crate::keys::{CacheNamespace, TenantId, validate_key};
 use crate::limits::LimitBook;
-use crate::live_stats::{LiveStats, Op};
 use crate::quota;
 use crate::redis::RedisStore;
+use crate::stats::live::LiveStats;
+use crate::stats::op::Op;
 use crate::ttl::{Expiry, from_redis_ttl};
 
 /// Largest number of keys in one batch request.
@@ -119,7 +120,7 @@ impl Cache {
     }
 
     /// Sessions and permission entries count under the platform namespace.
-    pub(crate) fn platform_stats(&self) -> Arc<crate::live_stats::TenantStats> {
+    pub(crate) fn platform_stats(&self) -> Arc<crate::stats::live::TenantStats> {
         self.stats.tenant(&TenantId::platform())
     }
 

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 
-use crate::live_stats::Op;
 use crate::metrics::Metrics;
+use crate::stats::op::Op;
 
 /// One logged operation. `(request_id, operation, item, occurred_at)` is
 /// unique: a batch persisted twice lands once.

@@ -7,8 +7,8 @@ use crate::cache::Cache;
 use crate::codec::{Value, split_expiry, unix_now_ms};
 use crate::error::Error;
 use crate::keys::{PermissionKeys, validate_key};
-use crate::live_stats::Op;
 use crate::scripts::{PERMISSION_INVALIDATE, PERMISSION_SET};
+use crate::stats::op::Op;
 use crate::ttl::{Expiry, from_redis_ttl};
 
 /// TTL of a permission result stored without one: 5 minutes.

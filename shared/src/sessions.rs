@@ -7,8 +7,8 @@ use crate::cache::Cache;
 use crate::codec::Value;
 use crate::error::Error;
 use crate::keys::{SessionKeys, TenantId, validate_key};
-use crate::live_stats::Op;
 use crate::scripts::{SESSION_DELETE, SESSION_GET, SESSION_PRUNE, SESSION_REVOKE, SESSION_SET};
+use crate::stats::op::Op;
 use crate::ttl::{Expiry, from_redis_ttl};
 
 /// TTL of a session stored without one: 15 minutes.

@@ -47,10 +47,10 @@ use cache_shared::config::{
     TelemetrySettings,
 };
 use cache_shared::health::{self, HEARTBEAT_INTERVAL};
-use cache_shared::live_stats::LiveStats;
 use cache_shared::metrics::{JobMetrics, Metrics};
 use cache_shared::redis::RedisStore;
 use cache_shared::shutdown::every;
+use cache_shared::stats::live::LiveStats;
 use clap::{Args, Parser, Subcommand};
 use deadpool_redis::redis::aio::ConnectionManager;
 

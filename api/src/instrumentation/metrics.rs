@@ -7,12 +7,14 @@ use std::sync::{Arc, OnceLock};
 use cache_jobs::queue::JobQueue;
 use cache_shared::cache::Cache;
 use cache_shared::config::ObservabilitySettings;
-use cache_shared::live_stats::{LiveStats, hit_rate};
-use cache_shared::metrics::{self, MetricError, Metrics, OpMetrics};
+use cache_shared::metrics::{self, MetricError, Metrics};
 use cache_shared::oplog::{self, OpLog, OpLogMetrics};
 use cache_shared::redis::BYTES_PER_MIB;
-use cache_shared::rollup::RecentFigures;
 use cache_shared::saturating_i64;
+use cache_shared::stats::export::OpMetrics;
+use cache_shared::stats::histogram::hit_rate;
+use cache_shared::stats::live::LiveStats;
+use cache_shared::stats::rollup::RecentFigures;
 use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 /// The api's metrics beyond the cache operations' own (which `LiveStats`

@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use cache_shared::health::{self, HealthReport, Status};
-use cache_shared::live_stats::hit_rate;
 use cache_shared::redis::BYTES_PER_MIB;
+use cache_shared::stats::histogram::hit_rate;
 use serde::Serialize;
 
 use crate::error::{ApiError, SERVICE_NAME};

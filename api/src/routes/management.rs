@@ -14,11 +14,13 @@ use cache_shared::Error;
 use cache_shared::api_keys::Role;
 use cache_shared::cache::Compressed;
 use cache_shared::db::{admin_actions, reports};
-use cache_shared::live_stats::{HotKey, OpSnapshot, hit_rate};
 use cache_shared::memory_report::{
     KeySize, MemoryReport, Recommendation, Signals, recommendations,
 };
 use cache_shared::redis::ConnectionStats;
+use cache_shared::stats::histogram::hit_rate;
+use cache_shared::stats::hot_keys::HotKey;
+use cache_shared::stats::live::OpSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

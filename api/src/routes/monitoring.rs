@@ -4,7 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
-use cache_shared::live_stats::{HotKey, Latency, Op, OpSnapshot, hit_rate};
+use cache_shared::stats::histogram::{Latency, hit_rate};
+use cache_shared::stats::hot_keys::HotKey;
+use cache_shared::stats::live::OpSnapshot;
+use cache_shared::stats::op::Op;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::api_keys::Role;
 use cache_shared::db::admin_actions;
-use cache_shared::rollup::{OpFigures, PeriodFigures};
+use cache_shared::stats::rollup::{OpFigures, PeriodFigures};
 use chrono::{TimeZone, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -193,17 +193,17 @@ fn op(calls: u64, errors: u64, latency_us: u64) -> OpFigures {
 
 /// The live histogram's bucket of `us`, found through the public figures.
 fn bucket(us: u64) -> usize {
-    let stats = cache_shared::live_stats::LiveStats::default();
+    let stats = cache_shared::stats::live::LiveStats::default();
     let tenant = stats.tenant(&cache_shared::keys::TenantId::parse("b", "t").unwrap());
     let started = std::time::Instant::now() - Duration::from_micros(us);
     let _ = stats.observe(
-        cache_shared::live_stats::Op::Get,
+        cache_shared::stats::op::Op::Get,
         &tenant,
         started,
         None,
         Ok::<_, cache_shared::Error>(()),
     );
-    let mut tracker = cache_shared::rollup::RollupTracker::default();
+    let mut tracker = cache_shared::stats::rollup::RollupTracker::default();
     let figures = tracker.next_period(&stats);
     *figures[0].1.ops["get"].buckets.keys().next().unwrap()
 }

@@ -16,7 +16,7 @@ use crate::error::JobError;
 async fn run(ctx: &JobContext) -> Result<Outcome, JobError> {
     let figures = ctx.cache.redis().server_figures().await?;
     let hit_rate =
-        cache_shared::live_stats::hit_rate((figures.keyspace_hits, figures.keyspace_misses));
+        cache_shared::stats::histogram::hit_rate((figures.keyspace_hits, figures.keyspace_misses));
     let mut result = serde_json::to_value(figures)
         .map_err(|e| JobError::Permanent(format!("serialising figures: {e}")))?;
     result["hitRate"] = json!(hit_rate);

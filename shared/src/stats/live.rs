@@ -4,281 +4,42 @@
 //! is atomics and short critical sections, so the request path pays next to
 //! nothing; nothing here talks to Redis or PostgreSQL.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::histogram::{BUCKETS, Histogram, Latency, dense_latency, hit_rate};
+use super::hot_keys::{FastMap, HOTKEY_SAMPLE_EVERY, HotKey, HotKeys};
+use super::op::Op;
 use crate::error::Error;
 use crate::keys::TenantId;
 use crate::oplog::{OpLog, Outcome};
 
-/// FNV-1a, for the maps looked up on every request: their keys are short
-/// (tenant ids, cache keys) and their sizes bounded (the hot-key map holds
-/// 64 keys), so SipHash's flooding resistance buys nothing there.
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
+/// Cumulative counters of one tenant at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub hits: u64,
+    pub misses: u64,
+    pub ops: Vec<OpTotals>,
 }
 
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
-/// Operations counted separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Get,
-    Set,
-    Delete,
-    Mget,
-    Mset,
-    Exists,
-    Expire,
-    Ttl,
-    Touch,
-    Session,
-    Permission,
-}
-
-impl Op {
-    pub const ALL: [Op; 11] = [
-        Op::Get,
-        Op::Set,
-        Op::Delete,
-        Op::Mget,
-        Op::Mset,
-        Op::Exists,
-        Op::Expire,
-        Op::Ttl,
-        Op::Touch,
-        Op::Session,
-        Op::Permission,
-    ];
-
-    /// The name in metrics, logs and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Set => "set",
-            Op::Delete => "delete",
-            Op::Mget => "mget",
-            Op::Mset => "mset",
-            Op::Exists => "exists",
-            Op::Expire => "expire",
-            Op::Ttl => "ttl",
-            Op::Touch => "touch",
-            Op::Session => "session",
-            Op::Permission => "permission",
-        }
-    }
+#[derive(Debug, Clone, Default)]
+pub struct OpTotals {
+    pub calls: u64,
+    pub errors: u64,
+    pub sum_us: u64,
+    pub max_us: u64,
+    pub buckets: Vec<u64>,
 }
 
 /// Seconds of per-second throughput kept (the 15-minute rate).
 const WINDOW_SECONDS: usize = 900;
-
-/// Latency buckets: 8 per power of two from 1 µs to about 70 s (a relative
-/// error under 9 %, plenty for percentiles of cache calls).
-const SUB_BUCKETS: u64 = 8;
-pub(crate) const BUCKETS: usize = 27 * SUB_BUCKETS as usize;
-
-/// One in this many reads feeds the hot-key detector.
-const HOTKEY_SAMPLE_EVERY: u64 = 8;
-/// Keys tracked per tenant by the detector.
-const HOTKEY_CAPACITY: usize = 64;
-
-/// A latency histogram with logarithmic buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    sum_us: AtomicU64,
-    max_us: AtomicU64,
-}
-
-impl Histogram {
-    /// Adds `other`'s counts to this one's.
-    fn absorb(&self, other: &Histogram) {
-        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
-            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        self.sum_us
-            .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.max_us
-            .fetch_max(other.max_us.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            sum_us: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
-        }
-    }
-}
-
-pub(crate) fn bucket_of(us: u64) -> usize {
-    if us < SUB_BUCKETS {
-        return us as usize;
-    }
-    let power = 63 - u64::from(us.leading_zeros());
-    let shift = power + 1 - SUB_BUCKETS.trailing_zeros() as u64 - 1;
-    let sub = (us >> shift) - SUB_BUCKETS;
-    ((power - 2) * SUB_BUCKETS + sub) as usize
-}
-
-pub(crate) fn bucket_upper_us(bucket: usize) -> u64 {
-    let bucket = bucket as u64;
-    if bucket < SUB_BUCKETS {
-        return bucket;
-    }
-    let power = bucket / SUB_BUCKETS + 2;
-    let sub = bucket % SUB_BUCKETS;
-    let shift = power - 3;
-    ((SUB_BUCKETS + sub + 1) << shift) - 1
-}
-
-/// Percentiles of a histogram, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Latency {
-    pub count: u64,
-    pub mean_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Histogram {
-    pub fn record(&self, us: u64) {
-        let bucket = bucket_of(us).min(BUCKETS - 1);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        // A plain load first: the maximum rarely moves, and a locked
-        // read-modify-write on every call would cost more than the rest.
-        if us > self.max_us.load(Ordering::Relaxed) {
-            self.max_us.fetch_max(us, Ordering::Relaxed);
-        }
-    }
-
-    /// Cumulative bucket counts, sum and max, for period deltas.
-    fn totals(&self) -> (Vec<u64>, u64, u64) {
-        (
-            self.buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            self.sum_us.load(Ordering::Relaxed),
-            self.max_us.load(Ordering::Relaxed),
-        )
-    }
-
-    pub fn latency(&self) -> Latency {
-        let (counts, sum_us, max_us) = self.totals();
-        dense_latency(&counts, sum_us, max_us)
-    }
-}
-
-/// [`latency_of`] a dense histogram (one count per bucket), its calls the
-/// counts' sum.
-fn dense_latency(counts: &[u64], sum_us: u64, max_us: u64) -> Latency {
-    let calls = counts.iter().sum();
-    latency_of(counts.iter().copied().enumerate(), calls, sum_us, max_us)
-}
-
-/// Count, mean and percentiles of `calls` whose latencies fell into
-/// `buckets` ((bucket, count), ascending; this module's bucket layout). A
-/// percentile is the upper bound of the bucket holding it, never above the
-/// largest call seen.
-pub(crate) fn latency_of<B>(buckets: B, calls: u64, sum_us: u64, max_us: u64) -> Latency
-where
-    B: IntoIterator<Item = (usize, u64)> + Clone,
-{
-    if calls == 0 {
-        return Latency::default();
-    }
-    let counted: u64 = buckets.clone().into_iter().map(|(_, n)| n).sum();
-    let at = |q: f64| {
-        let rank = ((q * counted as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (bucket, n) in buckets.clone() {
-            seen += n;
-            if seen >= rank {
-                return bucket_upper_us(bucket).min(max_us) as f64 / 1000.0;
-            }
-        }
-        max_us as f64 / 1000.0
-    };
-    Latency {
-        count: calls,
-        mean_ms: sum_us as f64 / calls as f64 / 1000.0,
-        p50_ms: at(0.50),
-        p95_ms: at(0.95),
-        p99_ms: at(0.99),
-        max_ms: max_us as f64 / 1000.0,
-    }
-}
 
 #[derive(Debug, Default)]
 struct OpCounters {
     calls: AtomicU64,
     errors: AtomicU64,
     latency: Histogram,
-}
-
-/// A bounded top-K of keys by reads (the space-saving algorithm): the counts
-/// of the keys it reports are over-estimates by at most `error`.
-#[derive(Debug, Default)]
-struct SpaceSaving {
-    counts: FastMap<String, (u64, u64)>,
-}
-
-impl SpaceSaving {
-    fn offer(&mut self, key: &str) {
-        if let Some((count, _)) = self.counts.get_mut(key) {
-            *count += 1;
-            return;
-        }
-        if self.counts.len() < HOTKEY_CAPACITY {
-            self.counts.insert(key.to_owned(), (1, 0));
-            return;
-        }
-        // Replace the least counted key; the newcomer inherits its count as error.
-        let Some((victim, (min, _))) = self
-            .counts
-            .iter()
-            .min_by_key(|(_, (count, _))| *count)
-            .map(|(k, v)| (k.clone(), *v))
-        else {
-            return;
-        };
-        self.counts.remove(&victim);
-        self.counts.insert(key.to_owned(), (min + 1, min));
-    }
-}
-
-/// The detector since start (served live) and the one of the current
-/// rollup period (shipped and reset at each period's end).
-#[derive(Debug, Default)]
-struct HotKeys {
-    since_start: SpaceSaving,
-    period: SpaceSaving,
 }
 
 /// Minutes of per-minute throughput kept per tenant (the 15-minute rate).
@@ -312,17 +73,6 @@ impl TenantStats {
             created: Instant::now(),
         }
     }
-}
-
-/// A key the detector found hot; counts are sampled estimates.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HotKey {
-    pub key: String,
-    /// Estimated reads since start (sampled one in eight, scaled back).
-    pub estimated_reads: u64,
-    /// How far `estimated_reads` may overstate.
-    pub error_bound: u64,
 }
 
 /// Counters of one operation at a point in time.
@@ -421,8 +171,8 @@ impl TenantStats {
     }
 
     /// Cumulative per-operation counters and lookups, for period deltas.
-    pub(crate) fn totals(&self) -> crate::rollup::Totals {
-        crate::rollup::Totals {
+    pub(crate) fn totals(&self) -> Totals {
+        Totals {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             ops: Op::ALL
@@ -430,7 +180,7 @@ impl TenantStats {
                 .map(|&op| {
                     let c = &self.ops[op as usize];
                     let (buckets, sum_us, max_us) = c.latency.totals();
-                    crate::rollup::OpTotals {
+                    OpTotals {
                         calls: c.calls.load(Ordering::Relaxed),
                         errors: c.errors.load(Ordering::Relaxed),
                         sum_us,
@@ -830,12 +580,6 @@ impl LiveStats {
     }
 }
 
-/// Hit rate in percent of `(hits, misses)`, `None` without reads.
-pub fn hit_rate((hits, misses): (u64, u64)) -> Option<f64> {
-    let total = hits + misses;
-    (total > 0).then(|| hits as f64 * 100.0 / total as f64)
-}
-
 fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -845,6 +589,7 @@ fn now_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::histogram::{bucket_of, bucket_upper_us};
 
     fn tenant() -> TenantId {
         TenantId::parse("acme", "t").unwrap()

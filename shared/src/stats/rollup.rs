@@ -9,24 +9,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::live_stats::{Latency, LiveStats, Op, TenantStats, bucket_upper_us, latency_of};
-
-/// Cumulative counters of one tenant at one moment.
-#[derive(Debug, Clone, Default)]
-pub struct Totals {
-    pub hits: u64,
-    pub misses: u64,
-    pub ops: Vec<OpTotals>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct OpTotals {
-    pub calls: u64,
-    pub errors: u64,
-    pub sum_us: u64,
-    pub max_us: u64,
-    pub buckets: Vec<u64>,
-}
+use super::histogram::{Latency, bucket_upper_us, latency_of};
+use super::live::{LiveStats, TenantStats, Totals};
+use super::op::Op;
 
 /// What one or more instances saw of one tenant during one period.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,7 +79,7 @@ impl PeriodFigures {
             hits: self.hits,
             misses: self.misses,
             errors: all.errors,
-            hit_rate: crate::live_stats::hit_rate((self.hits, self.misses)),
+            hit_rate: super::histogram::hit_rate((self.hits, self.misses)),
             avg_latency_ms: timed.map(|l| l.mean_ms),
             p95_latency_ms: timed.map(|l| l.p95_ms),
             p99_latency_ms: timed.map(|l| l.p99_ms),
@@ -362,14 +347,14 @@ mod tests {
             errors: 0,
             sum_us: 90 * 100,
             max_us: 100,
-            buckets: BTreeMap::from([(crate::live_stats::bucket_of(100), 90)]),
+            buckets: BTreeMap::from([(super::super::histogram::bucket_of(100), 90)]),
         };
         let slow = OpFigures {
             calls: 10,
             errors: 2,
             sum_us: 10 * 8000,
             max_us: 8000,
-            buckets: BTreeMap::from([(crate::live_stats::bucket_of(8000), 10)]),
+            buckets: BTreeMap::from([(super::super::histogram::bucket_of(8000), 10)]),
         };
         a.ops.insert("get".into(), fast);
         a.hits = 60;
