@@ -28,7 +28,7 @@ pub enum ValueView {
 pub struct EntryView {
     pub key: String,
     /// Any JSON value; base64 text of raw bytes when `encoding` is `base64`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub value: ValueView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<&'static str>,
@@ -42,7 +42,7 @@ pub struct MgetItem {
     pub key: String,
     pub found: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<ValueView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<&'static str>,

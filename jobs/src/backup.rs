@@ -12,6 +12,7 @@ pub struct BackupParams {
     /// Operators only: write the backup to this absolute path on the worker
     /// (newline-delimited JSON) instead of PostgreSQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^/")]
     pub file: Option<String>,
 }
 
@@ -35,9 +36,11 @@ impl Params for BackupParams {
 pub struct RestoreParams {
     /// The id of a completed backup job stored in PostgreSQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9A-Za-z]{26}$")]
     pub backup_id: Option<String>,
     /// Operators only: a backup file written by a `file` backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^/")]
     pub file: Option<String>,
     /// Replace keys that exist in the target tenant (default: keep them).
     #[serde(default)]

@@ -11,6 +11,7 @@ use crate::payload::{Checks, Params};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompressParams {
     /// A glob over the tenant's keys (`*`, `?`, `[..]` act).
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub pattern: String,
 }
 

@@ -13,9 +13,11 @@ use crate::payload::{Checks, Params};
 pub struct FlushParams {
     /// A glob over the tenant's keys (`*`, `?`, `[..]` act).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub pattern: Option<String>,
     /// A literal key prefix, e.g. `user:` (no wildcards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub namespace: Option<String>,
     /// Every tenant's values (operators only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -24,6 +24,7 @@ pub struct AnalysisParams {
     #[serde(default)]
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub sample_size: Option<u64>,
 }
 

@@ -19,11 +19,12 @@ pub const MAX_INLINE_ITEMS: usize = 10_000;
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreloadItem {
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub key: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub value: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     pub ttl: Option<Expiry>,
 }
 
@@ -33,12 +34,14 @@ pub struct PreloadItem {
 pub struct PreloadParams {
     /// Up to 10 000 items, each validated at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 10000)]
     pub items: Option<Vec<PreloadItem>>,
     /// Newline-delimited JSON items, from a host on `PRELOAD_ALLOWED_HOSTS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A completed backup of the tenant's (an operator may name any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9A-Za-z]{26}$")]
     pub backup_id: Option<String>,
 }
 

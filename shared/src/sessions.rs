@@ -187,7 +187,13 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub user_id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     pub tenant_id: Option<String>,
 }
 

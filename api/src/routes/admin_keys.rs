@@ -77,9 +77,16 @@ async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json<Key
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: String,
+    #[schema(pattern = r"^(reader|writer|admin|operator)$")]
     role: String,
     name: Option<String>,
+    #[schema(minimum = 1, maximum = 36500)]
     expires_in_days: Option<u32>,
 }
 

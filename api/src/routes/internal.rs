@@ -33,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     get,
     path = "/internal/cache/get/{key}",
     tag = "internal",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
     responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("serviceToken" = []))
 )]
@@ -50,10 +50,11 @@ async fn get_value(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     key: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     value: Box<RawValue>,
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
 }
 
@@ -84,7 +85,7 @@ async fn set_value(
     delete,
     path = "/internal/cache/delete/{key}",
     tag = "internal",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
     responses((status = 200, description = "Success", body = Deleted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("serviceToken" = []))
 )]
@@ -104,6 +105,7 @@ async fn delete_value(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeysBody {
+    #[schema(max_items = 1000)]
     keys: Vec<String>,
 }
 
@@ -133,16 +135,18 @@ async fn mget(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MsetBody {
+    #[schema(max_items = 1000)]
     items: Vec<MsetItem>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MsetItem {
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     key: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     value: Box<RawValue>,
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
 }
 
@@ -208,8 +212,9 @@ async fn exists(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExpireBody {
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     key: String,
-    #[schema(value_type = u32)]
+    #[schema(value_type = u32, maximum = 31536000)]
     ttl: Expiry,
 }
 

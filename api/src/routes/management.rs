@@ -57,7 +57,7 @@ fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Optio
     path = "/api/v1/cache/info",
     tag = "management",
     description = "Operator: the whole parsed INFO; tenant: its key count and memory estimate.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -91,7 +91,7 @@ async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
     get,
     path = "/api/v1/cache/memory",
     tag = "management",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -241,6 +241,9 @@ const EVICTION_POLICIES: [&str; 8] = [
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyBody {
+    #[schema(
+        pattern = r"^(noeviction|allkeys-lru|allkeys-lfu|allkeys-random|volatile-lru|volatile-lfu|volatile-random|volatile-ttl)$"
+    )]
     policy: String,
 }
 
@@ -300,7 +303,7 @@ struct ReportView {
     path = "/api/v1/cache/memory/analyze",
     tag = "management",
     description = "The latest completed report; 404 when there is none.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = ReportView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -329,7 +332,7 @@ async fn latest_analysis(
     post,
     path = "/api/v1/cache/memory/analyze",
     tag = "management",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = AnalysisParams,
     responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -347,7 +350,7 @@ async fn start_analysis(
     post,
     path = "/api/v1/cache/compress/{pattern}",
     tag = "performance",
-    params(("pattern" = String, Path, description = "Glob over the tenant keys"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    params(("pattern" = String, Path, description = "Glob over the tenant keys (1–512 bytes, no control characters)", min_length = 1, max_length = 512), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -378,7 +381,7 @@ struct CompressedView {
     post,
     path = "/api/v1/cache/keys/{key}/compress",
     tag = "performance",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = CompressedView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -403,7 +406,7 @@ const SLOW_P99_MS: f64 = 10.0;
     path = "/api/v1/cache/performance",
     tag = "performance",
     description = "Latency, hit rate, slow operations and recommendations.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = PerformanceView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]

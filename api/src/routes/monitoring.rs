@@ -135,7 +135,7 @@ struct MetricsView {
     get,
     path = "/api/v1/cache/metrics",
     tag = "monitoring",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = MetricsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -248,7 +248,7 @@ struct ThroughputView {
     path = "/api/v1/cache/throughput",
     tag = "monitoring",
     description = "Operations per second over 1, 5 and 15 minutes.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = ThroughputView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]

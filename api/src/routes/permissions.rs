@@ -28,9 +28,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct SetBody {
     key: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     result: Box<RawValue>,
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
 }
 
@@ -76,7 +76,7 @@ struct Lookup {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PermissionView {
     key: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     result: Box<RawValue>,
     ttl: i64,
 }

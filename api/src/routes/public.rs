@@ -54,7 +54,7 @@ fn wants_bytes(headers: &HeaderMap) -> bool {
     path = "/api/v1/cache/keys/{key}",
     tag = "cache",
     description = "With Accept: application/octet-stream, the raw bytes (a JSON value as compact text).",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -81,9 +81,9 @@ async fn get_value(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     value: Box<RawValue>,
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
 }
 
@@ -135,7 +135,7 @@ impl FromRequest<AppState> for PutValue {
     path = "/api/v1/cache/keys/{key}",
     tag = "cache",
     description = "JSON {value, ttl?}, or raw bytes with Content-Type application/octet-stream.",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("ttl" = Option<u32>, Query, description = "TTL for raw-bytes bodies")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("ttl" = Option<u32>, Query, description = "TTL for raw-bytes bodies", maximum = 31536000)),
     request_body = PutBody,
     responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -158,7 +158,7 @@ async fn put_value(
     delete,
     path = "/api/v1/cache/keys/{key}",
     tag = "cache",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = Deleted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -178,7 +178,7 @@ async fn delete_value(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExpireBody {
-    #[schema(value_type = u32)]
+    #[schema(value_type = u32, maximum = 31536000)]
     ttl: Expiry,
 }
 
@@ -187,7 +187,7 @@ struct ExpireBody {
     path = "/api/v1/cache/keys/{key}/expire",
     tag = "cache",
     description = "ttl 0 removes the expiry.",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     request_body = ExpireBody,
     responses((status = 200, description = "Success", body = Updated), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -211,7 +211,7 @@ async fn expire(
     path = "/api/v1/cache/keys/{key}/ttl",
     tag = "cache",
     description = "-1: no expiry.",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = KeyTtl), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -234,7 +234,7 @@ async fn ttl(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TouchBody {
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
 }
 
@@ -250,7 +250,7 @@ struct Touched {
     path = "/api/v1/cache/keys/{key}/touch",
     tag = "cache",
     description = "ttl null when the key does not exist.",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     request_body = TouchBody,
     responses((status = 200, description = "Success", body = Touched), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -276,6 +276,7 @@ async fn touch(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeysBody {
+    #[schema(max_items = 1000)]
     keys: Vec<String>,
 }
 
@@ -283,7 +284,7 @@ struct KeysBody {
     post,
     path = "/api/v1/cache/keys/exists",
     tag = "cache",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     request_body = KeysBody,
     responses((status = 200, description = "Success", body = ExistsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -306,7 +307,7 @@ async fn exists(
     path = "/api/v1/cache/flush",
     tag = "management",
     description = "SCAN + UNLINK of the tenant keys (all, a namespace or a glob) as a job.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = FlushParams,
     responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -325,7 +326,7 @@ async fn flush(
     path = "/api/v1/cache/preload",
     tag = "management",
     description = "Inline items (up to 10 000), validated before anything is enqueued.",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant"), ("Idempotency-Key" = Option<String>, Header)),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = PreloadParams,
     responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
@@ -357,7 +358,7 @@ struct StatusView {
     get,
     path = "/api/v1/cache/status",
     tag = "health",
-    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant")),
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = StatusView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]

@@ -27,12 +27,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SetSessionBody {
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     session_id: String,
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f]+$")]
     user_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant_id: String,
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     data: Option<Box<RawValue>>,
 }
 
@@ -42,7 +49,7 @@ struct SessionView {
     session_id: String,
     user_id: String,
     tenant_id: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     data: Box<RawValue>,
     ttl: i64,
 }

@@ -33,7 +33,7 @@ struct LimitsView {
     get,
     path = "/api/v1/admin/tenants/{tenant}/limits",
     tag = "admin",
-    params(("tenant" = String, Path, description = "Any valid tenant id, used or not")),
+    params(("tenant" = String, Path, description = "Any valid tenant id, used or not", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = LimitsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -59,7 +59,7 @@ async fn get_limits(
     path = "/api/v1/admin/tenants/{tenant}/limits",
     tag = "admin",
     description = "Any subset of the limits; null returns a field to the default.",
-    params(("tenant" = String, Path, description = "Any valid tenant id, used or not")),
+    params(("tenant" = String, Path, description = "Any valid tenant id, used or not", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     request_body = LimitPatch,
     responses((status = 200, description = "Success", body = LimitsView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
