@@ -90,6 +90,27 @@ struct CreateBody {
     expires_in_days: Option<u32>,
 }
 
+impl CreateBody {
+    /// The tenant and role, once every field is within its rules.
+    fn checked(&self) -> Result<(TenantId, Role), Error> {
+        let tenant = TenantId::parse(&self.tenant, "tenant")?;
+        let role = Role::parse(&self.role, "role")?;
+        if self
+            .expires_in_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
+            return Err(Error::validation(
+                "expiresInDays",
+                "expiresInDays must be from 1 to 36500",
+            ));
+        }
+        if self.name.as_ref().is_some_and(|n| n.len() > 255) {
+            return Err(Error::validation("name", "name must be at most 255 bytes"));
+        }
+        Ok((tenant, role))
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Created {
     id: String,
@@ -117,23 +138,7 @@ async fn create(
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let op = ApiError::op("keys.create");
-    let tenant = TenantId::parse(&body.tenant, "tenant").map_err(&op)?;
-    let role = Role::parse(&body.role, "role").map_err(&op)?;
-    if body
-        .expires_in_days
-        .is_some_and(|d| !(1..=36_500).contains(&d))
-    {
-        return Err(op(Error::validation(
-            "expiresInDays",
-            "expiresInDays must be from 1 to 36500",
-        )));
-    }
-    if body.name.as_ref().is_some_and(|n| n.len() > 255) {
-        return Err(op(Error::validation(
-            "name",
-            "name must be at most 255 bytes",
-        )));
-    }
+    let (tenant, role) = body.checked().map_err(&op)?;
     let key = api_keys::generate().map_err(&op)?;
     let record = key_rows::insert_audited(
         &state.db,

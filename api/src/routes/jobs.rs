@@ -221,6 +221,36 @@ struct ListQuery {
     tenant: Option<String>,
 }
 
+impl ListQuery {
+    /// The type, status and limit asked for, each within its rules.
+    fn filter(&self) -> Result<(Option<JobType>, Option<JobStatus>, i64), ApiError> {
+        let limit = bounded_param(
+            self.limit.as_deref(),
+            "limit",
+            1..=500,
+            "limit must be an integer from 1 to 500",
+        )?
+        .unwrap_or(50i64);
+        let job_type = match self.job_type.as_deref() {
+            None => None,
+            Some(text) => Some(
+                text.parse::<JobType>()
+                    .map_err(|e| ApiError::bad_request("type", e.to_string()))?,
+            ),
+        };
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "status",
+                    "status must be queued, running, succeeded, failed or cancelled",
+                )
+            })?),
+        };
+        Ok((job_type, status, limit))
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct JobList {
     jobs: Vec<JobView>,
@@ -240,29 +270,7 @@ async fn list_jobs(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let limit = bounded_param(
-        query.limit.as_deref(),
-        "limit",
-        1..=500,
-        "limit must be an integer from 1 to 500",
-    )?
-    .unwrap_or(50i64);
-    let job_type = match query.job_type.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<JobType>()
-                .map_err(|e| ApiError::bad_request("type", e.to_string()))?,
-        ),
-    };
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "status",
-                "status must be queued, running, succeeded, failed or cancelled",
-            )
-        })?),
-    };
+    let (job_type, status, limit) = query.filter()?;
     let jobs = jobs::list(
         state.jobs.db(),
         &JobFilter {

@@ -433,15 +433,7 @@ async fn performance(
         pool_waiting: u64::try_from(pool.waiting).unwrap_or(u64::MAX),
         pool_timeouts: pool.timeouts,
     });
-    let slow_operations = ops
-        .iter()
-        .filter(|o| o.calls > 0 && o.latency.p99_ms > SLOW_P99_MS)
-        .map(|o| SlowOperation {
-            operation: o.op.name(),
-            p99_ms: o.latency.p99_ms,
-            max_ms: o.latency.max_ms,
-        })
-        .collect();
+    let slow_operations = slow_operations(&ops);
     Ok(Json(PerformanceView {
         tenant_id: caller.tenant.as_str().to_owned(),
         hit_rate: rate,
@@ -472,6 +464,18 @@ struct PerformanceView {
     biggest_keys: Option<Vec<KeySize>>,
     hot_keys: Vec<HotKey>,
     recommendations: Vec<Recommendation>,
+}
+
+/// The operations whose p99 is over [`SLOW_P99_MS`].
+fn slow_operations(ops: &[OpSnapshot]) -> Vec<SlowOperation> {
+    ops.iter()
+        .filter(|o| o.calls > 0 && o.latency.p99_ms > SLOW_P99_MS)
+        .map(|o| SlowOperation {
+            operation: o.op.name(),
+            p99_ms: o.latency.p99_ms,
+            max_ms: o.latency.max_ms,
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
