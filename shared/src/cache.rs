@@ -107,6 +107,21 @@ impl Cache {
         &self.redis
     }
 
+    /// Runs one operation's Redis work on a connection under the command
+    /// deadline (the scaffold every operation shares; each then records its
+    /// figures with `stats`).
+    pub(crate) async fn on_redis<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut crate::redis::Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.redis
+            .timed(async {
+                let mut conn = self.redis.conn().await?;
+                work(&mut conn).await
+            })
+            .await
+    }
+
     pub fn codec(&self) -> Codec {
         self.codec
     }
@@ -134,21 +149,14 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
-                let stored: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(&redis_key)
-                    .query_async(&mut conn)
-                    .await?;
+            .on_redis(async |conn| {
+                let stored: Option<Vec<u8>> =
+                    redis::cmd("GET").arg(&redis_key).query_async(conn).await?;
                 // One command: the value's header carries its expiry, except
                 // for values written before the header (see the codec).
                 let legacy_ttl = match &stored {
                     Some(bytes) if split_expiry(bytes).0 == StoredExpiry::Unknown => {
-                        let ttl: i64 = redis::cmd("TTL")
-                            .arg(&redis_key)
-                            .query_async(&mut conn)
-                            .await?;
+                        let ttl: i64 = redis::cmd("TTL").arg(&redis_key).query_async(conn).await?;
                         Some(from_redis_ttl(ttl).unwrap_or(-1))
                     }
                     _ => None,
@@ -199,18 +207,10 @@ impl Cache {
             ttl_ms: ttl_ms(expiry),
         };
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
-                quota::write(
-                    &mut conn,
-                    tenant,
-                    &limits,
-                    std::slice::from_ref(&item),
-                    false,
-                )
-                .await
-                .map(drop)
+            .on_redis(async |conn| {
+                quota::write(conn, tenant, &limits, std::slice::from_ref(&item), false)
+                    .await
+                    .map(drop)
             })
             .await;
         self.stats.observe_write(
@@ -233,10 +233,8 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
-                let removed = quota::delete(&mut conn, tenant, &[&redis_key]).await?;
+            .on_redis(async |conn| {
+                let removed = quota::delete(conn, tenant, &[&redis_key]).await?;
                 Ok(removed > 0)
             })
             .await;
@@ -270,16 +268,14 @@ impl Cache {
         let redis_keys: Vec<String> = keys.iter().map(|k| ns.key(k)).collect();
         let limit = self.limits.mget_max_bytes;
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
+            .on_redis(async |conn| {
                 let mut invocation = crate::scripts::BOUNDED_MGET.prepare_invoke();
                 invocation.arg(limit);
                 for key in &redis_keys {
                     invocation.key(key);
                 }
                 let (total, stored, ttls): (u64, Vec<Option<Vec<u8>>>, Vec<i64>) =
-                    invocation.invoke_async(&mut conn).await?;
+                    invocation.invoke_async(conn).await?;
                 if stored.len() != redis_keys.len() {
                     return Err(Error::PayloadTooLarge {
                         message: format!(
@@ -360,9 +356,7 @@ impl Cache {
         };
         let limits = self.tenants.of(tenant.as_str());
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
+            .on_redis(async |conn| {
                 let batch: Vec<quota::Write<'_>> = encoded
                     .iter()
                     .zip(items)
@@ -374,7 +368,7 @@ impl Cache {
                         ttl_ms: *ttl_ms,
                     })
                     .collect();
-                quota::write(&mut conn, tenant, &limits, &batch, false)
+                quota::write(conn, tenant, &limits, &batch, false)
                     .await
                     .map(drop)
             })
@@ -409,14 +403,12 @@ impl Cache {
             keys.iter().filter(|k| seen.insert(k.as_str())).collect()
         };
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
+            .on_redis(async |conn| {
                 let mut pipe = redis::pipe();
                 for key in &unique {
                     pipe.exists(ns.key(key));
                 }
-                let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+                let found: Vec<bool> = pipe.query_async(conn).await?;
                 Ok(found)
             })
             .await;
@@ -443,12 +435,10 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
+            .on_redis(async |conn| {
                 // "No expiry" on a key without one is still an update: the
                 // caller got what it asked for; only a missing key is `false`.
-                quota::retime(&mut conn, tenant, &redis_key, ttl_ms(ttl)).await
+                quota::retime(conn, tenant, &redis_key, ttl_ms(ttl)).await
             })
             .await;
         let updated =
@@ -468,13 +458,8 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
-                let ttl: i64 = redis::cmd("TTL")
-                    .arg(&redis_key)
-                    .query_async(&mut conn)
-                    .await?;
+            .on_redis(async |conn| {
+                let ttl: i64 = redis::cmd("TTL").arg(&redis_key).query_async(conn).await?;
                 Ok(from_redis_ttl(ttl))
             })
             .await;
@@ -499,17 +484,15 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let result = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
+            .on_redis(async |conn| {
                 if let Some(ttl) = ttl {
-                    quota::retime(&mut conn, tenant, &redis_key, ttl_ms(ttl)).await?;
+                    quota::retime(conn, tenant, &redis_key, ttl_ms(ttl)).await?;
                 }
                 let (_, remaining): (i64, i64) = redis::pipe()
                     .cmd("TOUCH")
                     .arg(&redis_key)
                     .ttl(&redis_key)
-                    .query_async(&mut conn)
+                    .query_async(conn)
                     .await?;
                 Ok(from_redis_ttl(remaining))
             })
@@ -530,13 +513,9 @@ impl Cache {
         validate_key(key, "key")?;
         let redis_key = CacheNamespace::key_of(tenant, key);
         let stored: Option<Vec<u8>> = self
-            .redis
-            .timed(async {
-                let mut conn = self.redis.conn().await?;
-                let stored: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(&redis_key)
-                    .query_async(&mut conn)
-                    .await?;
+            .on_redis(async |conn| {
+                let stored: Option<Vec<u8>> =
+                    redis::cmd("GET").arg(&redis_key).query_async(conn).await?;
                 Ok(stored)
             })
             .await?;

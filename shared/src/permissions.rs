@@ -139,11 +139,9 @@ pub async fn set(
         .arg(key.as_str())
         .arg(cache.codec().encode(result))
         .arg(expiry.seconds().unwrap_or(0));
-    let redis = cache.redis();
-    let outcome = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
-            let _: i64 = invocation.invoke_async(&mut conn).await?;
+    let outcome = cache
+        .on_redis(async |conn| {
+            let _: i64 = invocation.invoke_async(conn).await?;
             Ok(())
         })
         .await;
@@ -161,13 +159,11 @@ pub async fn set(
 pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error> {
     let started = std::time::Instant::now();
     let entry = PermissionKeys::entry(key.as_str());
-    let redis = cache.redis();
-    let outcome = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
+    let outcome = cache
+        .on_redis(async |conn| {
             let stored: Option<Vec<u8>> = deadpool_redis::redis::cmd("GET")
                 .arg(&entry)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await?;
             // The header gives the TTL, except for entries written before it.
             let ttl = match &stored {
@@ -176,7 +172,7 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
                     None => {
                         let ttl: i64 = deadpool_redis::redis::cmd("TTL")
                             .arg(&entry)
-                            .query_async(&mut conn)
+                            .query_async(conn)
                             .await?;
                         from_redis_ttl(ttl).unwrap_or(-1)
                     }
@@ -230,11 +226,9 @@ pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error
     if let Selector::Key(key) = selector {
         invocation.arg(key.as_str());
     }
-    let redis = cache.redis();
-    let outcome = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
-            let deleted: u64 = invocation.invoke_async(&mut conn).await?;
+    let outcome = cache
+        .on_redis(async |conn| {
+            let deleted: u64 = invocation.invoke_async(conn).await?;
             Ok(deleted)
         })
         .await;

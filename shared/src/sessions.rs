@@ -85,11 +85,9 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
         .arg(cache.codec().encode(&data))
         .arg(SessionKeys::USER_INDEX_PREFIX)
         .arg(SessionKeys::TENANT_INDEX_PREFIX);
-    let redis = cache.redis();
-    let result = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
-            let _: i64 = invocation.invoke_async(&mut conn).await?;
+    let result = cache
+        .on_redis(async |conn| {
+            let _: i64 = invocation.invoke_async(conn).await?;
             Ok(())
         })
         .await;
@@ -122,12 +120,10 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
         .arg(SessionKeys::USER_INDEX_PREFIX)
         .arg(SessionKeys::TENANT_INDEX_PREFIX)
         .arg(if touch { "1" } else { "0" });
-    let redis = cache.redis();
-    let result = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
+    let result = cache
+        .on_redis(async |conn| {
             let found: Option<(String, String, i64, Vec<u8>, i64)> =
-                invocation.invoke_async(&mut conn).await?;
+                invocation.invoke_async(conn).await?;
             Ok(found)
         })
         .await;
@@ -165,11 +161,9 @@ pub async fn delete(cache: &Cache, session_id: &str) -> Result<bool, Error> {
         .arg(session_id)
         .arg(SessionKeys::USER_INDEX_PREFIX)
         .arg(SessionKeys::TENANT_INDEX_PREFIX);
-    let redis = cache.redis();
-    let result = redis
-        .timed(async {
-            let mut conn = redis.conn().await?;
-            let deleted: i64 = invocation.invoke_async(&mut conn).await?;
+    let result = cache
+        .on_redis(async |conn| {
+            let deleted: i64 = invocation.invoke_async(conn).await?;
             Ok(deleted == 1)
         })
         .await;
