@@ -133,7 +133,12 @@ def start_api(mode):
 
 
 def seed(base, size=100):
-    body = json.dumps({"key": key_of(size), "value": value_of(size), "ttl": 0}).encode()
+    seed_key(base, key_of(size), value_of(size))
+
+
+def seed_key(base, key, value):
+    """Stores `value` (no expiry) under `key` through the api at `base`."""
+    body = json.dumps({"key": key, "value": value, "ttl": 0}).encode()
     req = urllib.request.Request(
         base + "/internal/cache/set",
         data=body,
