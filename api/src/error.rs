@@ -90,7 +90,6 @@ pub struct Details<'a> {
     operation: Option<&'static str>,
     /// A byte limit (`PAYLOAD_TOO_LARGE`) or the name of a quota (`QUOTA_EXCEEDED`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     limit: Option<Limit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quota: Option<u64>,
@@ -100,7 +99,7 @@ pub struct Details<'a> {
 }
 
 /// `details.limit`: a number of bytes, or which quota.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Limit {
     Bytes(usize),
