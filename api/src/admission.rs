@@ -32,6 +32,12 @@ const NEVER_REFUSED: &[&str] = &[
 /// Internal-plane cache operations, the ones a tenant's rate counts.
 const METERED_INTERNAL: &[&str] = &["get/", "set", "delete/", "mget", "mset", "exists", "expire"];
 
+/// The count of requests in flight of one api instance, shared by all its
+/// serving threads (each builds its own service stack around it), so
+/// `MAX_IN_FLIGHT_REQUESTS` bounds the instance, not each thread.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicU64>);
+
 /// Bounds the requests in flight, gives each a deadline, and refuses at
 /// once a cache operation of a tenant whose rate is spent.
 #[derive(Debug, Clone)]
@@ -45,13 +51,14 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(
+        in_flight: &InFlight,
         max_in_flight: u64,
         deadline: Duration,
         rate: Arc<RateLimiter>,
         service_tokens: ServiceTokens,
     ) -> Self {
         Self {
-            in_flight: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::clone(&in_flight.0),
             max_in_flight,
             deadline,
             rate,

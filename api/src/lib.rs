@@ -141,6 +141,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         }),
         limits: tenant_limits,
         rate: Arc::new(admission::RateLimiter::new()),
+        in_flight: admission::InFlight::default(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
         metrics_tokens: ServiceTokens::from_list(args.http.metrics.metrics_token.expose()),
         settings: args.http.clone(),
@@ -195,6 +196,7 @@ pub fn app(
 + 'static {
     let max_body_bytes = state.settings.max_body_bytes;
     let admission = admission::Admission::new(
+        &state.in_flight,
         state.settings.max_in_flight_requests,
         state.settings.request_timeout(),
         Arc::clone(&state.rate),

@@ -11,7 +11,7 @@ use cache_shared::config::ObservabilitySettings;
 use cache_shared::limits::LimitBook;
 use sqlx::PgPool;
 
-use crate::admission::RateLimiter;
+use crate::admission::{InFlight, RateLimiter};
 use crate::cli::HttpSettings;
 use crate::instrumentation::metrics::Instruments;
 use crate::key_cache::KeyCache;
@@ -30,6 +30,8 @@ pub struct Shared {
     pub limits: Arc<LimitBook>,
     /// Each tenant's rate of cache operations on this instance.
     pub rate: Arc<RateLimiter>,
+    /// Requests in flight on this instance, across its serving threads.
+    pub in_flight: InFlight,
     pub service_tokens: ServiceTokens,
     /// `METRICS_TOKEN`: empty leaves `/metrics` open.
     pub metrics_tokens: ServiceTokens,

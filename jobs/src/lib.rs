@@ -6,7 +6,7 @@
 //! worker, so the api links none of them.
 //!
 //! A new job type is one parameters type implementing [`payload::Params`],
-//! one line in [`job_types!`] below and one handler line in the worker's
+//! one line in `job_types!` below and one handler line in the worker's
 //! registry.
 
 pub mod allow_list;

@@ -1,5 +1,5 @@
 //! The one door to the queues. A job becomes runnable only as an
-//! [`Authorized`] job, which only [`authorize`] makes (called as
+//! [`Authorized`] job, which only `authorize` makes (called as
 //! `JobQueue::authorize`), from who asks ([`Requester`]) and what
 //! ([`JobSpec`]); `JobQueue::submit` takes
 //! nothing else, so a path that skips these rules does not compile. Every

@@ -214,10 +214,17 @@ async fn create_job(
 struct ListQuery {
     #[serde(rename = "type")]
     job_type: Option<String>,
+    #[param(pattern = r"^(queued|running|succeeded|failed|cancelled)$")]
     status: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// Consumed by the authorization layer.
+    /// Operator only: act for this tenant (consumed by the authorization layer).
     #[allow(dead_code)]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: Option<String>,
 }
 

@@ -37,10 +37,19 @@ fn parse_time(text: &str, field: &'static str) -> Result<DateTime<Utc>, ApiError
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StatsQuery {
+    /// Start of the history, RFC 3339.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// End of the history, RFC 3339.
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
-    /// Consumed by the authorization layer.
+    /// Operator only: act for this tenant (consumed by the authorization layer).
     #[allow(dead_code)]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: Option<String>,
 }
 
@@ -177,9 +186,15 @@ struct LatencyView {
 #[serde(deny_unknown_fields)]
 struct LatencyQuery {
     /// Minutes of the sliding window, 1 to 15 (default 5).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 15)]
     window: Option<String>,
-    /// Consumed by the authorization layer.
+    /// Operator only: act for this tenant (consumed by the authorization layer).
     #[allow(dead_code)]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: Option<String>,
 }
 
@@ -286,11 +301,18 @@ async fn throughput(State(state): State<AppState>, caller: Caller) -> Json<Throu
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HotkeysQuery {
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 64)]
     limit: Option<String>,
     /// Minutes of rolled-up history to read instead of the live detector.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10080)]
     window: Option<String>,
-    /// Consumed by the authorization layer.
+    /// Operator only: act for this tenant (consumed by the authorization layer).
     #[allow(dead_code)]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: Option<String>,
 }
 

@@ -91,9 +91,16 @@ struct PutBody {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TtlQuery {
+    /// TTL for raw-bytes bodies.
+    #[param(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<String>,
-    /// Consumed by the authorization layer.
+    /// Operator only: act for this tenant (consumed by the authorization layer).
     #[allow(dead_code)]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"
+    )]
     tenant: Option<String>,
 }
 

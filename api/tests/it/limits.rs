@@ -270,6 +270,59 @@ async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone()
 }
 
 #[tokio::test]
+async fn the_in_flight_bound_is_the_instances_across_its_serving_threads() {
+    let app = spawn_app_with(settings(&[
+        "--max-in-flight-requests",
+        "2",
+        "--api-threads",
+        "4",
+        "--body-read-timeout-ms",
+        "60000",
+    ]))
+    .await;
+    // Eight stalled requests, spread by the kernel over the four serving
+    // threads' accept loops: two are admitted, six refused at once.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut stream = stalled_request(&app).await;
+        let refused = std::sync::Arc::clone(&refused);
+        readers.push(tokio::spawn(async move {
+            let mut answer = Vec::new();
+            while let Ok(read) = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut answer).await {
+                if read == 0 {
+                    break;
+                }
+                if String::from_utf8_lossy(&answer).contains("OVERLOADED") {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(10), || async {
+        refused.load(std::sync::atomic::Ordering::SeqCst) == 6
+    })
+    .await;
+    // The two admitted ones still hold the instance's bound, whichever
+    // thread a new connection lands on.
+    for _ in 0..8 {
+        let fresh = reqwest::Client::new()
+            .get(app.url("/internal/cache/get/k"))
+            .header("X-Service-Token", TOKEN_A)
+            .header("X-Tenant-Id", &app.tenant)
+            .send()
+            .await
+            .unwrap();
+        assert_error(fresh, 503, "OVERLOADED").await;
+    }
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 6);
+    for reader in readers {
+        reader.abort();
+    }
+}
+
+#[tokio::test]
 async fn a_body_that_does_not_arrive_in_time_is_refused() {
     let app = spawn_app_with(settings(&["--body-read-timeout-ms", "300"])).await;
     let mut stream = stalled_request(&app).await;
