@@ -1,4 +1,6 @@
-//! Authentication and authorisation of the public plane, in one place.
+//! Authentication and authorisation, in one place: the internal plane's
+//! service tokens ([`InternalCaller`], [`CacheCaller`]), the public plane's
+//! API keys and roles, and the metrics scrape token ([`metrics_access`]).
 //!
 //! [`authorize`] runs after routing on every `/api/v1` route: it resolves the
 //! bearer key to its tenant and role (through a short-lived in-process cache,
@@ -16,6 +18,7 @@ use cache_shared::api_keys::Role;
 use cache_shared::keys::TenantId;
 
 use crate::error::ApiError;
+use crate::headers::{SERVICE_TOKEN_HEADER, TENANT_HEADER};
 use crate::key_cache::{FAILED_AUTH_BUDGET, FAILED_AUTH_WINDOW, Refusal};
 use crate::state::AppState;
 
@@ -229,6 +232,99 @@ pub mod policy {
             .iter()
             .find(|(m, r, _)| *m == method.as_str() && *r == route)
             .map_or(Role::Operator, |(_, _, role)| *role)
+    }
+}
+
+/// Who the operation log names for calls of the internal plane.
+pub const SERVICE_ACTOR: &str = "service";
+
+/// A caller of the internal plane, authenticated by `X-Service-Token`, acting
+/// for the `X-Tenant-Id` tenant or, without that header, for the platform.
+#[derive(Debug, Clone)]
+pub struct InternalCaller {
+    pub tenant: TenantId,
+    /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
+    pub named_tenant: bool,
+}
+
+impl FromRequestParts<AppState> for InternalCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(SERVICE_TOKEN_HEADER)
+            .ok_or(ApiError::Unauthorized {
+                message: "missing X-Service-Token",
+                bearer: false,
+            })?;
+        if !state.service_tokens.accepts(token.as_bytes()) {
+            return Err(ApiError::Unauthorized {
+                message: "unknown service token",
+                bearer: false,
+            });
+        }
+        cache_shared::oplog::set_actor(SERVICE_ACTOR);
+        match parts.headers.get(TENANT_HEADER) {
+            None => Ok(Self {
+                tenant: TenantId::platform(),
+                named_tenant: false,
+            }),
+            Some(raw) => {
+                let raw = raw.to_str().map_err(|_| {
+                    ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII")
+                })?;
+                Ok(Self {
+                    tenant: TenantId::parse(raw, "X-Tenant-Id")?,
+                    named_tenant: true,
+                })
+            }
+        }
+    }
+}
+
+/// An internal caller of a cache operation (get, set, delete, batches,
+/// exists, expire): the call counts against its tenant's rate.
+#[derive(Debug, Clone)]
+pub struct CacheCaller(pub InternalCaller);
+
+impl std::ops::Deref for CacheCaller {
+    type Target = InternalCaller;
+
+    fn deref(&self) -> &InternalCaller {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for CacheCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Authenticated first: an unknown caller cannot spend a tenant's rate.
+        let caller = InternalCaller::from_request_parts(parts, state).await?;
+        state.rate.check(&state.limits, &caller.tenant)?;
+        Ok(Self(caller))
+    }
+}
+
+/// `GET /metrics` with `METRICS_TOKEN` set: only for `Authorization:
+/// Bearer <that token>`.
+///
+/// # Errors
+///
+/// [`ApiError::Unauthorized`] for a missing or wrong token.
+pub fn metrics_access(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if state.metrics_tokens.is_empty() {
+        return Ok(());
+    }
+    let given = bearer(headers).unwrap_or("");
+    if state.metrics_tokens.accepts(given.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized {
+            message: "missing or wrong metrics token",
+            bearer: true,
+        })
     }
 }
 

@@ -1,89 +1,14 @@
-//! Request extractors: who is calling (service token, tenant header), and
-//! bodies and path segments read under our limits and answered with our
-//! envelope when they are malformed, never a framework's text.
+//! Request extractors: bodies, path segments and query strings read under
+//! our limits and answered with our envelope when they are malformed, never
+//! a framework's text. Who is calling is `auth`'s.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{HeaderMap, header, request::Parts};
-use cache_shared::keys::TenantId;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-
-pub use crate::headers::{SERVICE_TOKEN_HEADER, TENANT_HEADER};
-
-/// Who the operation log names for calls of the internal plane.
-pub const SERVICE_ACTOR: &str = "service";
-
-/// A caller of the internal plane, authenticated by `X-Service-Token`, acting
-/// for the `X-Tenant-Id` tenant or, without that header, for the platform.
-#[derive(Debug, Clone)]
-pub struct InternalCaller {
-    pub tenant: TenantId,
-    /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
-    pub named_tenant: bool,
-}
-
-impl FromRequestParts<AppState> for InternalCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(SERVICE_TOKEN_HEADER)
-            .ok_or(ApiError::Unauthorized {
-                message: "missing X-Service-Token",
-                bearer: false,
-            })?;
-        if !state.service_tokens.accepts(token.as_bytes()) {
-            return Err(ApiError::Unauthorized {
-                message: "unknown service token",
-                bearer: false,
-            });
-        }
-        cache_shared::oplog::set_actor(SERVICE_ACTOR);
-        match parts.headers.get(TENANT_HEADER) {
-            None => Ok(Self {
-                tenant: TenantId::platform(),
-                named_tenant: false,
-            }),
-            Some(raw) => {
-                let raw = raw.to_str().map_err(|_| {
-                    ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII")
-                })?;
-                Ok(Self {
-                    tenant: TenantId::parse(raw, "X-Tenant-Id")?,
-                    named_tenant: true,
-                })
-            }
-        }
-    }
-}
-
-/// An internal caller of a cache operation (get, set, delete, batches,
-/// exists, expire): the call counts against its tenant's rate.
-#[derive(Debug, Clone)]
-pub struct CacheCaller(pub InternalCaller);
-
-impl std::ops::Deref for CacheCaller {
-    type Target = InternalCaller;
-
-    fn deref(&self) -> &InternalCaller {
-        &self.0
-    }
-}
-
-impl FromRequestParts<AppState> for CacheCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Authenticated first: an unknown caller cannot spend a tenant's rate.
-        let caller = InternalCaller::from_request_parts(parts, state).await?;
-        state.rate.check(&state.limits, &caller.tenant)?;
-        Ok(Self(caller))
-    }
-}
 
 /// One path parameter, percent-decoded, with decoding failures in our envelope.
 #[derive(Debug)]

@@ -10,8 +10,8 @@ use cache_shared::redis::BYTES_PER_MIB;
 use cache_shared::stats::histogram::hit_rate;
 use serde::Serialize;
 
+use crate::auth::InternalCaller;
 use crate::error::{ApiError, SERVICE_NAME};
-use crate::extract::InternalCaller;
 use crate::state::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -209,15 +209,7 @@ pub async fn scrape(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !state.metrics_tokens.is_empty() {
-        let given = crate::auth::bearer(&headers).unwrap_or("");
-        if !state.metrics_tokens.accepts(given.as_bytes()) {
-            return Err(ApiError::Unauthorized {
-                message: "missing or wrong metrics token",
-                bearer: true,
-            });
-        }
-    }
+    crate::auth::metrics_access(&state, &headers)?;
     let body = state
         .instruments
         .metrics

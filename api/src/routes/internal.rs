@@ -9,8 +9,9 @@ use cache_shared::ttl::Expiry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::CacheCaller;
 use crate::error::ApiError;
-use crate::extract::{CacheCaller, JsonBody, PathParam};
+use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
 use crate::views::{
     Deleted, EntryView, ExistsView, KeyTtl, MgetView, Updated, entry_answer, mget_answer,

@@ -14,8 +14,9 @@ use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
+use crate::auth::InternalCaller;
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody, PathParam, QueryParams, bounded_param};
+use crate::extract::{JsonBody, PathParam, QueryParams, bounded_param};
 use crate::state::AppState;
 use crate::views::{JobAccepted, JobView};
 use utoipa_axum::router::OpenApiRouter;

@@ -9,8 +9,9 @@ use cache_shared::ttl::Expiry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::InternalCaller;
 use crate::error::ApiError;
-use crate::extract::{InternalCaller, JsonBody, QueryParams};
+use crate::extract::{JsonBody, QueryParams};
 use crate::state::AppState;
 use crate::views::KeyTtl;
 use utoipa_axum::router::OpenApiRouter;
