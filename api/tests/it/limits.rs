@@ -250,12 +250,41 @@ async fn stalled_request(app: &TestApp) -> tokio::net::TcpStream {
 async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone() {
     let app = spawn_app_with(settings(&["--max-in-flight-requests", "2"])).await;
     let stalled = [stalled_request(&app).await, stalled_request(&app).await];
-    // Both stalled requests are admitted before the next one is refused.
-    wait_until(Duration::from_secs(10), || async {
-        app.get("k").await.status() == 503
+    // Both stalled requests are admitted before the next one is refused
+    // (asked on fresh connections, so each may land on any serving thread).
+    let seen = std::sync::Mutex::new(Vec::new());
+    let fresh_get = || async {
+        let status = reqwest::Client::new()
+            .get(app.url("/internal/cache/get/k"))
+            .header("X-Service-Token", TOKEN_A)
+            .header("X-Tenant-Id", &app.tenant)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        seen.lock().unwrap().push(status);
+        status
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while fresh_get().await != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
-    .await;
-    let refused = app.get("k").await;
+    .await
+    .unwrap_or_else(|_| {
+        let seen = seen.lock().unwrap();
+        panic!(
+            "never refused; statuses seen: {:?}",
+            &seen[seen.len().saturating_sub(20)..]
+        )
+    });
+    let refused = reqwest::Client::new()
+        .get(app.url("/internal/cache/get/k"))
+        .header("X-Service-Token", TOKEN_A)
+        .header("X-Tenant-Id", &app.tenant)
+        .send()
+        .await
+        .unwrap();
     assert!(refused.headers().contains_key("retry-after"));
     let error = assert_error(refused, 503, "OVERLOADED").await;
     assert_eq!(error["details"]["retryable"], true);
