@@ -31,7 +31,7 @@ use crate::codec::{EXPIRY_HEADER_BYTES, EXPIRY_HEADER_LUA};
 use crate::error::Error;
 use crate::keys::TenantId;
 use crate::limits::TenantLimits;
-use crate::redis::RedisStore;
+use crate::redis::{RedisStore, ScanPages};
 
 /// Width of an expiry bucket in milliseconds.
 pub const BUCKET_MS: i64 = 10_000;
@@ -428,15 +428,13 @@ pub async fn reconcile(
         "q:{*}:usage",
         batch,
         step_timeout,
-        |conn, keys| {
-            Box::pin(async move {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.hget(key, "w");
-                }
-                let counters: Vec<Option<String>> = pipe.query_async(conn).await?;
-                Ok(keys.into_iter().zip(counters).collect::<Vec<_>>())
-            })
+        async |conn, keys| {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.hget(key, "w");
+            }
+            let counters: Vec<Option<String>> = pipe.query_async(conn).await?;
+            Ok(keys.into_iter().zip(counters).collect::<Vec<_>>())
         },
     )
     .await?
@@ -446,8 +444,12 @@ pub async fn reconcile(
         tenants.entry(tenant).or_default().seen = Some(w.unwrap_or_default());
     });
     let mut walked = 0u64;
-    let sizes = walk(redis_store, "c:{*}:*", batch, step_timeout, |conn, keys| {
-        Box::pin(async move {
+    let sizes = walk(
+        redis_store,
+        "c:{*}:*",
+        batch,
+        step_timeout,
+        async |conn, keys| {
             let mut pipe = redis::pipe();
             for key in &keys {
                 pipe.strlen(key)
@@ -457,8 +459,8 @@ pub async fn reconcile(
             }
             let answers: Vec<(u64, i64, Vec<u8>)> = pipe.query_async(conn).await?;
             Ok(keys.into_iter().zip(answers).collect::<Vec<_>>())
-        })
-    })
+        },
+    )
     .await?;
     for (key, (stored, expires_at, first)) in sizes {
         walked += 1;
@@ -518,44 +520,23 @@ pub async fn reconcile(
     Ok(done)
 }
 
-type Step<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<T>, Error>> + Send + 'c>>;
-
-/// Walks the keys matching `pattern` with `SCAN`, reading each page with `read`.
-async fn walk<T: Send>(
+/// Walks the keys matching `pattern`, reading each page with `read`.
+async fn walk<T>(
     redis_store: &RedisStore,
     pattern: &str,
     batch: usize,
     step_timeout: std::time::Duration,
-    read: impl for<'c> Fn(&'c mut crate::redis::Conn, Vec<String>) -> Step<'c, T>,
+    read: impl AsyncFn(&mut crate::redis::Conn, Vec<String>) -> Result<Vec<T>, Error>,
 ) -> Result<Vec<T>, Error> {
+    let mut pages = ScanPages::new(redis_store, pattern, batch, step_timeout);
     let mut found = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let page = redis_store
-            .timed_for(step_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(batch)
-                    .query_async(&mut conn)
-                    .await?;
-                let read = if keys.is_empty() {
-                    Vec::new()
-                } else {
-                    read(&mut conn, keys).await?
-                };
-                Ok((next, read))
-            })
-            .await?;
-        found.extend(page.1);
-        cursor = page.0;
-        if cursor == 0 {
-            return Ok(found);
-        }
+    while let Some(page) = pages
+        .next(async |conn, keys| read(conn, keys).await)
+        .await?
+    {
+        found.extend(page);
     }
+    Ok(found)
 }
 
 /// The tenant of a usage hash `q:{tenant}:usage`.

@@ -581,3 +581,77 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+/// A walk over the keys matching a pattern, one `SCAN` page at a time (never
+/// `KEYS`), each page read on one connection under a deadline: the loop
+/// every job and upkeep pass that walks keys shares.
+#[derive(Debug)]
+pub struct ScanPages<'a> {
+    redis: &'a RedisStore,
+    pattern: &'a str,
+    count: usize,
+    deadline: Duration,
+    cursor: u64,
+    done: bool,
+}
+
+impl<'a> ScanPages<'a> {
+    /// A walk over the keys matching `pattern`, about `count` keys a page,
+    /// each page's Redis work bounded by `deadline`.
+    pub fn new(redis: &'a RedisStore, pattern: &'a str, count: usize, deadline: Duration) -> Self {
+        Self {
+            redis,
+            pattern,
+            count,
+            deadline,
+            cursor: 0,
+            done: false,
+        }
+    }
+
+    /// Whether the last page was read: every key was seen.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next page, its keys read by `read` on the same connection (not
+    /// called for a page with no keys: the page comes back empty, so a
+    /// caller still gets its turn on a sparse walk); `None` once the walk
+    /// is done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when Redis does not answer within the
+    /// deadline, and `read`'s errors.
+    pub async fn next<T>(
+        &mut self,
+        read: impl AsyncFnOnce(&mut Conn, Vec<String>) -> Result<Vec<T>, Error>,
+    ) -> Result<Option<Vec<T>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let (redis, cursor, pattern, count) = (self.redis, self.cursor, self.pattern, self.count);
+        let (next, page) = redis
+            .timed_for(self.deadline, async {
+                let mut conn = redis.conn().await?;
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn)
+                    .await?;
+                let page = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    read(&mut conn, keys).await?
+                };
+                Ok((next, page))
+            })
+            .await?;
+        self.cursor = next;
+        self.done = next == 0;
+        Ok(Some(page))
+    }
+}

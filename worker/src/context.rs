@@ -27,19 +27,6 @@ pub struct Pacing {
     pub flush_keys_per_second: u64,
 }
 
-impl Pacing {
-    /// One `SCAN` page over `pattern`, a batch wide (never `KEYS`).
-    pub fn scan(&self, cursor: u64, pattern: &str) -> deadpool_redis::redis::Cmd {
-        let mut cmd = deadpool_redis::redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(self.batch);
-        cmd
-    }
-}
-
 impl Default for Pacing {
     fn default() -> Self {
         Self {

@@ -11,6 +11,7 @@ use serde_json::json;
 use cache_jobs::payload::Payload;
 
 use super::Handler;
+use super::pages::KeyPages;
 use crate::Outcome;
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -42,21 +43,9 @@ async fn run(ctx: &JobContext, job_id: &str, owner: &Owner) -> Result<Outcome, J
 
 async fn prune(ctx: &JobContext, progress: &mut Progress<'_>) -> Result<Outcome, JobError> {
     let redis = ctx.cache.redis();
-    let mut cursor: u64 = 0;
     let mut pruned = 0;
-    loop {
-        let indexes: Vec<String> = redis
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis.conn().await?;
-                let (next, keys): (u64, Vec<String>) = ctx
-                    .pacing
-                    .scan(cursor, SessionKeys::INDEX_PATTERN)
-                    .query_async(&mut conn)
-                    .await?;
-                cursor = next;
-                Ok(keys)
-            })
-            .await?;
+    let mut pages = KeyPages::new(ctx, SessionKeys::INDEX_PATTERN);
+    while let Some(indexes) = pages.next(async |_, keys| Ok(keys)).await? {
         for index in &indexes {
             let ids: Vec<String> = redis
                 .timed_for(ctx.pacing.batch_timeout, async {
@@ -75,10 +64,6 @@ async fn prune(ctx: &JobContext, progress: &mut Progress<'_>) -> Result<Outcome,
         if progress.advance(indexes.len() as i64).await? == Next::Stop {
             return Ok(Outcome::Cancelled(json!({ "pruned": pruned })));
         }
-        if cursor == 0 {
-            break;
-        }
-        tokio::time::sleep(ctx.pacing.pause).await;
     }
     progress.report().await?;
     Ok(Outcome::Succeeded(
