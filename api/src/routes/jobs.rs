@@ -58,20 +58,8 @@ async fn submit(
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    let op = ApiError::op("job.submit");
-    let idempotency_key = idempotency_key(headers)?;
-    let job = state
-        .jobs
-        .authorize(&Requester::internal(caller.tenant.clone()), spec)
-        .await
-        .map_err(&op)?;
-    let record = state
-        .jobs
-        .submit(job, idempotency_key.as_deref())
-        .await
-        .map_err(op)?;
-    let url = status_url(&record.id);
-    Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
+    let requester = Requester::internal(caller.tenant.clone());
+    accept(state, &requester, headers, spec, status_url).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -346,18 +334,29 @@ pub(crate) async fn start_job(
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    accept(state, &caller.requester(), headers, spec, |id| {
+        public_status_url(id, caller)
+    })
+    .await
+}
+
+/// Authorizes and submits a job for either plane and answers `202` with
+/// the status URL of the plane it came from.
+async fn accept(
+    state: &AppState,
+    requester: &Requester,
+    headers: &HeaderMap,
+    spec: JobSpec,
+    status_url: impl FnOnce(&str) -> String,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     let op = ApiError::op("job.submit");
     let idempotency_key = idempotency_key(headers)?;
-    let job = state
-        .jobs
-        .authorize(&caller.requester(), spec)
-        .await
-        .map_err(&op)?;
+    let job = state.jobs.authorize(requester, spec).await.map_err(&op)?;
     let record = state
         .jobs
         .submit(job, idempotency_key.as_deref())
         .await
         .map_err(op)?;
-    let url = public_status_url(&record.id, caller);
+    let url = status_url(&record.id);
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }

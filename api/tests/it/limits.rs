@@ -246,6 +246,17 @@ async fn stalled_request(app: &TestApp) -> tokio::net::TcpStream {
     stream
 }
 
+/// A GET of key `k` on a connection of its own, so that it may land on any
+/// serving thread.
+async fn fresh_get(app: &TestApp) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .get(app.url("/internal/cache/get/k"))
+        .header("X-Service-Token", TOKEN_A)
+        .header("X-Tenant-Id", &app.tenant)
+        .send()
+        .await
+}
+
 #[tokio::test]
 async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone() {
     let app = spawn_app_with(settings(&["--max-in-flight-requests", "2"])).await;
@@ -253,12 +264,8 @@ async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone()
     // Both stalled requests are admitted before the next one is refused
     // (asked on fresh connections, so each may land on any serving thread).
     let seen = std::sync::Mutex::new(Vec::new());
-    let fresh_get = || async {
-        let status = reqwest::Client::new()
-            .get(app.url("/internal/cache/get/k"))
-            .header("X-Service-Token", TOKEN_A)
-            .header("X-Tenant-Id", &app.tenant)
-            .send()
+    let status_of_fresh_get = || async {
+        let status = fresh_get(&app)
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0);
@@ -266,7 +273,7 @@ async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone()
         status
     };
     tokio::time::timeout(Duration::from_secs(10), async {
-        while fresh_get().await != 503 {
+        while status_of_fresh_get().await != 503 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -278,13 +285,7 @@ async fn beyond_the_in_flight_bound_the_api_refuses_at_once_and_recovers_alone()
             &seen[seen.len().saturating_sub(20)..]
         )
     });
-    let refused = reqwest::Client::new()
-        .get(app.url("/internal/cache/get/k"))
-        .header("X-Service-Token", TOKEN_A)
-        .header("X-Tenant-Id", &app.tenant)
-        .send()
-        .await
-        .unwrap();
+    let refused = fresh_get(&app).await.unwrap();
     assert!(refused.headers().contains_key("retry-after"));
     let error = assert_error(refused, 503, "OVERLOADED").await;
     assert_eq!(error["details"]["retryable"], true);
@@ -336,13 +337,7 @@ async fn the_in_flight_bound_is_the_instances_across_its_serving_threads() {
     // The two admitted ones still hold the instance's bound, whichever
     // thread a new connection lands on.
     for _ in 0..8 {
-        let fresh = reqwest::Client::new()
-            .get(app.url("/internal/cache/get/k"))
-            .header("X-Service-Token", TOKEN_A)
-            .header("X-Tenant-Id", &app.tenant)
-            .send()
-            .await
-            .unwrap();
+        let fresh = fresh_get(&app).await.unwrap();
         assert_error(fresh, 503, "OVERLOADED").await;
     }
     assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 6);
