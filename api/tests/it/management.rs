@@ -100,13 +100,20 @@ async fn memory_analysis_figures_match_the_keys_seeded() {
     );
 
     // Another tenant never sees this report.
-    let other = app.key_for(&crate::helpers::unique("t"), Role::Admin).await;
+    let other_tenant = crate::helpers::unique("t");
+    let other = app.key_for(&other_tenant, Role::Admin).await;
     let hidden = app
         .public(Method::GET, "/api/v1/cache/memory/analyze", &other)
         .send()
         .await
         .unwrap();
     assert_error(hidden, 404, "NOT_FOUND").await;
+    // Nor through the performance view, which reads the latest report.
+    let mine = get(&app, &admin, "/api/v1/cache/performance").await;
+    assert_eq!(mine["biggestKeys"], r["biggestKeys"], "{mine}");
+    let theirs = get(&app, &other, "/api/v1/cache/performance").await;
+    assert!(theirs["biggestKeys"].is_null(), "{theirs}");
+    assert_eq!(theirs["tenantId"], other_tenant.as_str());
     worker.stop().await;
 }
 
