@@ -5,6 +5,7 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
+use cache_shared::error::Absence;
 use serde::Serialize;
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -95,6 +96,15 @@ pub struct Details<'a> {
     quota: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<u64>,
+    /// A read answered by a negative entry (API.md §10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative: Option<bool>,
+    /// The lease token this caller holds: load the value and set it with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<&'a str>,
+    /// Another caller holds the lease and did not set the key in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leased: Option<bool>,
     retryable: bool,
 }
 
@@ -117,6 +127,7 @@ struct Reply<'a> {
     limit: Option<Limit>,
     quota: Option<u64>,
     usage: Option<u64>,
+    absence: Option<&'a Absence>,
     /// `Retry-After` in seconds, and the rate behind it for `RateLimit-*`.
     retry_after: Option<(u64, Option<u64>)>,
 }
@@ -133,6 +144,7 @@ impl Reply<'_> {
             limit: None,
             quota: None,
             usage: None,
+            absence: None,
             retry_after: None,
         }
     }
@@ -147,8 +159,9 @@ impl ApiError {
                         field: Some(field.as_ref()),
                         ..Reply::new(StatusCode::BAD_REQUEST, error.code(), message.clone())
                     },
-                    Error::KeyNotFound { key } => Reply {
+                    Error::KeyNotFound { key, absence } => Reply {
                         key: Some(key.as_str()),
+                        absence: Some(absence),
                         ..Reply::new(StatusCode::NOT_FOUND, error.code(), error.to_string())
                     },
                     Error::NotFound { .. } => {
@@ -282,6 +295,12 @@ impl IntoResponse for ApiError {
                 limit: reply.limit,
                 quota: reply.quota,
                 usage: reply.usage,
+                negative: matches!(reply.absence, Some(Absence::Negative)).then_some(true),
+                lease: match reply.absence {
+                    Some(Absence::LeaseGranted(token)) => Some(token.as_str()),
+                    _ => None,
+                },
+                leased: matches!(reply.absence, Some(Absence::Leased)).then_some(true),
                 retryable,
             },
         };

@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod views;
+pub mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -247,6 +248,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
                 .merge(routes::public::router())
                 .merge(routes::monitoring::router())
                 .merge(routes::management::router())
+                .merge(routes::namespaces::router())
                 .merge(routes::jobs::public_router())
                 .merge(routes::schedules::router())
                 .merge(routes::admin_keys::router())

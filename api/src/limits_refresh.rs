@@ -1,5 +1,6 @@
-//! Keeps this instance's view of tenant limits current: every
-//! [`REFRESH_EVERY`] it reloads the operators' overrides from PostgreSQL,
+//! Keeps this instance's view of tenant limits and namespaces current: every
+//! [`REFRESH_EVERY`] it reloads the operators' overrides and the tenants'
+//! namespaces from PostgreSQL,
 //! reports itself alive among the api instances (a tenant's rate is shared
 //! by the live instances) and hands both to the rate limiter. A change made
 //! on any instance applies everywhere within one round.
@@ -31,6 +32,11 @@ pub async fn keep_current(state: AppState, stop: watch::Receiver<bool>) {
 pub async fn refresh(state: &AppState, group: &str) {
     if let Err(err) = cache_shared::db::tenant_limits::reload(&state.db, &state.limits).await {
         tracing::warn!(%err, "tenant limits not reloaded; keeping the last known ones");
+    }
+    if let Err(err) =
+        cache_shared::db::namespaces::reload(&state.db, state.cache.namespaces()).await
+    {
+        tracing::warn!(%err, "namespaces not reloaded; keeping the last known ones");
     }
     let instances = match state
         .cache

@@ -25,6 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "permissions", description = "Cached permission results (platform namespace)"),
         (name = "cache", description = "A tenant's keys"),
         (name = "management", description = "Server and tenant management"),
+        (name = "namespaces", description = "A tenant's key prefixes and their caching strategies"),
         (name = "performance", description = "Compression, eviction, hot keys, recommendations"),
         (name = "monitoring", description = "Live figures and history"),
         (name = "jobs", description = "Asynchronous jobs"),

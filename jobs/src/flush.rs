@@ -2,7 +2,7 @@
 //! namespace, or a glob pattern), or, for operators, every tenant's values.
 
 use cache_shared::Error;
-use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
+use cache_shared::keys::{TenantId, TenantKeyspace, validate_key};
 use serde::{Deserialize, Serialize};
 
 use crate::payload::{Checks, Params};
@@ -63,9 +63,9 @@ impl FlushParams {
     /// The `SCAN` pattern of the flush: inside the tenant's namespace unless whole-server.
     pub fn scan_pattern(&self, tenant: &TenantId) -> String {
         if self.whole_server {
-            return CacheNamespace::all_tenants_pattern().to_owned();
+            return TenantKeyspace::all_tenants_pattern().to_owned();
         }
-        let ns = CacheNamespace::new(tenant);
+        let ns = TenantKeyspace::new(tenant);
         match (&self.pattern, &self.namespace) {
             (Some(glob), _) => ns.pattern(glob),
             (None, Some(prefix)) => ns.literal_prefix_pattern(prefix),

@@ -9,10 +9,14 @@ use std::time::Instant;
 
 use deadpool_redis::redis;
 
-use crate::codec::{Codec, Stored, StoredExpiry, Value, split_expiry, unix_now_ms};
-use crate::error::Error;
-use crate::keys::{CacheNamespace, TenantId, validate_key};
+use crate::codec::{
+    Codec, NEGATIVE_ENVELOPE, Stored, StoredExpiry, Value, split_expiry, unix_now_ms,
+};
+use crate::error::{Absence, Error};
+use crate::keys::{TenantId, TenantKeyspace, validate_key};
+use crate::leases::{self, LeaseRead, Waits};
 use crate::limits::LimitBook;
+use crate::namespaces::{NEGATIVE_DEFAULT_TTL, Namespace, NamespaceBook};
 use crate::quota;
 use crate::redis::RedisStore;
 use crate::stats::live::LiveStats;
@@ -30,6 +34,8 @@ pub struct CacheLimits {
     pub compression_min_bytes: usize,
     /// Stored bytes one mget may answer.
     pub mget_max_bytes: usize,
+    /// How long a lease a read hands out lasts (`LEASE_TTL_MS`).
+    pub lease_ttl: std::time::Duration,
 }
 
 impl CacheLimits {
@@ -43,6 +49,7 @@ impl CacheLimits {
             max_value_bytes: usize::try_from(settings.max_value_bytes).unwrap_or(usize::MAX),
             compression_min_bytes: settings.compression_min_bytes,
             mget_max_bytes: usize::try_from(settings.mget_max_bytes).unwrap_or(usize::MAX),
+            lease_ttl: std::time::Duration::from_millis(settings.lease_ttl_ms),
         }
     }
 }
@@ -53,6 +60,18 @@ impl CacheLimits {
 pub struct Entry {
     pub value: Stored,
     pub ttl: i64,
+}
+
+/// How a single write is made, beyond its key and value.
+#[derive(Debug, Clone, Default)]
+pub struct SetOptions {
+    /// The caller's TTL; absent: its namespace's (with jitter), else the default.
+    pub ttl: Option<Expiry>,
+    /// Without `ttl`: the namespace's TTL exactly, without jitter.
+    pub exact_ttl: bool,
+    /// The lease token a read handed out for this key: the write is refused
+    /// (`409`) unless it is still the key's lease.
+    pub lease: Option<String>,
 }
 
 /// One item of a batch write; its key is validated by [`Cache::mset`].
@@ -71,6 +90,8 @@ pub struct Cache {
     limits: CacheLimits,
     stats: Arc<LiveStats>,
     tenants: Arc<LimitBook>,
+    namespaces: Arc<NamespaceBook>,
+    waits: Arc<Waits>,
 }
 
 impl Cache {
@@ -80,13 +101,41 @@ impl Cache {
         stats: Arc<LiveStats>,
         tenants: Arc<LimitBook>,
     ) -> Self {
+        let namespaces = NamespaceBook::new(Namespace::defaults(
+            u64::try_from(limits.compression_min_bytes).unwrap_or(u64::MAX),
+        ));
         Self {
             redis,
             codec: Codec::new(limits.compression_min_bytes),
             limits,
             stats,
             tenants,
+            namespaces: Arc::new(namespaces),
+            waits: Arc::default(),
         }
+    }
+
+    /// Every tenant's namespaces, as writes apply them.
+    pub fn namespaces(&self) -> &NamespaceBook {
+        &self.namespaces
+    }
+
+    /// The codec and expiry (ms, 0: none) of a write of `key` in `tenant`
+    /// that asked for `ttl` (see [`Namespace::expiry_ms`]).
+    fn placement(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        ttl: Option<Expiry>,
+        exact: bool,
+    ) -> (Codec, u64) {
+        let namespace = self.namespaces.resolve(tenant.as_str(), key);
+        let codec = match namespace.as_deref() {
+            None => self.codec,
+            Some(ns) => Codec::new(ns.compress_above().unwrap_or(usize::MAX)),
+        };
+        let ms = Namespace::expiry_ms(namespace.as_deref(), ttl, exact, self.limits.default_ttl);
+        (codec, ms)
     }
 
     /// Every tenant's limits, as writes check them.
@@ -147,7 +196,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
                 let stored: Option<Vec<u8>> =
@@ -169,14 +218,102 @@ impl Cache {
                 .observe(Op::Get, &tstats, started, Some(key), result)?;
         let Some(stored) = stored else {
             self.stats.record_lookup(&tstats, Op::Get, key, false);
-            return Err(Error::KeyNotFound { key: key.into() });
+            return Err(Error::missing(key));
         };
-        self.stats.record_lookup(&tstats, Op::Get, key, true);
+        self.found(&tstats, key, stored, legacy_ttl)
+    }
+
+    /// A read's answer from the bytes it found (`legacy_ttl`: Redis's TTL of
+    /// a value without expiry header).
+    fn found(
+        &self,
+        tstats: &crate::stats::live::TenantStats,
+        key: &str,
+        stored: impl Into<bytes::Bytes>,
+        legacy_ttl: Option<i64>,
+    ) -> Result<Entry, Error> {
         let value = Stored::new(stored)?;
+        if value.is_negative() {
+            self.stats.record_negative(tstats, Op::Get, key);
+            return Err(Error::KeyNotFound {
+                key: key.into(),
+                absence: Absence::Negative,
+            });
+        }
+        self.stats.record_lookup(tstats, Op::Get, key, true);
         let ttl = legacy_ttl
             .or_else(|| value.expiry().ttl_at(unix_now_ms()))
             .unwrap_or(-1);
         Ok(Entry { value, ttl })
+    }
+
+    /// A read with stampede protection (API.md §10): on a miss the first
+    /// caller gets the key's lease ([`Absence::LeaseGranted`]), the others
+    /// wait up to `wait` for the value it sets ([`Absence::Leased`] if it
+    /// does not come in time).
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::get`], with the lease outcomes above.
+    pub async fn get_leased(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        wait: std::time::Duration,
+    ) -> Result<Entry, Error> {
+        let started = Instant::now();
+        let tstats = self.stats.tenant(tenant);
+        validate_key(key, "key")?;
+        let keyspace = TenantKeyspace::new(tenant);
+        let redis_key = keyspace.key(key);
+        let lease_key = keyspace.lease_key(key);
+        let lease_ttl = self.limits.lease_ttl;
+        let result = self
+            .on_redis(async |conn| leases::read(conn, &redis_key, &lease_key, lease_ttl).await)
+            .await;
+        let read = self
+            .stats
+            .observe(Op::Get, &tstats, started, Some(key), result)?;
+        let lease = match read {
+            LeaseRead::Found(bytes) => return self.found(&tstats, key, bytes, None),
+            LeaseRead::Granted(token) => Absence::LeaseGranted(token),
+            LeaseRead::Held => {
+                let redis = self.redis.clone();
+                let polled = redis_key.clone();
+                let written = self
+                    .waits
+                    .wait_for(&redis_key, wait.min(leases::MAX_WAIT), move || {
+                        let (redis, key) = (redis.clone(), polled.clone());
+                        async move {
+                            redis
+                                .timed(async {
+                                    let mut conn = redis.conn().await?;
+                                    let bytes: Option<Vec<u8>> =
+                                        redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                                    Ok(bytes)
+                                })
+                                .await
+                        }
+                    })
+                    .await?;
+                match written {
+                    Some(bytes) => {
+                        return self.found(
+                            &tstats,
+                            key,
+                            bytes::Bytes::from((*bytes).clone()),
+                            None,
+                        );
+                    }
+                    None => Absence::Leased,
+                }
+            }
+        };
+        self.stats.record_lookup(&tstats, Op::Get, key, false);
+        Err(Error::KeyNotFound {
+            key: key.into(),
+            absence: lease,
+        })
     }
 
     /// Stores `value` under `key`; returns the TTL a read would now report.
@@ -190,25 +327,57 @@ impl Cache {
         tenant: &TenantId,
         key: &str,
         value: &Value,
+        options: &SetOptions,
+    ) -> Result<i64, Error> {
+        validate_key(key, "key")?;
+        self.check_size(value, "value")?;
+        let (codec, ttl_ms) = self.placement(tenant, key, options.ttl, options.exact_ttl);
+        let encoded = codec.encode(value);
+        self.write_one(tenant, key, &encoded, ttl_ms, options.lease.as_deref())
+            .await
+    }
+
+    /// Stores a negative entry: "`key` does not exist" for `ttl` (default
+    /// [`NEGATIVE_DEFAULT_TTL`] s). Reads of it answer [`Absence::Negative`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::set`].
+    pub async fn set_negative(
+        &self,
+        tenant: &TenantId,
+        key: &str,
         ttl: Option<Expiry>,
+        lease: Option<&str>,
+    ) -> Result<i64, Error> {
+        validate_key(key, "key")?;
+        let ttl = ttl.unwrap_or(Expiry::Seconds(NEGATIVE_DEFAULT_TTL));
+        self.write_one(tenant, key, NEGATIVE_ENVELOPE, ttl_ms(ttl), lease)
+            .await
+    }
+
+    /// Writes one encoded value; returns the TTL a read would now report.
+    async fn write_one(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        encoded: &[u8],
+        ttl_ms: u64,
+        lease: Option<&str>,
     ) -> Result<i64, Error> {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
-        validate_key(key, "key")?;
-        self.check_size(value, "value")?;
-        let expiry = ttl.unwrap_or(self.limits.default_ttl);
-        let encoded = self.codec.encode(value);
-        let value_bytes = encoded.len();
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let limits = self.tenants.of(tenant.as_str());
         let item = quota::Write {
             redis_key: &redis_key,
-            stored: &encoded,
-            ttl_ms: ttl_ms(expiry),
+            stored: encoded,
+            ttl_ms,
         };
         let result = self
             .on_redis(async |conn| {
-                quota::write(conn, tenant, &limits, std::slice::from_ref(&item), false)
+                let items = std::slice::from_ref(&item);
+                quota::write_leased(conn, tenant, &limits, items, false, lease.unwrap_or(""))
                     .await
                     .map(drop)
             })
@@ -218,10 +387,13 @@ impl Cache {
             &tstats,
             started,
             Some(key),
-            Some(value_bytes),
+            Some(encoded.len()),
             result,
         )?;
-        Ok(expiry.reported())
+        if lease.is_some() {
+            self.waits.written(&redis_key);
+        }
+        Ok(reported_ttl(ttl_ms))
     }
 
     /// # Errors
@@ -231,7 +403,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
                 let removed = quota::delete(conn, tenant, &[&redis_key]).await?;
@@ -264,7 +436,7 @@ impl Cache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ns = CacheNamespace::new(tenant);
+        let ns = TenantKeyspace::new(tenant);
         let redis_keys: Vec<String> = keys.iter().map(|k| ns.key(k)).collect();
         let limit = self.limits.mget_max_bytes;
         let result = self
@@ -297,18 +469,22 @@ impl Cache {
             .zip(ttls)
             .zip(keys)
             .map(|((stored, ttl), key)| {
-                self.stats
-                    .record_lookup(&tstats, Op::Mget, key, stored.is_some());
-                stored
-                    .map(|bytes| {
-                        let value = Stored::new(bytes)?;
-                        let ttl = value
-                            .expiry()
-                            .ttl_at(now)
-                            .unwrap_or_else(|| from_redis_ttl(ttl).unwrap_or(-1));
-                        Ok(Entry { value, ttl })
-                    })
-                    .transpose()
+                let Some(bytes) = stored else {
+                    self.stats.record_lookup(&tstats, Op::Mget, key, false);
+                    return Ok(None);
+                };
+                let value = Stored::new(bytes)?;
+                // A negative entry answers as a miss (`found: false`).
+                if value.is_negative() {
+                    self.stats.record_negative(&tstats, Op::Mget, key);
+                    return Ok(None);
+                }
+                self.stats.record_lookup(&tstats, Op::Mget, key, true);
+                let ttl = value
+                    .expiry()
+                    .ttl_at(now)
+                    .unwrap_or_else(|| from_redis_ttl(ttl).unwrap_or(-1));
+                Ok(Some(Entry { value, ttl }))
             })
             .collect()
     }
@@ -330,7 +506,7 @@ impl Cache {
         if items.is_empty() {
             return Ok(0);
         }
-        let ns = CacheNamespace::new(tenant);
+        let ns = TenantKeyspace::new(tenant);
         // A key given twice is written once, with its last value (as
         // successive SETs would leave it).
         let mut last = std::collections::HashMap::with_capacity(items.len());
@@ -340,12 +516,8 @@ impl Cache {
         let encoded: Vec<(String, Vec<u8>, u64)> = items
             .iter()
             .map(|item| {
-                let expiry = item.ttl.unwrap_or(self.limits.default_ttl);
-                (
-                    ns.key(&item.key),
-                    self.codec.encode(&item.value),
-                    ttl_ms(expiry),
-                )
+                let (codec, ttl_ms) = self.placement(tenant, &item.key, item.ttl, false);
+                (ns.key(&item.key), codec.encode(&item.value), ttl_ms)
             })
             .collect();
         // Sizes only for the operation log, when there is one.
@@ -397,19 +569,26 @@ impl Cache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ns = CacheNamespace::new(tenant);
+        let ns = TenantKeyspace::new(tenant);
         let unique: Vec<&String> = {
             let mut seen = HashSet::new();
             keys.iter().filter(|k| seen.insert(k.as_str())).collect()
         };
         let result = self
             .on_redis(async |conn| {
+                // The header and tag only: a negative entry is no value.
                 let mut pipe = redis::pipe();
                 for key in &unique {
-                    pipe.exists(ns.key(key));
+                    pipe.getrange(ns.key(key), 0, 9);
                 }
-                let found: Vec<bool> = pipe.query_async(conn).await?;
-                Ok(found)
+                let heads: Vec<Vec<u8>> = pipe.query_async(conn).await?;
+                Ok(heads
+                    .iter()
+                    .map(|head| {
+                        let envelope = split_expiry(head).1;
+                        !head.is_empty() && envelope != NEGATIVE_ENVELOPE
+                    })
+                    .collect::<Vec<bool>>())
             })
             .await;
         let found = self
@@ -433,7 +612,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
                 // "No expiry" on a key without one is still an update: the
@@ -456,7 +635,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
                 let ttl: i64 = redis::cmd("TTL").arg(&redis_key).query_async(conn).await?;
@@ -482,7 +661,7 @@ impl Cache {
         let started = Instant::now();
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
                 if let Some(ttl) = ttl {
@@ -511,7 +690,7 @@ impl Cache {
     /// [`Error::KeyNotFound`], [`Error::Validation`], [`Error::CacheUnavailable`].
     pub async fn compress(&self, tenant: &TenantId, key: &str) -> Result<Compressed, Error> {
         validate_key(key, "key")?;
-        let redis_key = CacheNamespace::key_of(tenant, key);
+        let redis_key = TenantKeyspace::key_of(tenant, key);
         let stored: Option<Vec<u8>> = self
             .on_redis(async |conn| {
                 let stored: Option<Vec<u8>> =
@@ -519,7 +698,7 @@ impl Cache {
                 Ok(stored)
             })
             .await?;
-        let stored = stored.ok_or_else(|| Error::KeyNotFound { key: key.into() })?;
+        let stored = stored.ok_or_else(|| Error::missing(key))?;
         compress_stored(
             &self.redis,
             self.codec,
@@ -581,7 +760,7 @@ pub async fn compress_stored(
         bytes_after: envelope.len(),
         compressed: crate::codec::is_compressed(envelope),
     };
-    if unchanged.compressed {
+    if unchanged.compressed || envelope == NEGATIVE_ENVELOPE {
         return Ok(unchanged);
     }
     let packed = codec.encode_compressed(&codec.decode(envelope)?);
@@ -612,6 +791,16 @@ pub async fn compress_stored(
 /// An expiry as the accounting scripts take it: milliseconds, 0 for none.
 fn ttl_ms(expiry: Expiry) -> u64 {
     expiry.seconds().map_or(0, |s| u64::from(s) * 1000)
+}
+
+/// The TTL a read reports right after a write of `ttl_ms` (0: none, `-1`),
+/// rounded as [`StoredExpiry::ttl_at`] rounds.
+fn reported_ttl(ttl_ms: u64) -> i64 {
+    if ttl_ms == 0 {
+        -1
+    } else {
+        i64::try_from(ttl_ms.saturating_add(500) / 1000).unwrap_or(i64::MAX)
+    }
 }
 
 fn check_batch(len: usize, field: &'static str) -> Result<(), Error> {

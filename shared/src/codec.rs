@@ -17,6 +17,7 @@
 //! | `j` | compact JSON text, LZ4 block with its length prepended |
 //! | `B` | raw bytes |
 //! | `b` | raw bytes, LZ4 block with its length prepended |
+//! | `N` | none: a negative entry ("this id does not exist", API.md §10) |
 //!
 //! A payload is compressed only when it is longer than the configured threshold
 //! *and* compression makes it smaller. Callers never see the tag; a value
@@ -38,6 +39,10 @@ const TAG_JSON_LZ4: u8 = b'j';
 const TAG_BYTES: u8 = b'B';
 const TAG_BYTES_LZ4: u8 = b'b';
 const TAG_EXPIRY: u8 = b'T';
+const TAG_NEGATIVE: u8 = b'N';
+
+/// The envelope of a negative entry: a tag and no payload.
+pub const NEGATIVE_ENVELOPE: &[u8] = &[TAG_NEGATIVE];
 
 /// Length of the expiry header: `T` and 8 bytes of absolute expiry.
 pub const EXPIRY_HEADER_BYTES: usize = 9;
@@ -188,6 +193,11 @@ impl Stored {
         self.expiry
     }
 
+    /// Whether this is a negative entry, which has no value.
+    pub fn is_negative(&self) -> bool {
+        self.envelope.first() == Some(&TAG_NEGATIVE)
+    }
+
     /// Whether the value is JSON (else raw bytes).
     pub fn is_json(&self) -> bool {
         matches!(self.envelope.first(), Some(&(TAG_JSON | TAG_JSON_LZ4)))
@@ -286,6 +296,7 @@ impl Codec {
     pub fn decode(&self, stored: &[u8]) -> Result<Value, Error> {
         let (tag, payload) = split_tag(split_expiry(stored).1)?;
         Ok(match tag {
+            TAG_NEGATIVE => return Err(Error::internal("a negative entry has no value")),
             TAG_JSON => Value::Json(utf8(payload.to_vec())?),
             TAG_JSON_LZ4 => Value::Json(utf8(decompress(payload)?)?),
             TAG_BYTES_LZ4 => Value::Bytes(Bytes::from(decompress(payload)?)),
@@ -311,6 +322,7 @@ pub fn check_stored(
         .split_first()
         .ok_or_else(|| bad("the value is empty".into()))?;
     let size = match tag {
+        TAG_NEGATIVE if payload.is_empty() => return Ok(()),
         TAG_JSON | TAG_BYTES => payload.len(),
         TAG_JSON_LZ4 | TAG_BYTES_LZ4 => {
             lz4_flex::block::uncompressed_size(payload)
@@ -351,9 +363,10 @@ pub fn is_compressed(stored: &[u8]) -> bool {
 /// this service).
 fn split_tag(stored: &[u8]) -> Result<(u8, &[u8]), Error> {
     match stored.split_first() {
-        Some((&tag @ (TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4), payload)) => {
-            Ok((tag, payload))
-        }
+        Some((
+            &tag @ (TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4 | TAG_NEGATIVE),
+            payload,
+        )) => Ok((tag, payload)),
         Some((other, _)) => Err(Error::internal(format!(
             "stored value has unknown format tag {other:#04x}"
         ))),

@@ -113,6 +113,11 @@ pub struct CacheSettings {
           value_parser = clap::value_parser!(u64).range(1..=512 * 1024 * 1024))]
     pub max_value_bytes: u64,
 
+    /// How long a lease handed out by a `?lease=true` read lasts, in milliseconds.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub lease_ttl_ms: u64,
+
     /// Largest total of stored value bytes one mget may answer; beyond it, 413.
     #[arg(long, env = "MGET_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]

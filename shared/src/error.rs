@@ -13,9 +13,10 @@ pub enum Error {
         field: Cow<'static, str>,
         message: String,
     },
-    /// A cache key (or session/permission entry) that is absent.
-    #[error("key '{key}' not found")]
-    KeyNotFound { key: String },
+    /// A cache key (or session/permission entry) that is absent; `absence`
+    /// says more when the caller should act on it (API.md §10).
+    #[error("key '{key}' not found{}", absence.explained())]
+    KeyNotFound { key: String, absence: Absence },
     /// Anything else that does not exist (or belongs to another tenant).
     #[error("{what} not found")]
     NotFound { what: String },
@@ -56,7 +57,41 @@ pub enum Error {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Why a read found no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Absence {
+    /// Nothing is stored.
+    Missing,
+    /// A negative entry says the id does not exist: the caller need not look
+    /// in its own database.
+    Negative,
+    /// The caller holds the key's lease: it should load the value and set it
+    /// with this token.
+    LeaseGranted(String),
+    /// Another caller holds the lease and did not set the key in time.
+    Leased,
+}
+
+impl Absence {
+    fn explained(&self) -> &'static str {
+        match self {
+            Self::Missing => "",
+            Self::Negative => " (a negative entry: it is known not to exist)",
+            Self::LeaseGranted(_) => "; you hold its lease: load it and set it with the token",
+            Self::Leased => "; another caller is loading it and did not set it in time",
+        }
+    }
+}
+
 impl Error {
+    /// A plain miss of `key`.
+    pub fn missing(key: impl Into<String>) -> Self {
+        Self::KeyNotFound {
+            key: key.into(),
+            absence: Absence::Missing,
+        }
+    }
+
     pub fn validation(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::Validation {
             field: field.into(),

@@ -119,11 +119,11 @@ pub fn validate_key(key: &str, field: &str) -> Result<(), Error> {
 
 /// Builds Redis keys for one tenant's cached values.
 #[derive(Clone, Debug)]
-pub struct CacheNamespace {
+pub struct TenantKeyspace {
     prefix: String,
 }
 
-impl CacheNamespace {
+impl TenantKeyspace {
     pub fn new(tenant: &TenantId) -> Self {
         Self {
             prefix: format!("c:{{{tenant}}}:"),
@@ -135,6 +135,14 @@ impl CacheNamespace {
         let mut out = String::with_capacity(self.prefix.len() + key.len());
         out.push_str(&self.prefix);
         out.push_str(key);
+        out
+    }
+
+    /// The Redis key of `key`'s lease (API.md §10): `l:` instead of `c:`,
+    /// in the same hash slot. The accounting scripts derive it the same way.
+    pub fn lease_key(&self, key: &str) -> String {
+        let mut out = self.key(key);
+        out.replace_range(0..1, "l");
         out
     }
 
@@ -317,11 +325,11 @@ mod tests {
 
     #[test]
     fn tenant_prefixes_never_overlap() {
-        let t1 = CacheNamespace::new(&TenantId::parse("t1", "t").unwrap());
-        let t10 = CacheNamespace::new(&TenantId::parse("t10", "t").unwrap());
+        let t1 = TenantKeyspace::new(&TenantId::parse("t1", "t").unwrap());
+        let t10 = TenantKeyspace::new(&TenantId::parse("t10", "t").unwrap());
         assert_eq!(t1.key("x"), "c:{t1}:x");
         let t1_id = TenantId::parse("t1", "t").unwrap();
-        assert_eq!(CacheNamespace::key_of(&t1_id, "x"), t1.key("x"));
+        assert_eq!(TenantKeyspace::key_of(&t1_id, "x"), t1.key("x"));
         assert!(t1.strip(&t10.key("x")).is_none());
         assert!(t10.strip(&t1.key("0:x")).is_none());
         assert!(!matches(&t1.pattern("*"), &t10.key("x")));
@@ -341,14 +349,14 @@ mod tests {
             glob in "[*?a-c:]{0,6}", key in "[*?a-c:{}]{1,6}",
         ) {
             prop_assume!(t1 != t2);
-            let ns1 = CacheNamespace::new(&TenantId::parse(&t1, "t").unwrap());
-            let ns2 = CacheNamespace::new(&TenantId::parse(&t2, "t").unwrap());
+            let ns1 = TenantKeyspace::new(&TenantId::parse(&t1, "t").unwrap());
+            let ns2 = TenantKeyspace::new(&TenantId::parse(&t2, "t").unwrap());
             prop_assert!(!matches(&ns1.pattern(&glob), &ns2.key(&key)));
         }
 
         #[test]
         fn literal_prefix_patterns_match_exactly_the_prefixed_keys(prefix in "[*?a-c\\[\\]]{0,5}", key in "[*?a-c\\[\\]]{1,8}") {
-            let ns = CacheNamespace::new(&TenantId::parse("acme", "t").unwrap());
+            let ns = TenantKeyspace::new(&TenantId::parse("acme", "t").unwrap());
             prop_assert_eq!(matches(&ns.literal_prefix_pattern(&prefix), &ns.key(&key)), key.starts_with(&prefix));
         }
     }

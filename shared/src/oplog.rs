@@ -180,7 +180,7 @@ impl OpLog {
 
     /// Records a read, or not, at the sample rate.
     pub fn record_read(&self, tenant: &str, op: Op, key: Option<&str>, outcome: Outcome) {
-        if self.read_sample_rate > 0.0 && uniform() < self.read_sample_rate {
+        if self.read_sample_rate > 0.0 && crate::random::fraction() < self.read_sample_rate {
             self.record(tenant, op.name(), key, outcome, 0, None);
         }
     }
@@ -278,30 +278,6 @@ impl OpLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A uniform draw in `[0, 1)` from a per-thread xorshift generator: reads
-/// are sampled without a lock or a system call.
-fn uniform() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0x9E37_79B9_7F4A_7C15;
-    }
-    u64::from_le_bytes(bytes) | 1
 }
 
 #[cfg(test)]

@@ -193,9 +193,7 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
     cache
         .stats()
         .record_lookup(&platform, Op::Permission, key.as_str(), stored.is_some());
-    let stored = stored.ok_or_else(|| Error::KeyNotFound {
-        key: key.as_str().to_owned(),
-    })?;
+    let stored = stored.ok_or_else(|| Error::missing(key.as_str()))?;
     Ok(Permission {
         key: key.as_str().to_owned(),
         result: cache.codec().decode(&stored)?,

@@ -133,23 +133,34 @@ fn script(body: &str) -> Script {
 
 /// KEYS: usage, buckets, index, then the keys to write. ARGV: max keys,
 /// max bytes (0: unlimited), `1` to write only absent keys, prefix length,
-/// then per key its envelope and TTL in milliseconds (0: none); each is
-/// stored behind the expiry header of the instant its `PXAT` names. Keys are
-/// distinct. Writes all or nothing: returns how many keys were written, or
-/// `{limit, quota, usage}` when the batch would go over a quota.
+/// a lease token (`''`: none; with one key only), then per key its envelope
+/// and TTL in milliseconds (0: none); each is stored behind the expiry
+/// header of the instant its `PXAT` names. Keys are distinct. Writes all or
+/// nothing: returns how many keys were written, `{limit, quota, usage}` when
+/// the batch would go over a quota, or `{'lease'}` when the token is not the
+/// key's current lease (it expired, or the key was written or deleted
+/// since: a delete ends the key's lease, a write makes the key exist). The
+/// lease key is `l:` and the rest of the cache key (same hash tag).
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local u, x, xz = KEYS[1], KEYS[2], KEYS[3]
 local max_keys, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
-local nx, plen = ARGV[3] == '1', tonumber(ARGV[4])
+local nx, plen, lease = ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
+local lease_key
+if lease ~= '' then
+  lease_key = 'l' .. string.sub(KEYS[4], 2)
+  if redis.call('GET', lease_key) ~= lease or redis.call('EXISTS', KEYS[4]) == 1 then
+    return {'lease'}
+  end
+end
 local now = now_ms()
 settle(u, x, xz, now)
 local n = #KEYS - 3
 local olds = {}
 local dk, db = 0, 0
 for i = 1, n do
-  local key, value = KEYS[i + 3], ARGV[3 + 2 * i]
+  local key, value = KEYS[i + 3], ARGV[4 + 2 * i]
   local old = value_len(key)
   olds[i] = old
   if old == 0 then
@@ -169,7 +180,7 @@ end
 local written = 0
 for i = 1, n do
   if not (nx and olds[i] > 0) then
-    local key, value, ttl = KEYS[i + 3], ARGV[3 + 2 * i], tonumber(ARGV[4 + 2 * i])
+    local key, value, ttl = KEYS[i + 3], ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
     local old_at = -1
     if olds[i] > 0 then old_at = redis.call('PEXPIRETIME', key) end
     local at = -1
@@ -186,6 +197,7 @@ end
 if dk ~= 0 then redis.call('HINCRBY', u, 'k', dk) end
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
 if written > 0 then redis.call('HINCRBY', u, 'w', 1) end
+if lease_key then redis.call('DEL', lease_key) end
 return written
 ",
     )
@@ -198,7 +210,7 @@ pub fn write_script_sha() -> &'static str {
 }
 
 /// KEYS: usage, buckets, index, then keys. ARGV: prefix length. Removes the
-/// keys; returns how many existed.
+/// keys and ends their leases (see [`WRITE`]); returns how many existed.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -207,6 +219,7 @@ settle(u, x, xz, now_ms())
 local dk, db = 0, 0
 for i = 4, #KEYS do
   local size = forget(u, x, xz, KEYS[i], plen)
+  redis.call('DEL', 'l' .. string.sub(KEYS[i], 2))
   if size > 0 then
     redis.call('UNLINK', KEYS[i])
     dk = dk + 1
@@ -579,13 +592,31 @@ pub async fn write(
     items: &[Write<'_>],
     only_absent: bool,
 ) -> Result<u64, Error> {
+    write_leased(conn, tenant, limits, items, only_absent, "").await
+}
+
+/// [`write`] of one key with the lease token a read handed out (`""`: none).
+///
+/// # Errors
+///
+/// [`Error::Conflict`] when the token is no longer the key's lease (nothing
+/// written), and those of [`write`].
+pub async fn write_leased(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    limits: &TenantLimits,
+    items: &[Write<'_>],
+    only_absent: bool,
+    lease: &str,
+) -> Result<u64, Error> {
     let mut invocation = WRITE.prepare_invoke();
     with_usage_keys(&mut invocation, tenant);
     invocation
         .arg(limits.max_keys)
         .arg(limits.max_bytes)
         .arg(u8::from(only_absent))
-        .arg(prefix_len(tenant));
+        .arg(prefix_len(tenant))
+        .arg(lease);
     for item in items {
         invocation
             .key(item.redis_key)
@@ -595,6 +626,11 @@ pub async fn write(
     let answer: redis::Value = invocation.invoke_async(conn).await?;
     match answer {
         redis::Value::Int(written) => Ok(u64::try_from(written).unwrap_or(0)),
+        redis::Value::Array(ref one) if one.len() == 1 => Err(Error::Conflict(
+            "the lease token is no longer current: the key was written or deleted since, or \
+             the lease expired; nothing stored"
+                .into(),
+        )),
         refused => {
             let (limit, quota, usage): (String, u64, u64) = redis::from_redis_value(refused)?;
             Err(Error::QuotaExceeded {

@@ -135,9 +135,7 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
         .stats()
         .record_secret_lookup(&platform, Op::Session, found.is_some());
     let (user_id, tenant_id, _stored_ttl, data, remaining) =
-        found.ok_or_else(|| Error::KeyNotFound {
-            key: session_id.to_owned(),
-        })?;
+        found.ok_or_else(|| Error::missing(session_id))?;
     Ok(Session {
         session_id: session_id.to_owned(),
         user_id,

@@ -389,7 +389,7 @@ pub async fn run(
         heartbeat_stopped.clone(),
     ));
     let limits = tokio::spawn(limits_loop(
-        tenant_limits,
+        ctx.cache.clone(),
         db.clone(),
         heartbeat_stopped.clone(),
     ));
@@ -555,23 +555,22 @@ async fn schedule_loop(queue: JobQueue, stop: tokio::sync::watch::Receiver<bool>
     .await;
 }
 
-/// Reloads tenant limits (quotas checked by preloads and restores) as
-/// often as the api instances do.
-async fn limits_loop(
-    book: Arc<cache_shared::limits::LimitBook>,
-    db: sqlx::PgPool,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let (book, db) = (&book, &db);
+/// Reloads tenant limits (quotas checked by preloads and restores) and
+/// namespaces (the TTLs preloads take) as often as the api instances do.
+async fn limits_loop(cache: Cache, db: sqlx::PgPool, stop: tokio::sync::watch::Receiver<bool>) {
+    let (cache, db) = (&cache, &db);
     every(LIMITS_REFRESH, stop, move || async move {
-        if let Err(err) = cache_shared::db::tenant_limits::reload(db, book).await {
+        if let Err(err) = cache_shared::db::tenant_limits::reload(db, cache.tenant_limits()).await {
             tracing::warn!(%err, "tenant limits not reloaded; keeping the last known ones");
+        }
+        if let Err(err) = cache_shared::db::namespaces::reload(db, cache.namespaces()).await {
+            tracing::warn!(%err, "namespaces not reloaded; keeping the last known ones");
         }
     })
     .await;
 }
 
-/// How often the worker reloads tenant limits.
+/// How often the worker reloads tenant limits and namespaces.
 const LIMITS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Wait before restart `n` of a queue worker: 1 s, 2 s, 4 s, … capped at 30 s.

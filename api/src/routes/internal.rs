@@ -11,11 +11,12 @@ use serde_json::value::RawValue;
 
 use crate::auth::CacheCaller;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, PathParam};
+use crate::extract::{JsonBody, PathParam, QueryParams};
 use crate::state::AppState;
 use crate::views::{
     Deleted, EntryView, ExistsView, KeyTtl, MgetView, Updated, entry_answer, mget_answer,
 };
+use crate::writes::{ReadQuery, Write};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     get,
     path = "/internal/cache/get/{key}",
     tag = "internal",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("X-Tenant-Id" = Option<String>, Header, description = "Tenant acted for; absent: the platform"), ReadQuery),
     responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("serviceToken" = []))
 )]
@@ -42,21 +43,37 @@ async fn get_value(
     State(state): State<AppState>,
     caller: CacheCaller,
     PathParam(key): PathParam,
+    QueryParams(query): QueryParams<ReadQuery>,
 ) -> Result<Response, ApiError> {
     let op = ApiError::op("get");
-    let entry = state.cache.get(&caller.tenant, &key).await.map_err(&op)?;
+    let entry = query
+        .read(&state, &caller.tenant, &key)
+        .await
+        .map_err(&op)?;
     entry_answer(&key, &entry).map_err(&op)
 }
 
+/// `{"key","value","ttl"?}`, or `{"key","negative":true,"ttl"?}` (API.md §10).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SetBody {
     #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     key: String,
-    #[schema(value_type = serde_json::Value)]
-    value: Box<RawValue>,
+    /// Any JSON value; required unless `negative`.
+    #[serde(default, deserialize_with = "crate::writes::present_value")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    value: Option<Box<RawValue>>,
     #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
+    /// Without `ttl`: the namespace's TTL without jitter.
+    #[serde(default)]
+    exact_ttl: bool,
+    /// Store "this id does not exist" (default TTL 60 s).
+    #[serde(default)]
+    negative: bool,
+    /// The lease token a `?lease=true` read handed out.
+    #[schema(max_length = 64)]
+    lease: Option<String>,
 }
 
 #[utoipa::path(
@@ -73,10 +90,15 @@ async fn set_value(
     caller: CacheCaller,
     JsonBody(body): JsonBody<SetBody>,
 ) -> Result<Json<KeyTtl>, ApiError> {
-    let value = Value::from_raw_json(&body.value);
-    let ttl = state
-        .cache
-        .set(&caller.tenant, &body.key, &value, body.ttl)
+    let write = Write {
+        value: body.value.as_deref().map(Value::from_raw_json),
+        ttl: body.ttl,
+        exact_ttl: body.exact_ttl,
+        negative: body.negative,
+        lease: body.lease,
+    };
+    let ttl = write
+        .store(&state, &caller.tenant, &body.key)
         .await
         .map_err(ApiError::op("set"))?;
     Ok(Json(KeyTtl { key: body.key, ttl }))

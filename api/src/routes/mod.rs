@@ -7,6 +7,7 @@ pub mod internal;
 pub mod jobs;
 pub mod management;
 pub mod monitoring;
+pub mod namespaces;
 pub mod permissions;
 pub mod public;
 pub mod schedules;

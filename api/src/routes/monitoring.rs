@@ -58,6 +58,8 @@ struct StatsQuery {
 struct LiveView {
     hits: u64,
     misses: u64,
+    /// Reads answered by a negative entry (API.md §10): neither hits nor misses.
+    negative_hits: u64,
     /// Percent of reads that found their key; `null` before any read.
     hit_rate: Option<f64>,
     operations: Vec<OpSnapshot>,
@@ -81,6 +83,7 @@ fn live(state: &AppState, caller: &Caller) -> LiveView {
     LiveView {
         hits,
         misses,
+        negative_hits: tenant.negatives(),
         hit_rate: hit_rate((hits, misses)),
         operations: tenant
             .snapshot()

@@ -17,10 +17,11 @@ use serde_json::value::RawValue;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, OptionalJsonBody, PathParam, read_body};
+use crate::extract::{JsonBody, OptionalJsonBody, PathParam, QueryParams, read_body};
 use crate::routes::jobs::start_job;
 use crate::state::AppState;
 use crate::views::{Deleted, EntryView, ExistsView, JobAccepted, KeyTtl, Updated, entry_answer};
+use crate::writes::{ReadQuery, Write};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,6 +35,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(flush))
         .routes(routes!(preload))
         .routes(routes!(status))
+}
+
+/// A namespace's access pattern (API.md §10): `read_only` refuses the
+/// public plane's writes, `write_only` its reads.
+fn check_access(state: &AppState, caller: &Caller, key: &str, write: bool) -> Result<(), ApiError> {
+    let Some(ns) = state
+        .cache
+        .namespaces()
+        .resolve(caller.tenant.as_str(), key)
+    else {
+        return Ok(());
+    };
+    if ns.access.allows(write) {
+        return Ok(());
+    }
+    let refused = if write { "writes" } else { "reads" };
+    Err(ApiError::Forbidden(format!(
+        "namespace '{}' is {}: it refuses {refused} on this plane",
+        ns.prefix,
+        ns.access.as_str()
+    )))
 }
 
 fn wants_bytes(headers: &HeaderMap) -> bool {
@@ -54,7 +76,7 @@ fn wants_bytes(headers: &HeaderMap) -> bool {
     path = "/api/v1/cache/keys/{key}",
     tag = "cache",
     description = "With Accept: application/octet-stream, the raw bytes (a JSON value as compact text).",
-    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
+    params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ReadQuery),
     responses((status = 200, description = "Success", body = EntryView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
     security(("bearer" = []))
 )]
@@ -63,9 +85,14 @@ async fn get_value(
     caller: Caller,
     headers: HeaderMap,
     PathParam(key): PathParam,
+    QueryParams(query): QueryParams<ReadQuery>,
 ) -> Result<Response, ApiError> {
     let op = ApiError::op("get");
-    let entry = state.cache.get(&caller.tenant, &key).await.map_err(&op)?;
+    check_access(&state, &caller, &key, false)?;
+    let entry = query
+        .read(&state, &caller.tenant, &key)
+        .await
+        .map_err(&op)?;
     if wants_bytes(&headers) {
         let bytes = entry.value.into_payload().map_err(&op)?;
         let mut response = Response::new(Body::from(bytes));
@@ -78,13 +105,25 @@ async fn get_value(
     entry_answer(&key, &entry).map_err(&op)
 }
 
+/// `{"value","ttl"?}` or `{"negative":true,"ttl"?}` (API.md §10).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PutBody {
-    #[schema(value_type = serde_json::Value)]
-    value: Box<RawValue>,
+    /// Any JSON value; required unless `negative`.
+    #[serde(default, deserialize_with = "crate::writes::present_value")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    value: Option<Box<RawValue>>,
     #[schema(value_type = Option<u32>, maximum = 31536000)]
     ttl: Option<Expiry>,
+    /// Without `ttl`: the namespace's TTL without jitter.
+    #[serde(default)]
+    exact_ttl: bool,
+    /// Store "this id does not exist" (default TTL 60 s).
+    #[serde(default)]
+    negative: bool,
+    /// The lease token a `?lease=true` read handed out.
+    #[schema(max_length = 64)]
+    lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -105,10 +144,7 @@ struct TtlQuery {
 }
 
 /// A value to store: JSON (`{"value","ttl"?}`) or raw bytes with `?ttl=`.
-struct PutValue {
-    value: Value,
-    ttl: Option<Expiry>,
-}
+struct PutValue(Write);
 
 impl FromRequest<AppState> for PutValue {
     type Rejection = ApiError;
@@ -121,19 +157,23 @@ impl FromRequest<AppState> for PutValue {
             .is_some_and(|ct| ct.trim().starts_with("application/octet-stream"));
         if !raw {
             let JsonBody(body) = JsonBody::<PutBody>::from_request(req, state).await?;
-            return Ok(Self {
-                value: Value::from_raw_json(&body.value),
+            return Ok(Self(Write {
+                value: body.value.as_deref().map(Value::from_raw_json),
                 ttl: body.ttl,
-            });
+                exact_ttl: body.exact_ttl,
+                negative: body.negative,
+                lease: body.lease,
+            }));
         }
         let Query(query) = Query::<TtlQuery>::try_from_uri(req.uri())
             .map_err(|_| ApiError::bad_request("ttl", "ttl must be a whole number of seconds"))?;
         let ttl = query.ttl.map(|t| Expiry::parse(&t, "ttl")).transpose()?;
         let bytes = read_body(req, &state.settings).await?;
-        Ok(Self {
-            value: Value::Bytes(bytes),
+        Ok(Self(Write {
+            value: Some(Value::Bytes(bytes)),
             ttl,
-        })
+            ..Write::default()
+        }))
     }
 }
 
@@ -151,11 +191,11 @@ async fn put_value(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(key): PathParam,
-    put: PutValue,
+    PutValue(write): PutValue,
 ) -> Result<Json<KeyTtl>, ApiError> {
-    let ttl = state
-        .cache
-        .set(&caller.tenant, &key, &put.value, put.ttl)
+    check_access(&state, &caller, &key, true)?;
+    let ttl = write
+        .store(&state, &caller.tenant, &key)
         .await
         .map_err(ApiError::op("set"))?;
     Ok(Json(KeyTtl { key, ttl }))
@@ -174,6 +214,7 @@ async fn delete_value(
     caller: Caller,
     PathParam(key): PathParam,
 ) -> Result<Json<Deleted>, ApiError> {
+    check_access(&state, &caller, &key, true)?;
     let deleted = state
         .cache
         .delete(&caller.tenant, &key)
@@ -205,6 +246,7 @@ async fn expire(
     PathParam(key): PathParam,
     JsonBody(body): JsonBody<ExpireBody>,
 ) -> Result<Json<Updated>, ApiError> {
+    check_access(&state, &caller, &key, true)?;
     let updated = state
         .cache
         .expire(&caller.tenant, &key, body.ttl)
@@ -228,12 +270,13 @@ async fn ttl(
     PathParam(key): PathParam,
 ) -> Result<Json<KeyTtl>, ApiError> {
     let op = ApiError::op("ttl");
+    check_access(&state, &caller, &key, false)?;
     let ttl = state
         .cache
         .ttl(&caller.tenant, &key)
         .await
         .map_err(&op)?
-        .ok_or_else(|| cache_shared::Error::KeyNotFound { key: key.clone() })
+        .ok_or_else(|| cache_shared::Error::missing(key.clone()))
         .map_err(&op)?;
     Ok(Json(KeyTtl { key, ttl }))
 }
@@ -268,6 +311,9 @@ async fn touch(
     PathParam(key): PathParam,
     OptionalJsonBody(body): OptionalJsonBody<TouchBody>,
 ) -> Result<Json<Touched>, ApiError> {
+    if body.ttl.is_some() {
+        check_access(&state, &caller, &key, true)?;
+    }
     let ttl = state
         .cache
         .touch(&caller.tenant, &key, body.ttl)

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod backups;
 pub mod hotkeys;
 pub mod jobs;
+pub mod namespaces;
 pub mod oplog;
 pub mod reports;
 pub mod retention;

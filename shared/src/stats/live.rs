@@ -52,6 +52,8 @@ pub struct TenantStats {
     ops: [OpCounters; Op::ALL.len()],
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Reads answered by a negative entry: neither hits nor misses.
+    negatives: AtomicU64,
     reads_seen: AtomicU64,
     hot: Mutex<HotKeys>,
     minute_stamp: [AtomicU64; TENANT_MINUTES],
@@ -66,6 +68,7 @@ impl TenantStats {
             ops: Default::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            negatives: AtomicU64::new(0),
             reads_seen: AtomicU64::new(0),
             hot: Mutex::default(),
             minute_stamp: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -115,6 +118,8 @@ impl TenantStats {
             .fetch_add(other.hits.load(Ordering::Relaxed), Ordering::Relaxed);
         self.misses
             .fetch_add(other.misses.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.negatives
+            .fetch_add(other.negatives.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn tick(&self, minute: u64, op: Op) {
@@ -160,6 +165,11 @@ impl TenantStats {
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// Reads answered by a negative entry since start.
+    pub fn negatives(&self) -> u64 {
+        self.negatives.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
@@ -454,6 +464,18 @@ impl LiveStats {
     /// the hot-key detector and, sampled, the operation log.
     pub fn record_lookup(&self, tenant: &TenantStats, op: Op, key: &str, hit: bool) {
         self.count_lookup(tenant, op, Some(key), hit);
+    }
+
+    /// Counts a read of `key` answered by a negative entry (API.md §10):
+    /// apart from hits and misses, so a hit rate is not flattered by them.
+    pub fn record_negative(&self, tenant: &TenantStats, op: Op, key: &str) {
+        if !self.enabled {
+            return;
+        }
+        tenant.negatives.fetch_add(1, Ordering::Relaxed);
+        if let Some(oplog) = &self.oplog {
+            oplog.record_read(&tenant.tenant, op, Some(key), Outcome::Miss);
+        }
     }
 
     /// [`LiveStats::record_lookup`] for a key that must not be kept or logged

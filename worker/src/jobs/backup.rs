@@ -9,7 +9,7 @@ use cache_jobs::payload::Payload;
 use cache_shared::Error;
 use cache_shared::codec::split_expiry;
 use cache_shared::db::backups::{self, BackupEntry};
-use cache_shared::keys::{CacheNamespace, TenantId, validate_key};
+use cache_shared::keys::{TenantId, TenantKeyspace, validate_key};
 use cache_shared::quota;
 use chrono::Utc;
 use deadpool_redis::redis;
@@ -43,7 +43,7 @@ async fn backup(
     params: &BackupParams,
 ) -> Result<Outcome, JobError> {
     params.validate()?;
-    let ns = CacheNamespace::new(tenant);
+    let ns = TenantKeyspace::new(tenant);
     let pattern = ns.pattern("*");
     let mut progress = Progress::new(&ctx.db, job_id);
     let mut file = match &params.file {
@@ -152,7 +152,7 @@ pub(crate) async fn restore(
     params.validate()?;
     let mut writer = Restorer {
         ctx,
-        ns: CacheNamespace::new(tenant),
+        ns: TenantKeyspace::new(tenant),
         tenant,
         overwrite: params.overwrite,
         progress: Progress::new(&ctx.db, job_id),
@@ -295,7 +295,7 @@ impl<R: tokio::io::AsyncRead + Unpin> BoundedLines<R> {
 /// Writes restored entries batch by batch, counting what happened to them.
 struct Restorer<'a> {
     ctx: &'a JobContext,
-    ns: CacheNamespace,
+    ns: TenantKeyspace,
     tenant: &'a TenantId,
     overwrite: bool,
     progress: Progress<'a>,

@@ -6,7 +6,7 @@ use cache_jobs::compress::CompressParams;
 use cache_jobs::payload::Payload;
 use cache_shared::Error;
 use cache_shared::cache::compress_stored;
-use cache_shared::keys::{CacheNamespace, TenantId};
+use cache_shared::keys::{TenantId, TenantKeyspace};
 use deadpool_redis::redis;
 use serde_json::json;
 
@@ -27,7 +27,7 @@ async fn run(
     params: &CompressParams,
 ) -> Result<Outcome, JobError> {
     params.validate()?;
-    let pattern = CacheNamespace::new(tenant).pattern(&params.pattern);
+    let pattern = TenantKeyspace::new(tenant).pattern(&params.pattern);
     let redis_store = ctx.cache.redis();
     let codec = ctx.cache.codec();
     let mut progress = Progress::new(&ctx.db, job_id);

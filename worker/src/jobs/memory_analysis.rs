@@ -6,7 +6,7 @@
 
 use cache_shared::codec::{EXPIRY_HEADER_BYTES, split_expiry};
 use cache_shared::db::reports;
-use cache_shared::keys::{CacheNamespace, TenantId};
+use cache_shared::keys::{TenantId, TenantKeyspace};
 use cache_shared::memory_report::{
     CompressionCandidates, KeySize, MemoryReport, PatternGroup, TtlDistribution,
 };
@@ -107,7 +107,7 @@ async fn run(
         Mode::Full => u64::MAX,
         Mode::Sampled => params.sample_size.unwrap_or(DEFAULT_SAMPLE),
     };
-    let ns = CacheNamespace::new(tenant);
+    let ns = TenantKeyspace::new(tenant);
     let pattern = ns.pattern("*");
     let mut progress = Progress::new(&ctx.db, job_id);
     let mut groups: HashMap<String, PatternGroup> = HashMap::new();
