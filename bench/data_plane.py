@@ -176,7 +176,7 @@ def redis_benchmark_write_script(sha):
             "redis-benchmark", "-h", REDIS_HOST, "-p", REDIS_PORT,
             "-c", str(CONNECTIONS), "-n", str(200_000), "--csv",
             "EVALSHA", sha, "4", f"q:{tag}:usage", f"q:{tag}:exp", f"q:{tag}:expz",
-            f"c:{tag}:bench:script", "0", "0", "0", str(len(f"c:{tag}:")), "", value, "0",
+            f"c:{tag}:bench:script", "0", "0", "0", str(len(f"c:{tag}:")), "", "0", value, "0", "0",
         ],
         check=True, capture_output=True, text=True,
     ).stdout

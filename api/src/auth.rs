@@ -192,6 +192,11 @@ pub mod policy {
         ("GET", "/api/v1/cache/namespaces/{prefix}", Role::Reader),
         ("PUT", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
         ("DELETE", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
+        (
+            "GET",
+            "/api/v1/cache/namespaces/{prefix}/stats",
+            Role::Reader,
+        ),
         ("POST", "/api/v1/jobs", Role::Admin),
         ("GET", "/api/v1/jobs", Role::Reader),
         ("GET", "/api/v1/jobs/{id}", Role::Reader),

@@ -62,6 +62,15 @@ pub struct Entry {
     pub ttl: i64,
 }
 
+/// Where a write lands: its namespace, how it is encoded, when it expires.
+#[derive(Debug, Clone)]
+struct Placement {
+    namespace: Option<Arc<Namespace>>,
+    codec: Codec,
+    /// Milliseconds, 0: none.
+    ttl_ms: u64,
+}
+
 /// How a single write is made, beyond its key and value.
 #[derive(Debug, Clone, Default)]
 pub struct SetOptions {
@@ -128,14 +137,19 @@ impl Cache {
         key: &str,
         ttl: Option<Expiry>,
         exact: bool,
-    ) -> (Codec, u64) {
+    ) -> Placement {
         let namespace = self.namespaces.resolve(tenant.as_str(), key);
         let codec = match namespace.as_deref() {
             None => self.codec,
             Some(ns) => Codec::new(ns.compress_above().unwrap_or(usize::MAX)),
         };
-        let ms = Namespace::expiry_ms(namespace.as_deref(), ttl, exact, self.limits.default_ttl);
-        (codec, ms)
+        let ttl_ms =
+            Namespace::expiry_ms(namespace.as_deref(), ttl, exact, self.limits.default_ttl);
+        Placement {
+            namespace,
+            codec,
+            ttl_ms,
+        }
     }
 
     /// Every tenant's limits, as writes check them.
@@ -217,10 +231,28 @@ impl Cache {
             self.stats
                 .observe(Op::Get, &tstats, started, Some(key), result)?;
         let Some(stored) = stored else {
-            self.stats.record_lookup(&tstats, Op::Get, key, false);
+            self.count_read(&tstats, tenant, Op::Get, key, false);
             return Err(Error::missing(key));
         };
-        self.found(&tstats, key, stored, legacy_ttl)
+        self.found(&tstats, tenant, key, stored, legacy_ttl)
+    }
+
+    /// Counts a read that found (`hit`) or missed `key`, for its tenant and
+    /// its namespace.
+    fn count_read(
+        &self,
+        tstats: &crate::stats::live::TenantStats,
+        tenant: &TenantId,
+        op: Op,
+        key: &str,
+        hit: bool,
+    ) {
+        self.stats.record_lookup(tstats, op, key, hit);
+        if self.stats.is_enabled() {
+            self.namespaces.with_prefix(tenant.as_str(), key, |prefix| {
+                self.stats.record_namespace_lookup(tstats, prefix, hit);
+            });
+        }
     }
 
     /// A read's answer from the bytes it found (`legacy_ttl`: Redis's TTL of
@@ -228,6 +260,7 @@ impl Cache {
     fn found(
         &self,
         tstats: &crate::stats::live::TenantStats,
+        tenant: &TenantId,
         key: &str,
         stored: impl Into<bytes::Bytes>,
         legacy_ttl: Option<i64>,
@@ -240,7 +273,7 @@ impl Cache {
                 absence: Absence::Negative,
             });
         }
-        self.stats.record_lookup(tstats, Op::Get, key, true);
+        self.count_read(tstats, tenant, Op::Get, key, true);
         let ttl = legacy_ttl
             .or_else(|| value.expiry().ttl_at(unix_now_ms()))
             .unwrap_or(-1);
@@ -275,7 +308,7 @@ impl Cache {
             .stats
             .observe(Op::Get, &tstats, started, Some(key), result)?;
         let lease = match read {
-            LeaseRead::Found(bytes) => return self.found(&tstats, key, bytes, None),
+            LeaseRead::Found(bytes) => return self.found(&tstats, tenant, key, bytes, None),
             LeaseRead::Granted(token) => Absence::LeaseGranted(token),
             LeaseRead::Held => {
                 let redis = self.redis.clone();
@@ -298,18 +331,13 @@ impl Cache {
                     .await?;
                 match written {
                     Some(bytes) => {
-                        return self.found(
-                            &tstats,
-                            key,
-                            bytes::Bytes::from((*bytes).clone()),
-                            None,
-                        );
+                        return self.found(&tstats, tenant, key, bytes, None);
                     }
                     None => Absence::Leased,
                 }
             }
         };
-        self.stats.record_lookup(&tstats, Op::Get, key, false);
+        self.count_read(&tstats, tenant, Op::Get, key, false);
         Err(Error::KeyNotFound {
             key: key.into(),
             absence: lease,
@@ -331,10 +359,10 @@ impl Cache {
     ) -> Result<i64, Error> {
         validate_key(key, "key")?;
         self.check_size(value, "value")?;
-        let (codec, ttl_ms) = self.placement(tenant, key, options.ttl, options.exact_ttl);
-        let encoded = codec.encode(value);
-        self.write_one(tenant, key, &encoded, ttl_ms, options.lease.as_deref())
-            .await
+        let placed = self.placement(tenant, key, options.ttl, options.exact_ttl);
+        let encoded = placed.codec.encode(value);
+        let lease = options.lease.as_deref();
+        self.write_one(tenant, key, &encoded, &placed, lease).await
     }
 
     /// Stores a negative entry: "`key` does not exist" for `ttl` (default
@@ -352,7 +380,11 @@ impl Cache {
     ) -> Result<i64, Error> {
         validate_key(key, "key")?;
         let ttl = ttl.unwrap_or(Expiry::Seconds(NEGATIVE_DEFAULT_TTL));
-        self.write_one(tenant, key, NEGATIVE_ENVELOPE, ttl_ms(ttl), lease)
+        let placed = Placement {
+            ttl_ms: ttl_ms(ttl),
+            ..self.placement(tenant, key, Some(ttl), true)
+        };
+        self.write_one(tenant, key, NEGATIVE_ENVELOPE, &placed, lease)
             .await
     }
 
@@ -362,7 +394,7 @@ impl Cache {
         tenant: &TenantId,
         key: &str,
         encoded: &[u8],
-        ttl_ms: u64,
+        placed: &Placement,
         lease: Option<&str>,
     ) -> Result<i64, Error> {
         let started = Instant::now();
@@ -372,7 +404,8 @@ impl Cache {
         let item = quota::Write {
             redis_key: &redis_key,
             stored: encoded,
-            ttl_ms,
+            ttl_ms: placed.ttl_ms,
+            namespace: placed.namespace.as_deref().map(quota::InNamespace::of),
         };
         let result = self
             .on_redis(async |conn| {
@@ -393,7 +426,7 @@ impl Cache {
         if lease.is_some() {
             self.waits.written(&redis_key);
         }
-        Ok(reported_ttl(ttl_ms))
+        Ok(reported_ttl(placed.ttl_ms))
     }
 
     /// # Errors
@@ -406,7 +439,9 @@ impl Cache {
         let redis_key = TenantKeyspace::key_of(tenant, key);
         let result = self
             .on_redis(async |conn| {
-                let removed = quota::delete(conn, tenant, &[&redis_key]).await?;
+                let ns = self.namespaces.resolve(tenant.as_str(), key);
+                let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
+                let removed = quota::delete(conn, tenant, &[(&redis_key, prefix)]).await?;
                 Ok(removed > 0)
             })
             .await;
@@ -470,7 +505,7 @@ impl Cache {
             .zip(keys)
             .map(|((stored, ttl), key)| {
                 let Some(bytes) = stored else {
-                    self.stats.record_lookup(&tstats, Op::Mget, key, false);
+                    self.count_read(&tstats, tenant, Op::Mget, key, false);
                     return Ok(None);
                 };
                 let value = Stored::new(bytes)?;
@@ -479,7 +514,7 @@ impl Cache {
                     self.stats.record_negative(&tstats, Op::Mget, key);
                     return Ok(None);
                 }
-                self.stats.record_lookup(&tstats, Op::Mget, key, true);
+                self.count_read(&tstats, tenant, Op::Mget, key, true);
                 let ttl = value
                     .expiry()
                     .ttl_at(now)
@@ -513,11 +548,11 @@ impl Cache {
         for (i, item) in items.iter().enumerate() {
             last.insert(item.key.as_str(), i);
         }
-        let encoded: Vec<(String, Vec<u8>, u64)> = items
+        let encoded: Vec<(String, Vec<u8>, Placement)> = items
             .iter()
             .map(|item| {
-                let (codec, ttl_ms) = self.placement(tenant, &item.key, item.ttl, false);
-                (ns.key(&item.key), codec.encode(&item.value), ttl_ms)
+                let placed = self.placement(tenant, &item.key, item.ttl, false);
+                (ns.key(&item.key), placed.codec.encode(&item.value), placed)
             })
             .collect();
         // Sizes only for the operation log, when there is one.
@@ -534,10 +569,11 @@ impl Cache {
                     .zip(items)
                     .enumerate()
                     .filter(|(i, (_, item))| last.get(item.key.as_str()) == Some(i))
-                    .map(|(_, ((redis_key, stored, ttl_ms), _))| quota::Write {
+                    .map(|(_, ((redis_key, stored, placed), _))| quota::Write {
                         redis_key,
                         stored,
-                        ttl_ms: *ttl_ms,
+                        ttl_ms: placed.ttl_ms,
+                        namespace: placed.namespace.as_deref().map(quota::InNamespace::of),
                     })
                     .collect();
                 quota::write(conn, tenant, &limits, &batch, false)
@@ -617,7 +653,9 @@ impl Cache {
             .on_redis(async |conn| {
                 // "No expiry" on a key without one is still an update: the
                 // caller got what it asked for; only a missing key is `false`.
-                quota::retime(conn, tenant, &redis_key, ttl_ms(ttl)).await
+                let ns = self.namespaces.resolve(tenant.as_str(), key);
+                let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
+                quota::retime(conn, tenant, &redis_key, prefix, ttl_ms(ttl)).await
             })
             .await;
         let updated =
@@ -665,7 +703,9 @@ impl Cache {
         let result = self
             .on_redis(async |conn| {
                 if let Some(ttl) = ttl {
-                    quota::retime(conn, tenant, &redis_key, ttl_ms(ttl)).await?;
+                    let ns = self.namespaces.resolve(tenant.as_str(), key);
+                    let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
+                    quota::retime(conn, tenant, &redis_key, prefix, ttl_ms(ttl)).await?;
                 }
                 let (_, remaining): (i64, i64) = redis::pipe()
                     .cmd("TOUCH")
@@ -699,10 +739,11 @@ impl Cache {
             })
             .await?;
         let stored = stored.ok_or_else(|| Error::missing(key))?;
+        let ns = self.namespaces.resolve(tenant.as_str(), key);
         compress_stored(
             &self.redis,
             self.codec,
-            &redis_key,
+            (&redis_key, ns.as_deref().map(|ns| ns.prefix.as_str())),
             &stored,
             self.redis.command_timeout(),
         )
@@ -740,7 +781,7 @@ pub struct Compressed {
     pub compressed: bool,
 }
 
-/// Compresses the value `stored` at `redis_key` if that makes it smaller,
+/// Compresses the value `stored` at `redis_key` (of namespace `prefix`) if that makes it smaller,
 /// replacing it (TTL kept) only if nobody changed it meanwhile.
 ///
 /// # Errors
@@ -750,7 +791,7 @@ pub struct Compressed {
 pub async fn compress_stored(
     redis_store: &RedisStore,
     codec: Codec,
-    redis_key: &str,
+    (redis_key, prefix): (&str, Option<&str>),
     stored: &[u8],
     deadline: std::time::Duration,
 ) -> Result<Compressed, Error> {
@@ -774,7 +815,7 @@ pub async fn compress_stored(
     let replaced = redis_store
         .timed_for(deadline, async {
             let mut conn = redis_store.conn().await?;
-            quota::compare_and_set(&mut conn, redis_key, stored, &replacement).await
+            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
         })
         .await?;
     if replaced {

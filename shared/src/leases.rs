@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
@@ -93,7 +95,7 @@ fn new_token() -> Result<String, Error> {
 /// value it found; a local lease-set wakes the poller.
 #[derive(Debug)]
 struct Watch {
-    found: watch::Receiver<Option<Arc<Vec<u8>>>>,
+    found: watch::Receiver<Option<Bytes>>,
     wake: Arc<Notify>,
 }
 
@@ -116,7 +118,7 @@ impl Waits {
         redis_key: &str,
         wait: Duration,
         read: F,
-    ) -> Result<Option<Arc<Vec<u8>>>, Error>
+    ) -> Result<Option<Bytes>, Error>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<Vec<u8>>, Error>> + Send,
@@ -142,7 +144,7 @@ impl Waits {
         self: &Arc<Self>,
         redis_key: &str,
         read: F,
-    ) -> watch::Receiver<Option<Arc<Vec<u8>>>>
+    ) -> watch::Receiver<Option<Bytes>>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<Vec<u8>>, Error>> + Send,
@@ -174,7 +176,7 @@ impl Waits {
     async fn poll<F, Fut>(
         &self,
         key: &str,
-        tx: &watch::Sender<Option<Arc<Vec<u8>>>>,
+        tx: &watch::Sender<Option<Bytes>>,
         wake: &Notify,
         read: F,
     ) where
@@ -185,7 +187,7 @@ impl Waits {
         loop {
             match read().await {
                 Ok(Some(bytes)) => {
-                    tx.send_replace(Some(Arc::new(bytes)));
+                    tx.send_replace(Some(Bytes::from(bytes)));
                     break;
                 }
                 Ok(None) => {}

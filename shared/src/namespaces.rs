@@ -380,6 +380,14 @@ impl NamespaceBook {
             .cloned()
     }
 
+    /// `f` of the prefix of `tenant`'s `key`'s namespace, if it has one
+    /// (no reference counting: for the read path).
+    pub fn with_prefix<R>(&self, tenant: &str, key: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let ns = tenants.get(tenant).unwrap_or(&self.defaults).find(key)?;
+        Some(f(&ns.prefix))
+    }
+
     /// Replaces what the book knows with a full reload.
     pub fn replace(&self, tenants: HashMap<String, NamespaceSet>) {
         let fresh = tenants

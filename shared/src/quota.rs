@@ -56,6 +56,17 @@ impl UsageKeys {
             index: format!("q:{{{tenant}}}:expz"),
         }
     }
+
+    /// The accounting of one namespace of a tenant: the same three keys
+    /// under `q:{tenant}:n:{prefix}` (fixed endings, so no two prefixes
+    /// share a key).
+    pub fn of_namespace(tenant: &str, prefix: &str) -> Self {
+        Self {
+            usage: format!("q:{{{tenant}}}:n:{prefix}:usage"),
+            buckets: format!("q:{{{tenant}}}:n:{prefix}:exp"),
+            index: format!("q:{{{tenant}}}:n:{prefix}:expz"),
+        }
+    }
 }
 
 /// A tenant's usage.
@@ -131,12 +142,17 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{EXPIRY_HEADER_LUA}{LIBRARY}{body}"))
 }
 
-/// KEYS: usage, buckets, index, then the keys to write. ARGV: max keys,
-/// max bytes (0: unlimited), `1` to write only absent keys, prefix length,
-/// a lease token (`''`: none; with one key only), then per key its envelope
-/// and TTL in milliseconds (0: none); each is stored behind the expiry
-/// header of the instant its `PXAT` names. Keys are distinct. Writes all or
-/// nothing: returns how many keys were written, `{limit, quota, usage}` when
+/// KEYS: usage, buckets, index, then the keys to write, then the usage,
+/// buckets and index of each namespace they fall in. ARGV: max keys, max
+/// bytes (0: unlimited), `1` to write only absent keys, prefix length, a
+/// lease token (`''`: none; with one key only), the number of namespaces,
+/// each namespace's key limit and what happens over it (0: nothing, 1:
+/// refuse, 2: trim later), then per key its envelope, TTL in milliseconds
+/// (0: none) and namespace (its 1-based position, 0: none); each value is
+/// stored behind the expiry header of the instant its `PXAT` names. Keys
+/// are distinct. Writes all or nothing: returns `{'ok', written, j…}` with
+/// the positions of the namespaces now over their limit that nobody is
+/// trimming yet (their trim marker is set for a minute), `{limit, quota, usage}` when
 /// the batch would go over a quota, or `{'lease'}` when the token is not the
 /// key's current lease (it expired, or the key was written or deleted
 /// since: a delete ends the key's lease, a write makes the key exist). The
@@ -147,6 +163,9 @@ static WRITE: LazyLock<Script> = LazyLock::new(|| {
 local u, x, xz = KEYS[1], KEYS[2], KEYS[3]
 local max_keys, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
 local nx, plen, lease = ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
+local m = tonumber(ARGV[6])
+local first = 7 + 2 * m
+local n = (#ARGV - first + 1) / 3
 local lease_key
 if lease ~= '' then
   lease_key = 'l' .. string.sub(KEYS[4], 2)
@@ -156,18 +175,30 @@ if lease ~= '' then
 end
 local now = now_ms()
 settle(u, x, xz, now)
-local n = #KEYS - 3
+-- Per namespace: its keys, and what the batch adds to it.
+local ns = {}
+for j = 1, m do
+  local b = 3 + n + 3 * (j - 1)
+  ns[j] = {u = KEYS[b + 1], x = KEYS[b + 2], xz = KEYS[b + 3],
+           limit = tonumber(ARGV[5 + 2 * j]), mode = ARGV[6 + 2 * j], dk = 0, db = 0}
+  settle(ns[j].u, ns[j].x, ns[j].xz, now)
+end
 local olds = {}
 local dk, db = 0, 0
 for i = 1, n do
-  local key, value = KEYS[i + 3], ARGV[4 + 2 * i]
+  local a = first + 3 * (i - 1)
+  local key, value, j = KEYS[i + 3], ARGV[a], tonumber(ARGV[a + 2])
   local old = value_len(key)
   olds[i] = old
+  local ddk, ddb = 0, 0
   if old == 0 then
-    dk = dk + 1
-    db = db + #key - plen + #value
+    ddk, ddb = 1, #key - plen + #value
   elseif not nx then
-    db = db + #value - old
+    ddb = #value - old
+  end
+  dk, db = dk + ddk, db + ddb
+  if j > 0 then
+    ns[j].dk, ns[j].db = ns[j].dk + ddk, ns[j].db + ddb
   end
 end
 local keys, bytes = usage(u)
@@ -177,10 +208,18 @@ end
 if max_bytes > 0 and db > 0 and bytes + db > max_bytes then
   return {'maxBytes', max_bytes, bytes}
 end
+for j = 1, m do
+  local c = ns[j]
+  if c.mode == '1' and c.limit > 0 and c.dk > 0 then
+    local held = usage(c.u)
+    if held + c.dk > c.limit then return {'namespace.maxKeys', c.limit, held} end
+  end
+end
 local written = 0
 for i = 1, n do
   if not (nx and olds[i] > 0) then
-    local key, value, ttl = KEYS[i + 3], ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
+    local a = first + 3 * (i - 1)
+    local key, value, ttl, j = KEYS[i + 3], ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local old_at = -1
     if olds[i] > 0 then old_at = redis.call('PEXPIRETIME', key) end
     local at = -1
@@ -190,15 +229,29 @@ for i = 1, n do
     else
       redis.call('SET', key, expiry_header(0) .. value)
     end
-    rebucket(x, xz, old_at, #key - plen + olds[i], at, #key - plen + #value)
+    local before, after = #key - plen + olds[i], #key - plen + #value
+    rebucket(x, xz, old_at, before, at, after)
+    if j > 0 then rebucket(ns[j].x, ns[j].xz, old_at, before, at, after) end
     written = written + 1
   end
 end
 if dk ~= 0 then redis.call('HINCRBY', u, 'k', dk) end
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
 if written > 0 then redis.call('HINCRBY', u, 'w', 1) end
+local answer = {'ok', written}
+for j = 1, m do
+  local c = ns[j]
+  local held = 0
+  if c.dk ~= 0 then held = redis.call('HINCRBY', c.u, 'k', c.dk) end
+  if c.db ~= 0 then redis.call('HINCRBY', c.u, 'b', c.db) end
+  if written > 0 then redis.call('HINCRBY', c.u, 'w', 1) end
+  if c.mode == '2' and c.limit > 0 and held > c.limit
+     and redis.call('SET', c.u .. ':trim', 1, 'NX', 'PX', 60000) then
+    answer[#answer + 1] = j
+  end
+end
 if lease_key then redis.call('DEL', lease_key) end
-return written
+return answer
 ",
     )
 });
@@ -209,21 +262,39 @@ pub fn write_script_sha() -> &'static str {
     WRITE.get_hash()
 }
 
-/// KEYS: usage, buckets, index, then keys. ARGV: prefix length. Removes the
+/// KEYS: usage, buckets, index, then the keys, then the usage, buckets and
+/// index of each namespace they fall in. ARGV: prefix length, the number of
+/// namespaces, then per key its namespace (1-based, 0: none). Removes the
 /// keys and ends their leases (see [`WRITE`]); returns how many existed.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local u, x, xz, plen = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
-settle(u, x, xz, now_ms())
+local m = tonumber(ARGV[2])
+local n = #ARGV - 2
+local now = now_ms()
+settle(u, x, xz, now)
+local ns = {}
+for j = 1, m do
+  local b = 3 + n + 3 * (j - 1)
+  ns[j] = {u = KEYS[b + 1], x = KEYS[b + 2], xz = KEYS[b + 3], dk = 0, db = 0}
+  settle(ns[j].u, ns[j].x, ns[j].xz, now)
+end
 local dk, db = 0, 0
-for i = 4, #KEYS do
-  local size = forget(u, x, xz, KEYS[i], plen)
-  redis.call('DEL', 'l' .. string.sub(KEYS[i], 2))
+for i = 1, n do
+  local key, j = KEYS[i + 3], tonumber(ARGV[i + 2])
+  local at = redis.call('PEXPIRETIME', key)
+  local size = forget(u, x, xz, key, plen)
+  redis.call('DEL', 'l' .. string.sub(key, 2))
   if size > 0 then
-    redis.call('UNLINK', KEYS[i])
+    redis.call('UNLINK', key)
     dk = dk + 1
     db = db + size
+    if j > 0 then
+      local c = ns[j]
+      add_to_bucket(c.x, c.xz, at, size, -1)
+      c.dk, c.db = c.dk + 1, c.db + size
+    end
   end
 end
 if dk ~= 0 then
@@ -231,21 +302,33 @@ if dk ~= 0 then
   redis.call('HINCRBY', u, 'b', -db)
   redis.call('HINCRBY', u, 'w', 1)
 end
+for j = 1, m do
+  local c = ns[j]
+  if c.dk ~= 0 then
+    redis.call('HINCRBY', c.u, 'k', -c.dk)
+    redis.call('HINCRBY', c.u, 'b', -c.db)
+    redis.call('HINCRBY', c.u, 'w', 1)
+  end
+end
 return dk
 ",
     )
 });
 
-/// KEYS: usage, buckets, index, key. ARGV: prefix length, TTL in
-/// milliseconds (0: no expiry). Sets the key's expiry and its value's
-/// expiry header together. Returns 1 when the key exists.
+/// KEYS: usage, buckets, index, key, then the usage, buckets and index of
+/// its namespace if it has one. ARGV: prefix length, TTL in milliseconds
+/// (0: no expiry). Sets the key's expiry and its value's expiry header
+/// together. Returns 1 when the key exists.
 static RETIME: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local u, x, xz, key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local nx, nxz = KEYS[6], KEYS[7]
 local plen, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 settle(u, x, xz, now)
+if nx then settle(KEYS[5], nx, nxz, now) end
+local old_at = redis.call('PEXPIRETIME', key)
 local size = forget(u, x, xz, key, plen)
 if size == 0 then return 0 end
 local at = 0
@@ -256,6 +339,10 @@ if ttl > 0 then
 else
   redis.call('PERSIST', key)
 end
+if nx then
+  rebucket(nx, nxz, old_at, size, at, size)
+  redis.call('HINCRBY', KEYS[5], 'w', 1)
+end
 if redis.call('GETRANGE', key, 0, 0) == 'T' then
   redis.call('SETRANGE', key, 1, struct.pack('>I8', at))
 end
@@ -265,8 +352,9 @@ return 1
     )
 });
 
-/// KEYS: usage, buckets, index, key. ARGV: prefix length, the bytes expected
-/// at the key, the bytes to store (with the expected bytes' expiry header).
+/// KEYS: usage, buckets, index, key, then the usage, buckets and index of
+/// its namespace if it has one. ARGV: prefix length, the bytes expected at
+/// the key, the bytes to store (with the expected bytes' expiry header).
 /// Replaces the value, keeping its TTL, only if it is still the expected
 /// one; returns 1 when replaced.
 static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
@@ -284,6 +372,11 @@ rebucket(x, xz, at, klen + before, at, klen + after)
 local db = after - before
 if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
 redis.call('HINCRBY', u, 'w', 1)
+if KEYS[5] then
+  rebucket(KEYS[6], KEYS[7], at, klen + before, at, klen + after)
+  if db ~= 0 then redis.call('HINCRBY', KEYS[5], 'b', db) end
+  redis.call('HINCRBY', KEYS[5], 'w', 1)
+end
 return 1
 ",
     )
@@ -401,20 +494,125 @@ return 1
     )
 });
 
+/// Set once usage (tenants' and namespaces') has been counted from the
+/// keys on this Redis; removed to ask the worker for a recount (after a
+/// namespace change or a flush, which no script accounts per namespace).
+pub const COUNTED_MARKER: &str = "q:{_platform}:counted:namespaces";
+
+/// Asks the worker for a recount of every account from the keys (see
+/// [`COUNTED_MARKER`]).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn request_recount(redis_store: &RedisStore) -> Result<(), Error> {
+    redis_store
+        .timed(async {
+            let mut conn = redis_store.conn().await?;
+            let () = redis::cmd("DEL")
+                .arg(COUNTED_MARKER)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+}
+
+/// Empties the accounts of `tenant`'s namespaces `prefixes` (after a flush
+/// of all its keys, which the flush's script accounts per tenant only).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn forget_namespaces(
+    redis_store: &RedisStore,
+    tenant: &TenantId,
+    prefixes: &[String],
+) -> Result<(), Error> {
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    redis_store
+        .timed(async {
+            let mut conn = redis_store.conn().await?;
+            let mut del = redis::cmd("DEL");
+            for prefix in prefixes {
+                let keys = UsageKeys::of_namespace(tenant.as_str(), prefix);
+                del.arg(keys.usage).arg(keys.buckets).arg(keys.index);
+            }
+            let () = del.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+}
+
 /// What one [`reconcile`] pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reconciled {
     /// Tenants whose accounting was replaced by their recount.
     pub tenants: u64,
+    /// Namespaces whose accounting was replaced by their recount.
+    pub namespaces: u64,
     /// Tenants written to during the pass, left for the next one.
     pub raced: u64,
     /// Keys walked.
     pub keys: u64,
 }
 
-/// Recounts every tenant's keys and bytes from its stored keys (a walk of
-/// the whole keyspace, `batch` keys a step) and replaces its accounting
-/// with the recount, expiry buckets included; a tenant written to during
+/// Keys, bytes and expiry buckets counted from the keys themselves, with
+/// the write counter seen before counting (`None`: none yet).
+#[derive(Debug, Default)]
+struct Recount {
+    seen: Option<String>,
+    keys: u64,
+    bytes: u64,
+    buckets: std::collections::HashMap<i64, (u64, u64)>,
+}
+
+impl Recount {
+    fn add(&mut self, size: u64, expires_at: i64) {
+        self.keys += 1;
+        self.bytes += size;
+        if expires_at > 0 {
+            let bucket = self.buckets.entry(expires_at / BUCKET_MS).or_default();
+            bucket.0 += 1;
+            bucket.1 += size;
+        }
+    }
+
+    /// Replaces the accounting at `keys` with this recount unless a write
+    /// came in since `seen`; `true` when applied.
+    async fn apply(
+        self,
+        redis_store: &RedisStore,
+        keys: &UsageKeys,
+        step_timeout: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let mut invocation = APPLY_RECOUNT.prepare_invoke();
+        invocation
+            .key(&keys.usage)
+            .key(&keys.buckets)
+            .key(&keys.index)
+            .arg(self.seen.unwrap_or_default())
+            .arg(self.keys)
+            .arg(self.bytes);
+        for (bucket, (k, b)) in &self.buckets {
+            invocation.arg(*bucket).arg(*k).arg(*b);
+        }
+        let applied: i64 = redis_store
+            .timed_for(step_timeout, async {
+                let mut conn = redis_store.conn().await?;
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        Ok(applied == 1)
+    }
+}
+
+/// Recounts every tenant's keys and bytes, and those of each of its
+/// namespaces as `namespaces` defines them, from the stored keys (a walk of
+/// the whole keyspace, `batch` keys a step) and replaces the accounting
+/// with the recount, expiry buckets included; an account written to during
 /// the walk keeps its accounting (see the module docs).
 ///
 /// # Errors
@@ -422,18 +620,13 @@ pub struct Reconciled {
 /// [`Error::CacheUnavailable`].
 pub async fn reconcile(
     redis_store: &RedisStore,
+    namespaces: &crate::namespaces::NamespaceBook,
     batch: usize,
     step_timeout: std::time::Duration,
 ) -> Result<Reconciled, Error> {
     use std::collections::HashMap;
+    use std::sync::Arc;
 
-    #[derive(Default)]
-    struct Recount {
-        seen: Option<String>,
-        keys: u64,
-        bytes: u64,
-        buckets: HashMap<i64, (u64, u64)>,
-    }
     let mut tenants: HashMap<String, Recount> = HashMap::new();
     // The write counters first: a write after this point makes the recount stale.
     walk(
@@ -456,6 +649,31 @@ pub async fn reconcile(
     .for_each(|(tenant, w)| {
         tenants.entry(tenant).or_default().seen = Some(w.unwrap_or_default());
     });
+    // Each known tenant's namespaces and their write counters, before the walk.
+    let mut sets: HashMap<String, Arc<crate::namespaces::NamespaceSet>> = HashMap::new();
+    let mut spaces: HashMap<(String, String), Recount> = HashMap::new();
+    for tenant in tenants.keys() {
+        let set = namespaces.of(tenant);
+        let prefixes: Vec<String> = set.listed().into_iter().map(|ns| ns.prefix).collect();
+        let counters: Vec<Option<String>> = redis_store
+            .timed_for(step_timeout, async {
+                let mut conn = redis_store.conn().await?;
+                let mut pipe = redis::pipe();
+                for prefix in &prefixes {
+                    pipe.hget(UsageKeys::of_namespace(tenant, prefix).usage, "w");
+                }
+                Ok(pipe.query_async(&mut conn).await?)
+            })
+            .await?;
+        for (prefix, w) in prefixes.into_iter().zip(counters) {
+            let recount = Recount {
+                seen: Some(w.unwrap_or_default()),
+                ..Recount::default()
+            };
+            spaces.insert((tenant.clone(), prefix), recount);
+        }
+        sets.insert(tenant.clone(), set);
+    }
     let mut walked = 0u64;
     let sizes = walk(
         redis_store,
@@ -488,17 +706,26 @@ pub async fn reconcile(
         } else {
             0
         };
-        let size = (key.len() - tenant.len() - 5) as u64 + stored - header;
-        let recount = tenants.entry(tenant.to_owned()).or_insert_with(|| Recount {
-            seen: Some(String::new()),
-            ..Recount::default()
-        });
-        recount.keys += 1;
-        recount.bytes += size;
-        if expires_at > 0 {
-            let bucket = recount.buckets.entry(expires_at / BUCKET_MS).or_default();
-            bucket.0 += 1;
-            bucket.1 += size;
+        let user_key_len = key.len() - tenant.len() - 5;
+        let size = user_key_len as u64 + stored - header;
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Recount {
+                seen: Some(String::new()),
+                ..Recount::default()
+            })
+            .add(size, expires_at);
+        let set = sets
+            .entry(tenant.to_owned())
+            .or_insert_with(|| namespaces.of(tenant));
+        if let Some(ns) = set.find(&key[key.len() - user_key_len..]) {
+            spaces
+                .entry((tenant.to_owned(), ns.prefix.clone()))
+                .or_insert_with(|| Recount {
+                    seen: Some(String::new()),
+                    ..Recount::default()
+                })
+                .add(size, expires_at);
         }
     }
     let mut done = Reconciled {
@@ -506,26 +733,19 @@ pub async fn reconcile(
         ..Reconciled::default()
     };
     for (tenant, recount) in tenants {
-        let keys = UsageKeys::named(&tenant);
-        let mut invocation = APPLY_RECOUNT.prepare_invoke();
-        invocation
-            .key(&keys.usage)
-            .key(&keys.buckets)
-            .key(&keys.index)
-            .arg(recount.seen.unwrap_or_default())
-            .arg(recount.keys)
-            .arg(recount.bytes);
-        for (bucket, (k, b)) in &recount.buckets {
-            invocation.arg(*bucket).arg(*k).arg(*b);
-        }
-        let applied: i64 = redis_store
-            .timed_for(step_timeout, async {
-                let mut conn = redis_store.conn().await?;
-                Ok(invocation.invoke_async(&mut conn).await?)
-            })
-            .await?;
-        if applied == 1 {
+        if recount
+            .apply(redis_store, &UsageKeys::named(&tenant), step_timeout)
+            .await?
+        {
             done.tenants += 1;
+        } else {
+            done.raced += 1;
+        }
+    }
+    for ((tenant, prefix), recount) in spaces {
+        let keys = UsageKeys::of_namespace(&tenant, &prefix);
+        if recount.apply(redis_store, &keys, step_timeout).await? {
+            done.namespaces += 1;
         } else {
             done.raced += 1;
         }
@@ -552,9 +772,11 @@ async fn walk<T>(
     Ok(found)
 }
 
-/// The tenant of a usage hash `q:{tenant}:usage`.
+/// The tenant of a usage hash `q:{tenant}:usage` (not a namespace's,
+/// `q:{tenant}:n:{prefix}:usage`, which the same pattern can match).
 fn usage_tenant(key: &str) -> Option<&str> {
-    key.strip_prefix("q:{")?.strip_suffix("}:usage")
+    let tenant = key.strip_prefix("q:{")?.strip_suffix("}:usage")?;
+    (!tenant.contains(['{', '}', ':'])).then_some(tenant)
 }
 
 /// Length of `c:{tenant}:`.
@@ -567,13 +789,95 @@ fn with_usage_keys(invocation: &mut redis::ScriptInvocation<'_>, tenant: &Tenant
     invocation.key(keys.usage).key(keys.buckets).key(keys.index);
 }
 
+/// The namespace a key falls in, as its accounting needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InNamespace<'a> {
+    pub prefix: &'a str,
+    /// Keys the namespace may hold (0: unlimited).
+    pub max_keys: u64,
+    /// Whether a write beyond is refused (else it is trimmed afterwards).
+    pub reject: bool,
+}
+
+impl<'a> InNamespace<'a> {
+    /// How a key of `namespace` is accounted.
+    pub fn of(namespace: &'a crate::namespaces::Namespace) -> Self {
+        Self {
+            prefix: &namespace.prefix,
+            max_keys: namespace.max_keys,
+            reject: namespace.over_limit == crate::namespaces::OverLimit::Reject,
+        }
+    }
+
+    /// Only the prefix: for accounting that checks no limit.
+    fn prefix(prefix: &'a str) -> Self {
+        Self {
+            prefix,
+            max_keys: 0,
+            reject: false,
+        }
+    }
+
+    /// The script's mode: 0 no limit, 1 refuse, 2 trim later.
+    fn mode(&self) -> u8 {
+        match (self.max_keys, self.reject) {
+            (0, _) => 0,
+            (_, true) => 1,
+            (_, false) => 2,
+        }
+    }
+}
+
+/// Where writes ask for a namespace to be trimmed back under its
+/// `maxKeys`: a list of `tenant\nprefix` the worker drains (each namespace
+/// once a minute at most, by its trim marker). Outside every tenant's slot,
+/// written after the script.
+pub const TRIM_REQUESTS: &str = "q:{_platform}:namespace-trims";
+
+/// Most trim requests waiting: beyond, the oldest are dropped (their
+/// namespaces ask again on their next write after the marker expires).
+const TRIM_REQUESTS_KEPT: isize = 10_000;
+
 /// One key to write: its Redis key, its envelope (tag and payload: the
-/// script puts the expiry header before it) and TTL in milliseconds (0: none).
+/// script puts the expiry header before it), TTL in milliseconds (0: none)
+/// and namespace.
 #[derive(Debug, Clone)]
 pub struct Write<'a> {
     pub redis_key: &'a str,
     pub stored: &'a [u8],
     pub ttl_ms: u64,
+    pub namespace: Option<InNamespace<'a>>,
+}
+
+/// The distinct namespaces of `items` (each once) and each item's 1-based
+/// position among them (0: none), as the scripts take them.
+fn namespace_slots<'a>(
+    items: impl Iterator<Item = Option<InNamespace<'a>>>,
+) -> (Vec<InNamespace<'a>>, Vec<usize>) {
+    let mut distinct: Vec<InNamespace<'a>> = Vec::new();
+    let slots = items
+        .map(|ns| {
+            ns.map_or(0, |ns| {
+                match distinct.iter().position(|d| d.prefix == ns.prefix) {
+                    Some(at) => at + 1,
+                    None => {
+                        distinct.push(ns);
+                        distinct.len()
+                    }
+                }
+            })
+        })
+        .collect();
+    (distinct, slots)
+}
+
+fn with_namespace_keys(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    tenant: &TenantId,
+    prefix: &str,
+) {
+    let keys = UsageKeys::of_namespace(tenant.as_str(), prefix);
+    invocation.key(keys.usage).key(keys.buckets).key(keys.index);
 }
 
 /// Writes `items` (distinct keys) into `tenant` all or nothing, or none
@@ -609,6 +913,7 @@ pub async fn write_leased(
     only_absent: bool,
     lease: &str,
 ) -> Result<u64, Error> {
+    let (namespaces, slots) = namespace_slots(items.iter().map(|item| item.namespace));
     let mut invocation = WRITE.prepare_invoke();
     with_usage_keys(&mut invocation, tenant);
     invocation
@@ -616,28 +921,60 @@ pub async fn write_leased(
         .arg(limits.max_bytes)
         .arg(u8::from(only_absent))
         .arg(prefix_len(tenant))
-        .arg(lease);
-    for item in items {
+        .arg(lease)
+        .arg(namespaces.len());
+    for ns in &namespaces {
+        invocation.arg(ns.max_keys).arg(ns.mode());
+    }
+    for (item, slot) in items.iter().zip(&slots) {
         invocation
             .key(item.redis_key)
             .arg(item.stored)
-            .arg(item.ttl_ms);
+            .arg(item.ttl_ms)
+            .arg(*slot);
     }
-    let answer: redis::Value = invocation.invoke_async(conn).await?;
-    match answer {
-        redis::Value::Int(written) => Ok(u64::try_from(written).unwrap_or(0)),
-        redis::Value::Array(ref one) if one.len() == 1 => Err(Error::Conflict(
+    for ns in &namespaces {
+        with_namespace_keys(&mut invocation, tenant, ns.prefix);
+    }
+    let answer: Vec<redis::Value> = invocation.invoke_async(conn).await?;
+    match answer.first() {
+        Some(redis::Value::BulkString(ok)) if ok == b"ok" => {
+            let written: u64 = answer
+                .get(1)
+                .map(|n| redis::from_redis_value(n.clone()))
+                .transpose()?
+                .unwrap_or(0);
+            let over: Vec<usize> = answer[2..]
+                .iter()
+                .map(|j| redis::from_redis_value(j.clone()))
+                .collect::<Result<_, _>>()?;
+            if !over.is_empty() {
+                let mut pipe = redis::pipe();
+                for j in over {
+                    if let Some(ns) = j.checked_sub(1).and_then(|at| namespaces.get(at)) {
+                        pipe.lpush(TRIM_REQUESTS, format!("{tenant}\n{}", ns.prefix))
+                            .ignore();
+                    }
+                }
+                pipe.ltrim(TRIM_REQUESTS, 0, TRIM_REQUESTS_KEPT - 1)
+                    .ignore();
+                let () = pipe.query_async(conn).await?;
+            }
+            Ok(written)
+        }
+        _ if answer.len() == 1 => Err(Error::Conflict(
             "the lease token is no longer current: the key was written or deleted since, or \
              the lease expired; nothing stored"
                 .into(),
         )),
-        refused => {
-            let (limit, quota, usage): (String, u64, u64) = redis::from_redis_value(refused)?;
+        _ => {
+            let (limit, quota, usage): (String, u64, u64) =
+                redis::from_redis_value(redis::Value::Array(answer))?;
             Err(Error::QuotaExceeded {
-                limit: if limit == "maxKeys" {
-                    "maxKeys"
-                } else {
-                    "maxBytes"
+                limit: match limit.as_str() {
+                    "maxKeys" => "maxKeys",
+                    "namespace.maxKeys" => "namespace.maxKeys",
+                    _ => "maxBytes",
                 },
                 quota,
                 usage,
@@ -646,7 +983,7 @@ pub async fn write_leased(
     }
 }
 
-/// Removes keys of `tenant`; returns how many existed.
+/// Removes keys of `tenant` (each with its namespace); returns how many existed.
 ///
 /// # Errors
 ///
@@ -654,19 +991,27 @@ pub async fn write_leased(
 pub async fn delete(
     conn: &mut crate::redis::Conn,
     tenant: &TenantId,
-    redis_keys: &[&str],
+    redis_keys: &[(&str, Option<&str>)],
 ) -> Result<u64, Error> {
+    let (namespaces, slots) = namespace_slots(
+        redis_keys
+            .iter()
+            .map(|(_, prefix)| prefix.map(InNamespace::prefix)),
+    );
     let mut invocation = DELETE.prepare_invoke();
     with_usage_keys(&mut invocation, tenant);
-    invocation.arg(prefix_len(tenant));
-    for key in redis_keys {
-        invocation.key(*key);
+    invocation.arg(prefix_len(tenant)).arg(namespaces.len());
+    for ((key, _), slot) in redis_keys.iter().zip(&slots) {
+        invocation.key(*key).arg(*slot);
+    }
+    for ns in &namespaces {
+        with_namespace_keys(&mut invocation, tenant, ns.prefix);
     }
     Ok(invocation.invoke_async(conn).await?)
 }
 
-/// Gives an existing key of `tenant` a new TTL in milliseconds (0: none);
-/// `false` when the key does not exist.
+/// Gives an existing key of `tenant` (in namespace `prefix`, if any) a new
+/// TTL in milliseconds (0: none); `false` when the key does not exist.
 ///
 /// # Errors
 ///
@@ -675,6 +1020,7 @@ pub async fn retime(
     conn: &mut crate::redis::Conn,
     tenant: &TenantId,
     redis_key: &str,
+    prefix: Option<&str>,
     ttl_ms: u64,
 ) -> Result<bool, Error> {
     let mut invocation = RETIME.prepare_invoke();
@@ -683,6 +1029,9 @@ pub async fn retime(
         .key(redis_key)
         .arg(prefix_len(tenant))
         .arg(ttl_ms);
+    if let Some(prefix) = prefix {
+        with_namespace_keys(&mut invocation, tenant, prefix);
+    }
     let found: i64 = invocation.invoke_async(conn).await?;
     Ok(found == 1)
 }
@@ -697,23 +1046,27 @@ pub async fn retime(
 pub async fn compare_and_set(
     conn: &mut crate::redis::Conn,
     redis_key: &str,
+    prefix: Option<&str>,
     expected: &[u8],
     replacement: &[u8],
 ) -> Result<bool, Error> {
     let tenant = tenant_of(redis_key)
         .ok_or_else(|| Error::internal(format!("'{redis_key}' is not a tenant's key")))?;
     let keys = UsageKeys::named(tenant);
-    let replaced: i64 = COMPARE_AND_SET
-        .prepare_invoke()
+    let mut invocation = COMPARE_AND_SET.prepare_invoke();
+    invocation
         .key(keys.usage)
         .key(keys.buckets)
         .key(keys.index)
         .key(redis_key)
         .arg(tenant.len() + 5)
         .arg(expected)
-        .arg(replacement)
-        .invoke_async(conn)
-        .await?;
+        .arg(replacement);
+    if let Some(prefix) = prefix {
+        let ns = UsageKeys::of_namespace(tenant, prefix);
+        invocation.key(ns.usage).key(ns.buckets).key(ns.index);
+    }
+    let replaced: i64 = invocation.invoke_async(conn).await?;
     Ok(replaced == 1)
 }
 
@@ -730,11 +1083,35 @@ fn tenant_of(redis_key: &str) -> Option<&str> {
 ///
 /// [`Error::CacheUnavailable`].
 pub async fn usage(redis_store: &RedisStore, tenant: &TenantId) -> Result<Usage, Error> {
+    read_usage(redis_store, &UsageKeys::of(tenant)).await
+}
+
+/// The usage of `tenant`'s namespace `prefix` now: its keys and bytes.
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn namespace_usage(
+    redis_store: &RedisStore,
+    tenant: &TenantId,
+    prefix: &str,
+) -> Result<Usage, Error> {
+    read_usage(
+        redis_store,
+        &UsageKeys::of_namespace(tenant.as_str(), prefix),
+    )
+    .await
+}
+
+async fn read_usage(redis_store: &RedisStore, keys: &UsageKeys) -> Result<Usage, Error> {
     redis_store
         .timed(async {
             let mut conn = redis_store.conn().await?;
             let mut invocation = READ.prepare_invoke();
-            with_usage_keys(&mut invocation, tenant);
+            invocation
+                .key(&keys.usage)
+                .key(&keys.buckets)
+                .key(&keys.index);
             let (keys, bytes): (i64, i64) = invocation.invoke_async(&mut conn).await?;
             Ok(Usage {
                 keys: u64::try_from(keys).unwrap_or(0),

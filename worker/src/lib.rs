@@ -8,6 +8,7 @@
 pub mod context;
 pub mod error;
 pub mod jobs;
+pub mod namespace_trim;
 pub mod progress;
 pub mod recovery;
 pub mod runner;
@@ -308,6 +309,9 @@ pub async fn run(
         },
         metrics: JobMetrics::new(&metrics).context("defining the Prometheus metrics")?,
     };
+    if let Err(err) = cache_shared::db::namespaces::reload(&db, ctx.cache.namespaces()).await {
+        tracing::warn!(%err, "namespaces not loaded yet; the defaults apply until they are");
+    }
     let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
         .context("parsing REDIS_URL")?;
     let queues = settings.queue_settings();
@@ -384,13 +388,17 @@ pub async fn run(
     ));
     let scheduler = tokio::spawn(schedule_loop(job_queue, heartbeat_stopped.clone()));
     let recount = tokio::spawn(upkeep::recount_loop(
-        redis.clone(),
+        ctx.cache.clone(),
         settings.redis.command_timeout(),
         heartbeat_stopped.clone(),
     ));
     let limits = tokio::spawn(limits_loop(
         ctx.cache.clone(),
         db.clone(),
+        heartbeat_stopped.clone(),
+    ));
+    let trims = tokio::spawn(namespace_trim::trim_loop(
+        ctx.clone(),
         heartbeat_stopped.clone(),
     ));
     let retention = tokio::spawn(upkeep::retention_loop(
@@ -431,6 +439,7 @@ pub async fn run(
         (recovery, "lost-job recovery"),
         (scheduler, "scheduler"),
         (limits, "tenant limits"),
+        (trims, "namespace trims"),
         (recount, "usage recount"),
         (retention, "log retention"),
         (audit, "audit delivery"),

@@ -287,24 +287,25 @@ pub(crate) async fn serve_metrics(
 const EVICTIONS_EVERY: Duration = Duration::from_secs(20);
 /// Keys a recount step reads.
 const RECOUNT_BATCH: usize = 1000;
-/// Set once usage has been counted from the keys on this Redis.
-const COUNTED_MARKER: &str = "q:{_platform}:counted";
+use cache_shared::quota::COUNTED_MARKER;
 /// Held by the worker recounting, so workers take turns.
 const RECOUNT_LOCK: &str = "q:{_platform}:recounting";
 
-/// Recounts tenant usage from the keys ([`cache_shared::quota::reconcile`])
-/// when the accounting cannot have seen a change: the first time a worker
-/// runs on a Redis (keys written before accounting existed), and whenever
-/// Redis has evicted keys since the last look. One worker at a time.
+/// Recounts tenant and namespace usage from the keys
+/// ([`cache_shared::quota::reconcile`]) when the accounting cannot have seen
+/// a change: the first time a worker runs on a Redis (keys written before
+/// accounting existed), whenever Redis has evicted keys since the last look,
+/// and when asked (the marker removed: a namespace changed, a flush ran).
+/// One worker at a time.
 pub(crate) async fn recount_loop(
-    redis: cache_shared::redis::RedisStore,
+    cache: cache_shared::cache::Cache,
     step_timeout: Duration,
     stop: watch::Receiver<bool>,
 ) {
-    let redis = &redis;
+    let cache = &cache;
     let evicted = &std::sync::atomic::AtomicU64::new(u64::MAX);
     cache_shared::shutdown::every(EVICTIONS_EVERY, stop, move || async move {
-        if let Err(err) = recount_if_needed(redis, evicted, step_timeout).await {
+        if let Err(err) = recount_if_needed(cache, evicted, step_timeout).await {
             tracing::warn!(%err, "usage recount not done; retrying next round");
         }
     })
@@ -312,13 +313,14 @@ pub(crate) async fn recount_loop(
 }
 
 async fn recount_if_needed(
-    redis: &cache_shared::redis::RedisStore,
+    cache: &cache_shared::cache::Cache,
     last_evicted: &std::sync::atomic::AtomicU64,
     step_timeout: Duration,
 ) -> Result<(), cache_shared::Error> {
     use deadpool_redis::redis as r;
     use std::sync::atomic::Ordering;
 
+    let redis = cache.redis();
     let evicted = redis.server_figures().await?.evicted_keys;
     let before = last_evicted.swap(evicted, Ordering::Relaxed);
     let (counted, lock_taken): (bool, bool) = redis
@@ -348,6 +350,7 @@ async fn recount_if_needed(
     }
     let result = cache_shared::quota::reconcile(
         redis,
+        cache.namespaces(),
         RECOUNT_BATCH,
         step_timeout.max(Duration::from_secs(5)),
     )
@@ -367,6 +370,7 @@ async fn recount_if_needed(
     let done = result?;
     tracing::info!(
         tenants = done.tenants,
+        namespaces = done.namespaces,
         raced = done.raced,
         keys = done.keys,
         first = !counted,

@@ -22,6 +22,25 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(get_one, put_one, delete_one))
+        .routes(routes!(stats))
+}
+
+/// A namespace's figures: keys and bytes now (kept exact by the writes,
+/// recounted after changes), and this instance's hits and misses.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct NamespaceStats {
+    prefix: String,
+    keys: u64,
+    /// The caller's key bytes + the value bytes as stored.
+    bytes: u64,
+    /// `0`: unlimited.
+    max_keys: u64,
+    hits: u64,
+    misses: u64,
+    /// Percent of reads that found their key, on this api instance since it
+    /// started; `null` before any read.
+    hit_rate: Option<f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,6 +80,10 @@ async fn change<T: Serialize>(
     )
     .await?;
     book.set(caller.tenant.as_str(), set);
+    // Keys may have moved between namespaces: the worker recounts them.
+    if let Err(err) = cache_shared::quota::request_recount(state.cache.redis()).await {
+        tracing::warn!(%err, "namespace recount not requested; namespace figures may lag");
+    }
     Ok(outcome)
 }
 
@@ -211,5 +234,44 @@ async fn delete_one(
     Ok(Json(NamespaceDeleted {
         prefix,
         deleted: true,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/namespaces/{prefix}/stats",
+    tag = "namespaces",
+    params(("prefix" = String, Path, description = "The namespace's key prefix (percent-encoded)", min_length = 1, max_length = 255, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
+    responses((status = 200, description = "Success", body = NamespaceStats), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
+async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(prefix): PathParam,
+) -> Result<Json<NamespaceStats>, ApiError> {
+    let op = ApiError::op("namespaces.stats");
+    validate_prefix(&prefix).map_err(&op)?;
+    let set = state.cache.namespaces().of(caller.tenant.as_str());
+    let ns = set
+        .get(&prefix)
+        .ok_or_else(|| not_found(&prefix))
+        .map_err(&op)?;
+    let usage = cache_shared::quota::namespace_usage(state.cache.redis(), &caller.tenant, &prefix)
+        .await
+        .map_err(&op)?;
+    let (hits, misses) = state
+        .cache
+        .stats()
+        .tenant(&caller.tenant)
+        .namespace_lookups(&prefix);
+    Ok(Json(NamespaceStats {
+        keys: usage.keys,
+        bytes: usage.bytes,
+        max_keys: ns.max_keys,
+        hits,
+        misses,
+        hit_rate: cache_shared::stats::histogram::hit_rate((hits, misses)),
+        prefix,
     }))
 }

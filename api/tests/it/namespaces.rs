@@ -7,7 +7,7 @@ use deadpool_redis::redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, encode, json_of, spawn_app};
+use crate::helpers::{TestApp, assert_error, encode, json_of, spawn_app, wait_until};
 
 const NAMESPACES: &str = "/api/v1/cache/namespaces";
 
@@ -373,4 +373,192 @@ async fn access_patterns_refuse_public_writes_or_reads_and_compression_follows_t
     assert_eq!(tag(&mut redis, "user:1").await, b'j');
     let back: Value = app.get("blob:1").await.json().await.unwrap();
     assert_eq!(back["value"], json!(big));
+}
+
+async fn stats(app: &TestApp, key: &str, prefix: &str) -> Value {
+    json_of(app.public(
+        Method::GET,
+        &format!("{NAMESPACES}/{}/stats", encode(prefix)),
+        key,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_namespace_that_rejects_refuses_writes_beyond_max_keys_and_its_stats_count_them() {
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    let created = create(
+        &app,
+        &admin,
+        json!({"prefix": "cart:", "maxKeys": 3, "overLimit": "reject"}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    for i in 1..=3 {
+        set_internal(&app, json!({"key": format!("cart:{i}"), "value": "item"})).await;
+    }
+    let refused = app.set("cart:4", json!("item")).await;
+    let error = assert_error(refused, 507, "QUOTA_EXCEEDED").await;
+    assert_eq!(
+        (
+            &error["details"]["limit"],
+            &error["details"]["quota"],
+            &error["details"]["usage"]
+        ),
+        (&json!("namespace.maxKeys"), &json!(3), &json!(3))
+    );
+    assert_eq!(app.get("cart:4").await.status(), 404, "nothing stored");
+    // Overwriting is no new key; keys outside the namespace are not counted.
+    set_internal(&app, json!({"key": "cart:1", "value": "changed"})).await;
+    set_internal(&app, json!({"key": "other:1", "value": 1})).await;
+    let batch = app
+        .post_json(
+            "/internal/cache/mset",
+            json!({"items": [{"key": "misc:a", "value": 1}, {"key": "cart:5", "value": 1}]}),
+        )
+        .await;
+    assert_error(batch, 507, "QUOTA_EXCEEDED").await;
+    assert_eq!(
+        app.get("misc:a").await.status(),
+        404,
+        "a batch is all or nothing"
+    );
+
+    let reader = app.key(Role::Reader).await;
+    assert_eq!(app.get("cart:1").await.status(), 200);
+    assert_eq!(app.get("cart:9").await.status(), 404);
+    let figures = stats(&app, &reader, "cart:").await;
+    assert_eq!(
+        (
+            &figures["keys"],
+            &figures["maxKeys"],
+            &figures["hits"],
+            &figures["misses"]
+        ),
+        (&json!(3), &json!(3), &json!(1), &json!(2)),
+        "{figures}"
+    );
+    // Keys are "cart:N" (6 bytes) and values the envelope of "item"/"changed".
+    let expected_bytes = 3 * 6 + (1 + 9) + 2 * (1 + 6);
+    assert_eq!(figures["bytes"], expected_bytes, "{figures}");
+    assert_eq!(figures["hitRate"].as_f64().unwrap().round(), 33.0);
+
+    // A delete frees a place; an expiry does too.
+    let deleted = app
+        .internal(Method::DELETE, "/internal/cache/delete/cart%3A1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    set_internal(&app, json!({"key": "cart:4", "value": "item", "ttl": 1})).await;
+    assert_error(app.set("cart:6", json!(1)).await, 507, "QUOTA_EXCEEDED").await;
+    let reader2 = reader.clone();
+    wait_until(std::time::Duration::from_secs(15), || {
+        let app = &app;
+        let reader = reader2.clone();
+        async move { stats(app, &reader, "cart:").await["keys"] == 2 }
+    })
+    .await;
+    assert_eq!(app.set("cart:6", json!(1)).await.status(), 200);
+    let unknown = app
+        .public(
+            Method::GET,
+            &format!("{NAMESPACES}/nothing%3A/stats"),
+            &reader,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn a_namespace_over_max_keys_is_trimmed_of_its_least_recently_used_keys() {
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    let reader = app.key(Role::Reader).await;
+    let created = create(
+        &app,
+        &admin,
+        json!({"prefix": "feed:", "maxKeys": 5, "overLimit": "evict_lru"}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let _keep_longer = create(&app, &admin, json!({"prefix": "feed:pinned:"})).await;
+    set_internal(&app, json!({"key": "feed:pinned:1", "value": 1})).await;
+    for i in 0..10 {
+        set_internal(&app, json!({"key": format!("feed:{i}"), "value": i})).await;
+    }
+    assert_eq!(
+        stats(&app, &reader, "feed:").await["keys"],
+        10,
+        "accepted beyond the limit"
+    );
+    // Redis's idle clock counts seconds: wait until the writes are idle, then
+    // read half of them, which makes the other half the least recently used.
+    let mut redis = app.raw_redis().await;
+    let first = format!("c:{{{}}}:feed:0", app.tenant);
+    wait_until(std::time::Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let first = first.clone();
+        async move {
+            let idle: i64 = deadpool_redis::redis::cmd("OBJECT")
+                .arg("IDLETIME")
+                .arg(&first)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            idle >= 2
+        }
+    })
+    .await;
+    for i in 5..10 {
+        assert_eq!(app.get(&format!("feed:{i}")).await.status(), 200);
+    }
+    let worker = app.spawn_worker();
+    wait_until(std::time::Duration::from_secs(30), || {
+        let app = &app;
+        let reader = reader.clone();
+        async move { stats(app, &reader, "feed:").await["keys"] == 5 }
+    })
+    .await;
+    worker.stop().await;
+    for i in 0..10 {
+        let exists: bool = redis
+            .exists(format!("c:{{{}}}:feed:{i}", app.tenant))
+            .await
+            .unwrap();
+        assert_eq!(exists, i >= 5, "feed:{i}");
+    }
+    assert_eq!(
+        app.get("feed:pinned:1").await.status(),
+        200,
+        "another namespace's key stays"
+    );
+}
+
+#[tokio::test]
+async fn keys_written_before_their_namespace_existed_are_counted_by_the_recount() {
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    let reader = app.key(Role::Reader).await;
+    for i in 0..3 {
+        set_internal(&app, json!({"key": format!("old:{i}"), "value": i})).await;
+    }
+    let created = create(&app, &admin, json!({"prefix": "old:"})).await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(stats(&app, &reader, "old:").await["keys"], 0);
+    let done = cache_shared::quota::reconcile(
+        app.state.cache.redis(),
+        app.state.cache.namespaces(),
+        1000,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(done.namespaces >= 1, "{done:?}");
+    let figures = stats(&app, &reader, "old:").await;
+    assert_eq!(figures["keys"], 3, "{figures}");
+    assert_eq!(figures["bytes"], 3 * (5 + 2), "{figures}");
 }

@@ -63,6 +63,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/cache/namespaces/{prefix}"),
     ("put", "/api/v1/cache/namespaces/{prefix}"),
     ("delete", "/api/v1/cache/namespaces/{prefix}"),
+    ("get", "/api/v1/cache/namespaces/{prefix}/stats"),
     ("get", "/api/v1/cache/stats"),
     ("get", "/api/v1/cache/metrics"),
     ("get", "/api/v1/cache/latency"),

@@ -387,9 +387,14 @@ async fn keys_written_before_accounting_and_evicted_keys_are_recounted() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let done = cache_shared::quota::reconcile(app.state.cache.redis(), 100, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let done = cache_shared::quota::reconcile(
+        app.state.cache.redis(),
+        app.state.cache.namespaces(),
+        100,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert!(done.tenants >= 1, "{done:?}");
     let (keys, bytes) = scanned(&app, &app.tenant).await;
     let shown = quota(&app, &reader).await;

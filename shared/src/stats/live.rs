@@ -4,6 +4,7 @@
 //! is atomics and short critical sections, so the request path pays next to
 //! nothing; nothing here talks to Redis or PostgreSQL.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +43,10 @@ struct OpCounters {
     latency: Histogram,
 }
 
+/// Namespaces whose hits and misses a tenant's figures keep (a tenant has
+/// at most 100 namespaces; deleted ones linger until the figures are dropped).
+const MAX_NAMESPACE_FIGURES: usize = 256;
+
 /// Minutes of per-minute throughput kept per tenant (the 15-minute rate).
 const TENANT_MINUTES: usize = 16;
 
@@ -54,6 +59,8 @@ pub struct TenantStats {
     misses: AtomicU64,
     /// Reads answered by a negative entry: neither hits nor misses.
     negatives: AtomicU64,
+    /// Hits and misses per namespace prefix (at most [`MAX_NAMESPACE_FIGURES`]).
+    namespaces: RwLock<HashMap<Box<str>, [AtomicU64; 2]>>,
     reads_seen: AtomicU64,
     hot: Mutex<HotKeys>,
     minute_stamp: [AtomicU64; TENANT_MINUTES],
@@ -69,6 +76,7 @@ impl TenantStats {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             negatives: AtomicU64::new(0),
+            namespaces: RwLock::default(),
             reads_seen: AtomicU64::new(0),
             hot: Mutex::default(),
             minute_stamp: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -170,6 +178,30 @@ impl TenantStats {
     /// Reads answered by a negative entry since start.
     pub fn negatives(&self) -> u64 {
         self.negatives.load(Ordering::Relaxed)
+    }
+
+    /// Hits and misses of reads in namespace `prefix` since start.
+    pub fn namespace_lookups(&self, prefix: &str) -> (u64, u64) {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        namespaces.get(prefix).map_or((0, 0), |[hits, misses]| {
+            (hits.load(Ordering::Relaxed), misses.load(Ordering::Relaxed))
+        })
+    }
+
+    fn count_namespace(&self, prefix: &str, hit: bool) {
+        let slot = usize::from(!hit);
+        {
+            let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(counts) = namespaces.get(prefix) {
+                counts[slot].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        if namespaces.len() >= MAX_NAMESPACE_FIGURES && !namespaces.contains_key(prefix) {
+            return;
+        }
+        namespaces.entry(prefix.into()).or_default()[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
@@ -458,6 +490,13 @@ impl LiveStats {
         self.tick(now, op);
         tenant.tick(now / 60, op);
         result
+    }
+
+    /// Counts a read in namespace `prefix` that found (`hit`) or missed its key.
+    pub fn record_namespace_lookup(&self, tenant: &TenantStats, prefix: &str, hit: bool) {
+        if self.enabled {
+            tenant.count_namespace(prefix, hit);
+        }
     }
 
     /// Counts a read of `key` that found (`hit`) or missed it; the read feeds

@@ -309,6 +309,7 @@ struct Restorer<'a> {
 impl Restorer<'_> {
     async fn write(&mut self, entries: &[BackupEntry]) -> Result<Next, JobError> {
         let now = Utc::now();
+        let namespaces = self.ctx.cache.namespaces().of(self.tenant.as_str());
         let mut keys = Vec::with_capacity(entries.len());
         for entry in entries {
             let ttl_ms = match entry.expires_at {
@@ -321,15 +322,22 @@ impl Restorer<'_> {
                     }
                 },
             };
-            keys.push((self.ns.key(&entry.cache_key), &entry.value, ttl_ms));
+            let namespace = namespaces.find(&entry.cache_key).cloned();
+            keys.push((
+                self.ns.key(&entry.cache_key),
+                &entry.value,
+                ttl_ms,
+                namespace,
+            ));
         }
         if !keys.is_empty() {
             let batch: Vec<quota::Write<'_>> = keys
                 .iter()
-                .map(|(redis_key, stored, ttl_ms)| quota::Write {
+                .map(|(redis_key, stored, ttl_ms, namespace)| quota::Write {
                     redis_key,
                     stored,
                     ttl_ms: *ttl_ms,
+                    namespace: namespace.as_deref().map(quota::InNamespace::of),
                 })
                 .collect();
             let limits = self.ctx.cache.tenant_limits().of(self.tenant.as_str());

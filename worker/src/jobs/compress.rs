@@ -27,7 +27,9 @@ async fn run(
     params: &CompressParams,
 ) -> Result<Outcome, JobError> {
     params.validate()?;
-    let pattern = TenantKeyspace::new(tenant).pattern(&params.pattern);
+    let keyspace = TenantKeyspace::new(tenant);
+    let pattern = keyspace.pattern(&params.pattern);
+    let namespaces = ctx.cache.namespaces().of(tenant.as_str());
     let redis_store = ctx.cache.redis();
     let codec = ctx.cache.codec();
     let mut progress = Progress::new(&ctx.db, job_id);
@@ -44,8 +46,9 @@ async fn run(
         let n = values.len() as i64;
         for (key, stored) in values {
             let Some(stored) = stored else { continue };
-            match compress_stored(redis_store, codec, &key, &stored, ctx.pacing.batch_timeout).await
-            {
+            let namespace = keyspace.strip(&key).and_then(|k| namespaces.find(k));
+            let at = (key.as_str(), namespace.map(|ns| ns.prefix.as_str()));
+            match compress_stored(redis_store, codec, at, &stored, ctx.pacing.batch_timeout).await {
                 Ok(outcome) if outcome.bytes_after < outcome.bytes_before => {
                     compressed += 1;
                     saved += (outcome.bytes_before - outcome.bytes_after) as u64;

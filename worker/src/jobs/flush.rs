@@ -96,10 +96,34 @@ async fn run(
         examined += seen;
         pacer.wait(examined).await;
     }
+    settle_namespaces(ctx, tenant, params).await?;
     let deleted = progress.done();
     progress.set_total(deleted);
     progress.report().await?;
     Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
+}
+
+/// The flush's script keeps tenants' usage, not their namespaces': a
+/// whole-tenant flush empties them at once; any flush asks for a recount,
+/// which settles the rest.
+async fn settle_namespaces(
+    ctx: &JobContext,
+    tenant: &TenantId,
+    params: &FlushParams,
+) -> Result<(), Error> {
+    let redis = ctx.cache.redis();
+    if params.pattern.is_none() && params.namespace.is_none() && !params.whole_server {
+        let prefixes: Vec<String> = ctx
+            .cache
+            .namespaces()
+            .of(tenant.as_str())
+            .listed()
+            .into_iter()
+            .map(|ns| ns.prefix)
+            .collect();
+        cache_shared::quota::forget_namespaces(redis, tenant, &prefixes).await?;
+    }
+    cache_shared::quota::request_recount(redis).await
 }
 
 impl Handler for FlushParams {
