@@ -22,10 +22,30 @@ pub async fn keep_current(state: AppState, stop: watch::Receiver<bool>) {
     let state = &state;
     let group = format!("{}:api:instances", state.jobs.settings().prefix);
     let group = &group;
+    let rounds = &std::sync::atomic::AtomicU64::new(0);
     cache_shared::shutdown::every(REFRESH_EVERY, stop, move || async move {
         refresh(state, group).await;
+        let round = rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if round.is_multiple_of(HINTS_EVERY_ROUNDS) {
+            reload_hints(state).await;
+        }
     })
     .await;
+}
+
+/// Hot-key hints change with the rollups (minutes): reloaded every 30 s.
+const HINTS_EVERY_ROUNDS: u64 = 15;
+
+/// Most hot keys hinted, across tenants.
+const MAX_HINTS: i64 = 10_000;
+
+/// Reloads the hot keys flagged `should_preload` in the last half hour.
+pub async fn reload_hints(state: &AppState) {
+    let since = chrono::Utc::now() - chrono::Duration::minutes(30);
+    match cache_shared::db::hotkeys::preload_hints(&state.db, since, MAX_HINTS).await {
+        Ok(hints) => state.cache.preload_hints().replace(hints),
+        Err(err) => tracing::warn!(%err, "hot-key hints not reloaded; keeping the last ones"),
+    }
 }
 
 /// One round; a dependency that is down leaves the last known figures.

@@ -33,6 +33,10 @@ pub struct EntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<&'static str>,
     pub ttl: i64,
+    /// Present (true) when the caller should recompute the value and set it
+    /// before it expires (refresh-ahead; also `X-Cache-Refresh: 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<bool>,
 }
 
 /// One item of an mget answer: the schema of what [`mget_answer`] writes.
@@ -66,8 +70,23 @@ pub struct MgetView {
 pub fn entry_answer(key: &str, entry: &Entry) -> Result<Response, Error> {
     let mut out = Vec::with_capacity(entry_capacity(key, entry) + 2);
     write_entry(&mut out, key, entry, false)?;
-    Ok(json_response(out))
+    let mut response = json_response(out);
+    mark_refresh(&mut response, entry);
+    Ok(response)
 }
+
+/// `X-Cache-Refresh: 1` on the answer to a read asked to refresh its value.
+pub fn mark_refresh(response: &mut Response, entry: &Entry) {
+    if entry.refresh {
+        response
+            .headers_mut()
+            .insert(CACHE_REFRESH, HeaderValue::from_static("1"));
+    }
+}
+
+/// Set on reads whose caller should recompute the value before it expires.
+pub const CACHE_REFRESH: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-cache-refresh");
 
 /// The answer to an mget, values spliced in as [`entry_answer`] does.
 ///
@@ -134,7 +153,12 @@ fn write_entry(out: &mut Vec<u8>, key: &str, entry: &Entry, found: bool) -> Resu
         out.truncate(start + written);
         out.extend_from_slice(b"\",\"encoding\":\"base64\"");
     }
-    write!(out, ",\"ttl\":{}}}", entry.ttl).map_err(|e| Error::Internal(Box::new(e)))
+    write!(out, ",\"ttl\":{}", entry.ttl).map_err(|e| Error::Internal(Box::new(e)))?;
+    if entry.refresh {
+        out.extend_from_slice(b",\"refresh\":true");
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 /// A JSON string, escaped as serde_json escapes it.
@@ -281,15 +305,16 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
-    fn entry(value: &Value, codec: Codec, ttl: i64) -> Entry {
+    fn entry(value: &Value, codec: Codec, ttl: i64, refresh: bool) -> Entry {
         Entry {
             value: Stored::new(codec.encode(value)).unwrap(),
             ttl,
+            refresh,
         }
     }
 
     /// What the serde views would have written, the reference.
-    fn view(key: &str, value: &Value, ttl: i64) -> EntryView {
+    fn view(key: &str, value: &Value, ttl: i64, refresh: bool) -> EntryView {
         let (value, encoding) = match value {
             Value::Json(text) => (
                 ValueView::Json(RawValue::from_string(text.clone()).unwrap()),
@@ -305,6 +330,7 @@ mod tests {
             value,
             encoding,
             ttl,
+            refresh: refresh.then_some(true),
         }
     }
 
@@ -323,8 +349,11 @@ mod tests {
         for codec in [Codec::new(usize::MAX), Codec::new(16)] {
             for (i, value) in values().iter().enumerate() {
                 let ttl = i as i64 * 100 - 1;
-                let spliced = body_of(entry_answer(key, &entry(value, codec, ttl)).unwrap()).await;
-                let reference = serde_json::to_value(view(key, value, ttl)).unwrap();
+                let refresh = i % 2 == 1;
+                let answer = entry_answer(key, &entry(value, codec, ttl, refresh)).unwrap();
+                assert_eq!(answer.headers().contains_key(CACHE_REFRESH), refresh);
+                let spliced = body_of(answer).await;
+                let reference = serde_json::to_value(view(key, value, ttl, refresh)).unwrap();
                 assert_eq!(spliced, reference, "value {i}");
             }
         }
@@ -335,8 +364,10 @@ mod tests {
         let codec = Codec::new(16);
         let values = values();
         let keys: Vec<String> = (0..=values.len()).map(|i| format!("k{i}")).collect();
-        let mut entries: Vec<Option<Entry>> =
-            values.iter().map(|v| Some(entry(v, codec, 5))).collect();
+        let mut entries: Vec<Option<Entry>> = values
+            .iter()
+            .map(|v| Some(entry(v, codec, 5, false)))
+            .collect();
         entries.insert(1, None);
         let items: Vec<MgetItem> = keys
             .iter()
@@ -351,7 +382,7 @@ mod tests {
                 },
                 Some(_) => {
                     let i = keys.iter().position(|k| k == key).unwrap();
-                    let v = view(key, &values[if i > 1 { i - 1 } else { i }], 5);
+                    let v = view(key, &values[if i > 1 { i - 1 } else { i }], 5, false);
                     MgetItem {
                         key: key.clone(),
                         found: true,

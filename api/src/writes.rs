@@ -28,6 +28,7 @@ pub struct Write {
     pub exact_ttl: bool,
     pub negative: bool,
     pub lease: Option<String>,
+    pub compute_ms: Option<u32>,
 }
 
 impl Write {
@@ -55,6 +56,7 @@ impl Write {
                     ttl: self.ttl,
                     exact_ttl: self.exact_ttl,
                     lease: self.lease,
+                    compute_ms: self.compute_ms,
                 };
                 state.cache.set(tenant, key, &value, &options).await
             }

@@ -60,6 +60,9 @@ impl CacheLimits {
 pub struct Entry {
     pub value: Stored,
     pub ttl: i64,
+    /// Whether the caller is asked to recompute the value before it expires
+    /// (refresh-ahead, [`crate::refresh`]).
+    pub refresh: bool,
 }
 
 /// Where a write lands: its namespace, how it is encoded, when it expires.
@@ -81,6 +84,9 @@ pub struct SetOptions {
     /// The lease token a read handed out for this key: the write is refused
     /// (`409`) unless it is still the key's lease.
     pub lease: Option<String>,
+    /// How long the value took to compute, in milliseconds: reads ask for a
+    /// refresh earlier the longer it took ([`crate::refresh`]).
+    pub compute_ms: Option<u32>,
 }
 
 /// One item of a batch write; its key is validated by [`Cache::mset`].
@@ -101,6 +107,7 @@ pub struct Cache {
     tenants: Arc<LimitBook>,
     namespaces: Arc<NamespaceBook>,
     waits: Arc<Waits>,
+    hints: Arc<crate::refresh::PreloadHints>,
 }
 
 impl Cache {
@@ -121,7 +128,13 @@ impl Cache {
             tenants,
             namespaces: Arc::new(namespaces),
             waits: Arc::default(),
+            hints: Arc::default(),
         }
+    }
+
+    /// Hot keys whose reads are asked to refresh earlier.
+    pub fn preload_hints(&self) -> &crate::refresh::PreloadHints {
+        &self.hints
     }
 
     /// Every tenant's namespaces, as writes apply them.
@@ -274,10 +287,23 @@ impl Cache {
             });
         }
         self.count_read(tstats, tenant, Op::Get, key, true);
+        let now = unix_now_ms();
         let ttl = legacy_ttl
-            .or_else(|| value.expiry().ttl_at(unix_now_ms()))
+            .or_else(|| value.expiry().ttl_at(now))
             .unwrap_or(-1);
-        Ok(Entry { value, ttl })
+        let refresh = match value.expiry() {
+            StoredExpiry::At(at) => crate::refresh::draw(
+                at.saturating_sub(now),
+                value.compute_ms(),
+                self.hints.contains(tenant.as_str(), key),
+            ),
+            _ => false,
+        };
+        Ok(Entry {
+            value,
+            ttl,
+            refresh,
+        })
     }
 
     /// A read with stampede protection (API.md §10): on a miss the first
@@ -360,7 +386,19 @@ impl Cache {
         validate_key(key, "key")?;
         self.check_size(value, "value")?;
         let placed = self.placement(tenant, key, options.ttl, options.exact_ttl);
-        let encoded = placed.codec.encode(value);
+        let mut encoded = placed.codec.encode(value);
+        if let Some(ms) = options.compute_ms {
+            if ms > crate::refresh::MAX_COMPUTE_MS {
+                return Err(Error::validation(
+                    "computeMs",
+                    format!(
+                        "computeMs must be from 0 to {}",
+                        crate::refresh::MAX_COMPUTE_MS
+                    ),
+                ));
+            }
+            encoded.splice(0..0, crate::codec::compute_block(ms));
+        }
         let lease = options.lease.as_deref();
         self.write_one(tenant, key, &encoded, &placed, lease).await
     }
@@ -519,7 +557,11 @@ impl Cache {
                     .expiry()
                     .ttl_at(now)
                     .unwrap_or_else(|| from_redis_ttl(ttl).unwrap_or(-1));
-                Ok(Some(Entry { value, ttl }))
+                Ok(Some(Entry {
+                    value,
+                    ttl,
+                    refresh: false,
+                }))
             })
             .collect()
     }

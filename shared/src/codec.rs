@@ -40,6 +40,7 @@ const TAG_BYTES: u8 = b'B';
 const TAG_BYTES_LZ4: u8 = b'b';
 const TAG_EXPIRY: u8 = b'T';
 const TAG_NEGATIVE: u8 = b'N';
+const TAG_COMPUTE: u8 = b'D';
 
 /// The envelope of a negative entry: a tag and no payload.
 pub const NEGATIVE_ENVELOPE: &[u8] = &[TAG_NEGATIVE];
@@ -91,20 +92,46 @@ impl StoredExpiry {
     }
 }
 
-/// The expiry header of stored bytes and the envelope (tag and payload) after it.
+/// The expiry header of stored bytes and the envelope (tag and payload)
+/// after it (and after the compute block, see [`compute_block`]).
 pub fn split_expiry(stored: &[u8]) -> (StoredExpiry, &[u8]) {
+    let (expiry, _, envelope) = split_headers(stored);
+    (expiry, envelope)
+}
+
+/// The headers of stored bytes: expiry, the milliseconds the value took
+/// its caller to compute (when it said), and the envelope.
+pub fn split_headers(stored: &[u8]) -> (StoredExpiry, Option<u32>, &[u8]) {
     match stored {
         [TAG_EXPIRY, at @ ..] if at.len() > 8 => {
-            let (at, envelope) = at.split_at(8);
+            let (at, rest) = at.split_at(8);
             let mut be = [0u8; 8];
             be.copy_from_slice(at);
-            match u64::from_be_bytes(be) {
-                0 => (StoredExpiry::Never, envelope),
-                at => (StoredExpiry::At(at), envelope),
+            let expiry = match u64::from_be_bytes(be) {
+                0 => StoredExpiry::Never,
+                at => StoredExpiry::At(at),
+            };
+            match rest {
+                [TAG_COMPUTE, ms @ ..] if ms.len() > 4 => {
+                    let (ms, envelope) = ms.split_at(4);
+                    let mut be = [0u8; 4];
+                    be.copy_from_slice(ms);
+                    (expiry, Some(u32::from_be_bytes(be)), envelope)
+                }
+                _ => (expiry, None, rest),
             }
         }
-        _ => (StoredExpiry::Unknown, stored),
+        _ => (StoredExpiry::Unknown, None, stored),
     }
+}
+
+/// The block that records how long a value took to compute (refresh-ahead,
+/// API.md §10): `D` and the milliseconds, 4 bytes BE. It goes before the
+/// envelope, after the expiry header the scripts add; quotas count it as
+/// value bytes.
+pub fn compute_block(ms: u32) -> [u8; 5] {
+    let be = ms.to_be_bytes();
+    [TAG_COMPUTE, be[0], be[1], be[2], be[3]]
 }
 
 /// Now in Unix milliseconds, the clock [`StoredExpiry::ttl_at`] reads.
@@ -167,9 +194,10 @@ impl Value {
 /// decoding it into a [`Value`] and encoding that again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
-    /// Tag and payload, without the expiry header.
+    /// Tag and payload, without the headers.
     envelope: Bytes,
     expiry: StoredExpiry,
+    compute_ms: Option<u32>,
 }
 
 impl Stored {
@@ -179,18 +207,24 @@ impl Stored {
     /// this service).
     pub fn new(bytes: impl Into<Bytes>) -> Result<Self, Error> {
         let bytes = bytes.into();
-        let (expiry, envelope) = split_expiry(&bytes);
+        let (expiry, compute_ms, envelope) = split_headers(&bytes);
         split_tag(envelope)?;
         let header = bytes.len() - envelope.len();
         Ok(Self {
             envelope: bytes.slice(header..),
             expiry,
+            compute_ms,
         })
     }
 
     /// When the value expires, as its header says.
     pub fn expiry(&self) -> StoredExpiry {
         self.expiry
+    }
+
+    /// How long the value took its caller to compute, if it said.
+    pub fn compute_ms(&self) -> Option<u32> {
+        self.compute_ms
     }
 
     /// Whether this is a negative entry, which has no value.

@@ -22,6 +22,7 @@ pub mod permissions;
 pub mod quota;
 pub mod random;
 pub mod redis;
+pub mod refresh;
 pub mod retry;
 pub mod scripts;
 pub mod sessions;

@@ -74,6 +74,10 @@ struct SetBody {
     /// The lease token a `?lease=true` read handed out.
     #[schema(max_length = 64)]
     lease: Option<String>,
+    /// How long the value took to compute (ms, up to an hour): reads ask
+    /// for a refresh earlier the longer it took.
+    #[schema(maximum = 3600000)]
+    compute_ms: Option<u32>,
 }
 
 #[utoipa::path(
@@ -96,6 +100,7 @@ async fn set_value(
         exact_ttl: body.exact_ttl,
         negative: body.negative,
         lease: body.lease,
+        compute_ms: body.compute_ms,
     };
     let ttl = write
         .store(&state, &caller.tenant, &body.key)

@@ -94,12 +94,19 @@ async fn get_value(
         .await
         .map_err(&op)?;
     if wants_bytes(&headers) {
+        let refresh = entry.refresh;
         let bytes = entry.value.into_payload().map_err(&op)?;
         let mut response = Response::new(Body::from(bytes));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
+        if refresh {
+            let one = HeaderValue::from_static("1");
+            response
+                .headers_mut()
+                .insert(crate::views::CACHE_REFRESH, one);
+        }
         return Ok(response);
     }
     entry_answer(&key, &entry).map_err(&op)
@@ -124,6 +131,10 @@ struct PutBody {
     /// The lease token a `?lease=true` read handed out.
     #[schema(max_length = 64)]
     lease: Option<String>,
+    /// How long the value took to compute (ms, up to an hour): reads ask
+    /// for a refresh earlier the longer it took.
+    #[schema(maximum = 3600000)]
+    compute_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -163,6 +174,7 @@ impl FromRequest<AppState> for PutValue {
                 exact_ttl: body.exact_ttl,
                 negative: body.negative,
                 lease: body.lease,
+                compute_ms: body.compute_ms,
             }));
         }
         let Query(query) = Query::<TtlQuery>::try_from_uri(req.uri())

@@ -215,3 +215,80 @@ async fn a_lease_ends_with_a_delete_a_write_or_its_ttl_and_waiters_give_up_in_ti
     let hit = lease_get(&app, "c", 0).send().await.unwrap();
     assert_eq!(hit.status(), 200, "a hit answers as usual");
 }
+
+#[tokio::test]
+async fn reads_ask_for_a_refresh_more_often_the_nearer_expiry_and_the_longer_the_value_took() {
+    let app = spawn_app().await;
+    // Computing took far longer than the TTL left: nearly every read asks
+    // (P = exp(-60 000 / 1 000 000) = 0.94 per read).
+    let slow = app
+        .post_json(
+            "/internal/cache/set",
+            json!({"key": "report:slow", "value": 1, "ttl": 60, "computeMs": 1_000_000}),
+        )
+        .await;
+    assert_eq!(slow.status(), 200);
+    // Quick to compute, an hour left: P = exp(-3 600 000 / 100) = 0.
+    assert_eq!(app.set("report:quick", json!(1)).await.status(), 200);
+    let mut asked = 0;
+    for _ in 0..50 {
+        let answer = app.get("report:slow").await;
+        let header = answer.headers().get("x-cache-refresh").is_some();
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["refresh"] == true, header, "{body}");
+        asked += usize::from(header);
+        let quick = app.get("report:quick").await;
+        assert!(quick.headers().get("x-cache-refresh").is_none());
+        let body: Value = quick.json().await.unwrap();
+        assert!(body.get("refresh").is_none(), "{body}");
+    }
+    assert!(asked >= 35, "only {asked} of 50 reads asked for a refresh");
+    let refused = app
+        .post_json(
+            "/internal/cache/set",
+            json!({"key": "report:x", "value": 1, "computeMs": 3_600_001}),
+        )
+        .await;
+    let error = assert_error(refused, 400, "VALIDATION_ERROR").await;
+    assert_eq!(error["details"]["field"], "computeMs");
+    // The compute time is not part of the value.
+    let value: Value = app.get("report:slow").await.json().await.unwrap();
+    assert_eq!(value["value"], 1);
+
+    // A hot key the rollups want kept loaded is asked earlier: with 2 s
+    // left and the default 100 ms, P = exp(-20) per read; hinted, exp(-2).
+    sqlx::query(
+        "insert into cache_hotkeys (tenant_id, cache_key, window_start, window_minutes, \
+             should_preload) values ($1, 'report:hot', now(), 5, true)",
+    )
+    .bind(&app.tenant)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    cache_api::limits_refresh::reload_hints(&app.state).await;
+    for key in ["report:hot", "report:cold"] {
+        let set = app
+            .post_json(
+                "/internal/cache/set",
+                json!({"key": key, "value": 1, "ttl": 2}),
+            )
+            .await;
+        assert_eq!(set.status(), 200);
+    }
+    let (mut hot, mut cold) = (0, 0);
+    for _ in 0..100 {
+        hot += usize::from(
+            app.get("report:hot")
+                .await
+                .headers()
+                .contains_key("x-cache-refresh"),
+        );
+        cold += usize::from(
+            app.get("report:cold")
+                .await
+                .headers()
+                .contains_key("x-cache-refresh"),
+        );
+    }
+    assert!(hot > 0 && cold == 0, "hinted {hot}, not hinted {cold}");
+}

@@ -42,6 +42,35 @@ pub async fn since(
     Ok(rows)
 }
 
+/// Keys the rollups flagged `should_preload` in windows starting at or
+/// after `since`, per tenant (at most `limit`, hottest first): reads of them
+/// are asked to refresh earlier (see [`crate::refresh`]).
+///
+/// # Errors
+///
+/// [`Error::StoreUnavailable`].
+pub async fn preload_hints(
+    exec: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<std::collections::HashMap<String, std::collections::HashSet<String>>, Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select tenant_id, cache_key from cache_hotkeys \
+         where should_preload and window_start >= $1 \
+         group by tenant_id, cache_key order by max(hotness_score) desc limit $2",
+    )
+    .bind(since)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    let mut hints: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for (tenant, key) in rows {
+        hints.entry(tenant).or_default().insert(key);
+    }
+    Ok(hints)
+}
+
 /// Hot keys kept per tenant and window.
 pub const KEYS_PER_WINDOW: usize = 50;
 
