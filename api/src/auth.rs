@@ -192,6 +192,7 @@ pub mod policy {
         ("GET", "/api/v1/cache/namespaces/{prefix}", Role::Reader),
         ("PUT", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
         ("DELETE", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
+        ("GET", "/api/v1/cache/events", Role::Reader),
         (
             "GET",
             "/api/v1/cache/namespaces/{prefix}/stats",

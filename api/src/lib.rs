@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod headers;
 pub mod instrumentation;
@@ -141,6 +142,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
                 .unwrap_or(1),
         }),
         limits: tenant_limits,
+        events: Arc::new(events::EventHub::new(args.redis.clone())),
         rate: Arc::new(admission::RateLimiter::new()),
         in_flight: admission::InFlight::default(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
@@ -238,6 +240,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(routes::health::router())
         .routes(utoipa_axum::routes!(routes::health::scrape))
         .merge(routes::internal::router())
+        .merge(routes::events::router())
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
         .merge(routes::jobs::router())
@@ -249,6 +252,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
                 .merge(routes::monitoring::router())
                 .merge(routes::management::router())
                 .merge(routes::namespaces::router())
+                .merge(routes::events::public_router())
                 .merge(routes::jobs::public_router())
                 .merge(routes::schedules::router())
                 .merge(routes::admin_keys::router())
@@ -285,7 +289,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let background = instrumentation::background::Background::start(&state);
-    accept_loop(listener, state, shutdown).await;
+    let events = Arc::clone(&state.events);
+    accept_loop(listener, state, async move {
+        shutdown.await;
+        events.close();
+    })
+    .await;
     // After the last request: its figures and log records go out too.
     background.finish().await;
     Ok(())
@@ -337,6 +346,8 @@ pub async fn serve_threads(
     }
     drop(listener);
     shutdown.await;
+    // Open event streams would hold the drain up to its timeout.
+    state.events.close();
     let _ = stop.send(true);
     for thread in serving {
         match tokio::task::spawn_blocking(move || thread.join()).await {

@@ -26,6 +26,8 @@ pub struct Shared {
     pub db: PgPool,
     pub jobs: JobQueue,
     pub key_cache: KeyCache,
+    /// The tenants whose events this instance streams.
+    pub events: Arc<crate::events::EventHub>,
     /// Every tenant's limits (defaults and operators' overrides).
     pub limits: Arc<LimitBook>,
     /// Each tenant's rate of cache operations on this instance.

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod leases;

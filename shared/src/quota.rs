@@ -128,6 +128,19 @@ local function usage(u)
   local f = redis.call('HMGET', u, 'k', 'b')
   return tonumber(f[1]) or 0, tonumber(f[2]) or 0
 end
+-- A tenant's event stream (see crate::events), from its usage key
+-- `q:{t}:usage`: `e:{t}`, written only while someone listens (`e:{t}:on`).
+local function events_of(u)
+  local stream = 'e' .. string.sub(u, 2, -7)
+  if redis.call('EXISTS', stream .. ':on') == 1 then return stream end
+  return nil
+end
+local function emit(stream, key, plen, op, now)
+  if stream then
+    redis.call('XADD', stream, 'MAXLEN', '~', 1000, '*',
+      'k', string.sub(key, plen + 1), 'o', op, 'a', now)
+  end
+end
 -- Takes one present key out of the accounting; returns its size.
 local function forget(u, x, xz, key, plen)
   local old = value_len(key)
@@ -175,6 +188,7 @@ if lease ~= '' then
 end
 local now = now_ms()
 settle(u, x, xz, now)
+local events = events_of(u)
 -- Per namespace: its keys, and what the batch adds to it.
 local ns = {}
 for j = 1, m do
@@ -232,6 +246,7 @@ for i = 1, n do
     local before, after = #key - plen + olds[i], #key - plen + #value
     rebucket(x, xz, old_at, before, at, after)
     if j > 0 then rebucket(ns[j].x, ns[j].xz, old_at, before, at, after) end
+    emit(events, key, plen, 'set', now)
     written = written + 1
   end
 end
@@ -264,16 +279,18 @@ pub fn write_script_sha() -> &'static str {
 
 /// KEYS: usage, buckets, index, then the keys, then the usage, buckets and
 /// index of each namespace they fall in. ARGV: prefix length, the number of
-/// namespaces, then per key its namespace (1-based, 0: none). Removes the
-/// keys and ends their leases (see [`WRITE`]); returns how many existed.
+/// namespaces, the event the removal is (`delete`, or `evicted` for a
+/// trim), then per key its namespace (1-based, 0: none). Removes the keys
+/// and ends their leases (see [`WRITE`]); returns how many existed.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local u, x, xz, plen = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
-local m = tonumber(ARGV[2])
-local n = #ARGV - 2
+local m, op = tonumber(ARGV[2]), ARGV[3]
+local n = #ARGV - 3
 local now = now_ms()
 settle(u, x, xz, now)
+local events = events_of(u)
 local ns = {}
 for j = 1, m do
   local b = 3 + n + 3 * (j - 1)
@@ -282,12 +299,13 @@ for j = 1, m do
 end
 local dk, db = 0, 0
 for i = 1, n do
-  local key, j = KEYS[i + 3], tonumber(ARGV[i + 2])
+  local key, j = KEYS[i + 3], tonumber(ARGV[i + 3])
   local at = redis.call('PEXPIRETIME', key)
   local size = forget(u, x, xz, key, plen)
   redis.call('DEL', 'l' .. string.sub(key, 2))
   if size > 0 then
     redis.call('UNLINK', key)
+    emit(events, key, plen, op, now)
     dk = dk + 1
     db = db + size
     if j > 0 then
@@ -346,6 +364,7 @@ end
 if redis.call('GETRANGE', key, 0, 0) == 'T' then
   redis.call('SETRANGE', key, 1, struct.pack('>I8', at))
 end
+emit(events_of(u), key, plen, 'expire', now)
 redis.call('HINCRBY', u, 'w', 1)
 return 1
 ",
@@ -993,6 +1012,29 @@ pub async fn delete(
     tenant: &TenantId,
     redis_keys: &[(&str, Option<&str>)],
 ) -> Result<u64, Error> {
+    remove(conn, tenant, redis_keys, "delete").await
+}
+
+/// [`delete`] of keys the service evicts (a namespace's trim): the event
+/// listeners see says `evicted`.
+///
+/// # Errors
+///
+/// Redis errors.
+pub async fn evict(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    redis_keys: &[(&str, Option<&str>)],
+) -> Result<u64, Error> {
+    remove(conn, tenant, redis_keys, "evicted").await
+}
+
+async fn remove(
+    conn: &mut crate::redis::Conn,
+    tenant: &TenantId,
+    redis_keys: &[(&str, Option<&str>)],
+    event: &str,
+) -> Result<u64, Error> {
     let (namespaces, slots) = namespace_slots(
         redis_keys
             .iter()
@@ -1000,7 +1042,10 @@ pub async fn delete(
     );
     let mut invocation = DELETE.prepare_invoke();
     with_usage_keys(&mut invocation, tenant);
-    invocation.arg(prefix_len(tenant)).arg(namespaces.len());
+    invocation
+        .arg(prefix_len(tenant))
+        .arg(namespaces.len())
+        .arg(event);
     for ((key, _), slot) in redis_keys.iter().zip(&slots) {
         invocation.key(*key).arg(*slot);
     }

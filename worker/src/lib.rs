@@ -8,6 +8,7 @@
 pub mod context;
 pub mod error;
 pub mod jobs;
+mod key_events;
 pub mod namespace_trim;
 pub mod progress;
 pub mod recovery;
@@ -401,6 +402,12 @@ pub async fn run(
         ctx.clone(),
         heartbeat_stopped.clone(),
     ));
+    let key_events = tokio::spawn(key_events::forward_loop(
+        settings.redis.clone(),
+        redis.clone(),
+        format!("{name}-{}", ulid::Ulid::new()),
+        heartbeat_stopped.clone(),
+    ));
     let retention = tokio::spawn(upkeep::retention_loop(
         db.clone(),
         upkeep::Retention {
@@ -440,6 +447,7 @@ pub async fn run(
         (scheduler, "scheduler"),
         (limits, "tenant limits"),
         (trims, "namespace trims"),
+        (key_events, "key events"),
         (recount, "usage recount"),
         (retention, "log retention"),
         (audit, "audit delivery"),

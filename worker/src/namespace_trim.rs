@@ -161,7 +161,7 @@ async fn trim_namespace(
         removed += redis_store
             .timed_for(ctx.pacing.batch_timeout, async {
                 let mut conn = redis_store.conn().await?;
-                quota::delete(&mut conn, tenant, &keys).await
+                quota::evict(&mut conn, tenant, &keys).await
             })
             .await?;
         tokio::time::sleep(ctx.pacing.pause).await;

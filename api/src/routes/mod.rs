@@ -2,6 +2,7 @@
 //! extract, call one operation, shape the answer.
 
 pub mod admin_keys;
+pub mod events;
 pub mod health;
 pub mod internal;
 pub mod jobs;

@@ -64,6 +64,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("put", "/api/v1/cache/namespaces/{prefix}"),
     ("delete", "/api/v1/cache/namespaces/{prefix}"),
     ("get", "/api/v1/cache/namespaces/{prefix}/stats"),
+    ("get", "/api/v1/cache/events"),
+    ("get", "/internal/cache/events"),
     ("get", "/api/v1/cache/stats"),
     ("get", "/api/v1/cache/metrics"),
     ("get", "/api/v1/cache/latency"),

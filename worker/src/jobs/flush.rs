@@ -103,9 +103,10 @@ async fn run(
     Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
 }
 
-/// The flush's script keeps tenants' usage, not their namespaces': a
-/// whole-tenant flush empties them at once; any flush asks for a recount,
-/// which settles the rest.
+/// After a flush: its `flush` event for listeners, and the namespaces'
+/// accounting (the flush's script keeps tenants' usage, not their
+/// namespaces'): a whole-tenant flush empties them at once; any flush asks
+/// for a recount, which settles the rest.
 async fn settle_namespaces(
     ctx: &JobContext,
     tenant: &TenantId,
@@ -123,6 +124,7 @@ async fn settle_namespaces(
             .collect();
         cache_shared::quota::forget_namespaces(redis, tenant, &prefixes).await?;
     }
+    cache_shared::events::emit(redis, tenant, &params.describe(), "flush").await?;
     cache_shared::quota::request_recount(redis).await
 }
 
