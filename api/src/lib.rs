@@ -132,7 +132,8 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     .with_oplog(stats.oplog().cloned());
     let tenant_limits = Arc::new(LimitBook::new(args.limits.clone()));
     Ok(AppState::new(Shared {
-        cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits)),
+        cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits))
+            .with_near_cache(args.cache.near_cache_bytes),
         db,
         jobs,
         key_cache: key_cache::KeyCache::new(key_cache::KeyCacheSettings {
@@ -143,6 +144,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         }),
         limits: tenant_limits,
         events: Arc::new(events::EventHub::new(args.redis.clone())),
+        redis_settings: args.redis.clone(),
         rate: Arc::new(admission::RateLimiter::new()),
         in_flight: admission::InFlight::default(),
         service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),

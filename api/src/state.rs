@@ -26,6 +26,8 @@ pub struct Shared {
     pub db: PgPool,
     pub jobs: JobQueue,
     pub key_cache: KeyCache,
+    /// For the connections of its own a task opens (near-cache tracking).
+    pub redis_settings: cache_shared::config::RedisSettings,
     /// The tenants whose events this instance streams.
     pub events: Arc<crate::events::EventHub>,
     /// Every tenant's limits (defaults and operators' overrides).

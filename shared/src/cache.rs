@@ -108,6 +108,7 @@ pub struct Cache {
     namespaces: Arc<NamespaceBook>,
     waits: Arc<Waits>,
     hints: Arc<crate::refresh::PreloadHints>,
+    near: Option<Arc<crate::near_cache::NearCache>>,
 }
 
 impl Cache {
@@ -129,6 +130,42 @@ impl Cache {
             namespaces: Arc::new(namespaces),
             waits: Arc::default(),
             hints: Arc::default(),
+            near: None,
+        }
+    }
+
+    /// This cache with a near cache of `max_bytes` in front of Redis for
+    /// namespaces that ask for one (`0`: none).
+    #[must_use]
+    pub fn with_near_cache(mut self, max_bytes: u64) -> Self {
+        self.near = (max_bytes > 0).then(|| Arc::new(crate::near_cache::NearCache::new(max_bytes)));
+        self
+    }
+
+    /// The near cache, when there is one (its tracker must run for it to serve).
+    pub fn near_cache(&self) -> Option<&Arc<crate::near_cache::NearCache>> {
+        self.near.as_ref()
+    }
+
+    /// The namespaces, shared (for tasks that follow their changes).
+    pub fn namespace_book(&self) -> Arc<NamespaceBook> {
+        Arc::clone(&self.namespaces)
+    }
+
+    /// The near cache to use for `tenant`'s `key`: when there is one, it is
+    /// tracking, and the key's namespace asks for it.
+    fn near_for(&self, tenant: &TenantId, key: &str) -> Option<&crate::near_cache::NearCache> {
+        self.near
+            .as_deref()
+            .filter(|near| near.is_healthy())
+            .filter(|_| self.namespaces.is_near_cached(tenant.as_str(), key))
+    }
+
+    /// Drops `redis_key` from the near cache after this instance changed it
+    /// (the invalidation push follows; this instance must not wait for it).
+    fn changed(&self, redis_key: &str) {
+        if let Some(near) = &self.near {
+            near.invalidate(redis_key);
         }
     }
 
@@ -224,6 +261,13 @@ impl Cache {
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = TenantKeyspace::key_of(tenant, key);
+        let near = self.near_for(tenant, key);
+        if let Some(bytes) = near.and_then(|near| near.get(&redis_key)) {
+            self.stats
+                .observe(Op::Get, &tstats, started, Some(key), Ok(()))?;
+            return self.found(&tstats, tenant, key, bytes, None);
+        }
+        let stamp = near.map(|near| near.stamp(&redis_key));
         let result = self
             .on_redis(async |conn| {
                 let stored: Option<Vec<u8>> =
@@ -247,6 +291,10 @@ impl Cache {
             self.count_read(&tstats, tenant, Op::Get, key, false);
             return Err(Error::missing(key));
         };
+        let stored = bytes::Bytes::from(stored);
+        if let (Some(near), Some(stamp)) = (near, stamp) {
+            near.fill(stamp, &redis_key, stored.clone());
+        }
         self.found(&tstats, tenant, key, stored, legacy_ttl)
     }
 
@@ -461,6 +509,7 @@ impl Cache {
             Some(encoded.len()),
             result,
         )?;
+        self.changed(&redis_key);
         if lease.is_some() {
             self.waits.written(&redis_key);
         }
@@ -486,6 +535,7 @@ impl Cache {
         let removed =
             self.stats
                 .observe_write(Op::Delete, &tstats, started, Some(key), None, result)?;
+        self.changed(&redis_key);
         Ok(removed)
     }
 
@@ -629,6 +679,9 @@ impl Cache {
             .map(|(item, size)| (Some(item.key.as_str()), Some(size)));
         self.stats
             .observe_writes(Op::Mset, &tstats, started, None, written, result)?;
+        for (redis_key, _, _) in &encoded {
+            self.changed(redis_key);
+        }
         Ok(items.len())
     }
 
@@ -703,6 +756,7 @@ impl Cache {
         let updated =
             self.stats
                 .observe_write(Op::Expire, &tstats, started, Some(key), None, result)?;
+        self.changed(&redis_key);
         Ok(updated)
     }
 
@@ -760,8 +814,13 @@ impl Cache {
             .await;
         // A touch that sets a TTL is a write; one that only reads is not.
         let written = ttl.map(|_| (Some(key), None));
-        self.stats
-            .observe_writes(Op::Touch, &tstats, started, Some(key), written, result)
+        let remaining =
+            self.stats
+                .observe_writes(Op::Touch, &tstats, started, Some(key), written, result)?;
+        if ttl.is_some() {
+            self.changed(&redis_key);
+        }
+        Ok(remaining)
     }
 
     /// Re-encodes one stored value compressed when that makes it smaller,

@@ -113,6 +113,10 @@ pub struct CacheSettings {
           value_parser = clap::value_parser!(u64).range(1..=512 * 1024 * 1024))]
     pub max_value_bytes: u64,
 
+    /// Bytes of the api's near cache for namespaces with `nearCache` (0: none).
+    #[arg(long, env = "NEAR_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub near_cache_bytes: u64,
+
     /// How long a lease handed out by a `?lease=true` read lasts, in milliseconds.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]

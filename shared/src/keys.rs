@@ -149,9 +149,14 @@ impl TenantKeyspace {
     /// The Redis key of `key` in `tenant`'s namespace in one allocation, for
     /// single-key operations on the request path.
     pub fn key_of(tenant: &TenantId, key: &str) -> String {
-        let mut out = String::with_capacity(5 + tenant.as_str().len() + key.len());
+        Self::key_of_raw(tenant.as_str(), key)
+    }
+
+    /// [`TenantKeyspace::key_of`] for a tenant id read back from storage.
+    pub fn key_of_raw(tenant: &str, key: &str) -> String {
+        let mut out = String::with_capacity(5 + tenant.len() + key.len());
         out.push_str("c:{");
-        out.push_str(tenant.as_str());
+        out.push_str(tenant);
         out.push_str("}:");
         out.push_str(key);
         out

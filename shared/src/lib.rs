@@ -17,6 +17,7 @@ pub mod limits;
 pub mod memory_report;
 pub mod metrics;
 pub mod namespaces;
+pub mod near_cache;
 pub mod oplog;
 pub mod outbound;
 pub mod permissions;

@@ -383,9 +383,39 @@ impl NamespaceBook {
     /// `f` of the prefix of `tenant`'s `key`'s namespace, if it has one
     /// (no reference counting: for the read path).
     pub fn with_prefix<R>(&self, tenant: &str, key: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
+        self.with_prefix_of(tenant, key, |ns| f(&ns.prefix))
+    }
+
+    /// Whether `tenant`'s `key` is in a namespace kept in the near cache.
+    pub fn is_near_cached(&self, tenant: &str, key: &str) -> bool {
+        self.with_prefix_of(tenant, key, |ns| ns.near_cache)
+            .unwrap_or(false)
+    }
+
+    /// Every (tenant, prefix) kept in the near cache (the design's defaults
+    /// never are).
+    pub fn near_cached(&self) -> Vec<(String, String)> {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .iter()
+            .flat_map(|(tenant, set)| {
+                set.ordered
+                    .iter()
+                    .filter(|ns| ns.near_cache)
+                    .map(move |ns| (tenant.clone(), ns.prefix.clone()))
+            })
+            .collect()
+    }
+
+    fn with_prefix_of<R>(
+        &self,
+        tenant: &str,
+        key: &str,
+        f: impl FnOnce(&Namespace) -> R,
+    ) -> Option<R> {
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
         let ns = tenants.get(tenant).unwrap_or(&self.defaults).find(key)?;
-        Some(f(&ns.prefix))
+        Some(f(ns))
     }
 
     /// Replaces what the book knows with a full reload.

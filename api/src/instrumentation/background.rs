@@ -1,6 +1,7 @@
 //! The api instance's background tasks: shipping statistics rollups and
 //! operation-log batches to the queue, posting the metrics report to the
-//! monitoring service, and keeping tenant limits current.
+//! monitoring service, keeping tenant limits current and the near cache
+//! coherent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,14 @@ impl Background {
             state.clone(),
             stopped.clone(),
         ))];
+        if let Some(near) = state.cache.near_cache() {
+            tasks.push(tokio::spawn(Arc::clone(near).track(
+                state.redis_settings.clone(),
+                state.cache.namespace_book(),
+                format!("near-cache-{}", state.instance_id),
+                stopped.clone(),
+            )));
+        }
         if state.cache.stats().is_enabled() {
             tasks.push(tokio::spawn(ship_rollups(state.clone(), stopped.clone())));
         }

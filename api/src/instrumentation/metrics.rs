@@ -41,6 +41,10 @@ pub struct ApiMetrics {
     pool_waiting: IntGauge,
     queue_depth: IntGaugeVec,
     queue_dead: IntGaugeVec,
+    near_hits: IntCounter,
+    near_misses: IntCounter,
+    near_invalidations: IntCounter,
+    near_bytes: IntGauge,
     /// Scrapes mirror counters; one at a time keeps them monotonic.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -143,6 +147,22 @@ impl ApiMetrics {
                 "Jobs the queue gave up on, per queue.",
                 &["type"],
             )?,
+            near_hits: m.counter(
+                "cache_near_cache_hits_total",
+                "Reads served by this instance's near cache.",
+            )?,
+            near_misses: m.counter(
+                "cache_near_cache_misses_total",
+                "Reads of near-cached namespaces that went to Redis.",
+            )?,
+            near_invalidations: m.counter(
+                "cache_near_cache_invalidations_total",
+                "Near-cache entries dropped because their key changed.",
+            )?,
+            near_bytes: m.gauge(
+                "cache_near_cache_bytes",
+                "Bytes held by this instance's near cache.",
+            )?,
             scrape: tokio::sync::Mutex::new(()),
             registry,
         })
@@ -178,6 +198,13 @@ impl ApiMetrics {
             .fold((0, 0), |(c, e), op| (c + op.calls, e + op.errors));
         if calls > 0 {
             self.error_rate.set(errors as f64 * 100.0 / calls as f64);
+        }
+        if let Some(near) = cache.near_cache() {
+            let figures = near.figures();
+            metrics::mirror(&self.near_hits, figures.hits);
+            metrics::mirror(&self.near_misses, figures.misses);
+            metrics::mirror(&self.near_invalidations, figures.invalidations);
+            self.near_bytes.set(saturating_i64(figures.bytes));
         }
         let connections = cache.redis().connection_stats();
         metrics::mirror(&self.timeouts, connections.timeouts);

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TOKEN_A, TestApp, spawn_app, unique};
+use crate::helpers::{PrivateRedis, TOKEN_A, TestApp, settings, spawn_app, spawn_app_with, unique};
 
 /// One event as a client reads it.
 #[derive(Debug, Clone)]
@@ -214,7 +214,10 @@ async fn a_stream_filters_by_prefix_and_resumes_after_a_disconnect_or_says_reset
 
 #[tokio::test]
 async fn expirations_and_flushes_are_events_too() {
-    let app = spawn_app().await;
+    // A Redis of its own: one worker at a time forwards expirations, and
+    // other tests' workers come and go.
+    let own = PrivateRedis::start().await;
+    let app = spawn_app_with(settings(&["--redis-url", &own.url()])).await;
     let worker = app.spawn_worker();
     let admin = app.key(Role::Admin).await;
     let mut events = Events::open(internal_events(&app, &app.tenant)).await;

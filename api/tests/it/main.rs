@@ -15,6 +15,7 @@ mod jobs;
 mod limits;
 mod management;
 mod namespaces;
+mod near_cache;
 mod observability;
 mod openapi;
 mod permissions;
