@@ -187,10 +187,10 @@ def redis_benchmark_write_script(sha):
     raise RuntimeError(f"no EVALSHA line in redis-benchmark output: {out}")
 
 
-def wrk(url, script=None):
+def wrk(url, script=None, tenant=TENANT):
     cmd = [
         "wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s",
-        "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {TENANT}",
+        "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}",
     ]
     if script:
         cmd += ["-s", script]

@@ -193,8 +193,13 @@ impl Cache {
             None => self.codec,
             Some(ns) => Codec::new(ns.compress_above().unwrap_or(usize::MAX)),
         };
-        let ttl_ms =
-            Namespace::expiry_ms(namespace.as_deref(), ttl, exact, self.limits.default_ttl);
+        let ttl_ms = Namespace::expiry_ms(
+            namespace.as_deref(),
+            key,
+            ttl,
+            exact,
+            self.limits.default_ttl,
+        );
         Placement {
             namespace,
             codec,

@@ -224,12 +224,20 @@ impl Namespace {
         Ok(())
     }
 
-    /// The expiry of a write in this namespace (`None`: no namespace) that
-    /// asked for `asked` (or nothing), in milliseconds (`0`: none). An asked
-    /// TTL is kept exactly; otherwise the namespace's TTL is drawn within its
-    /// jitter unless `exact`; outside every namespace, `default` as is.
+    /// The expiry of a write of `key` in this namespace (`None`: no
+    /// namespace) that asked for `asked` (or nothing), in milliseconds (`0`:
+    /// none). An asked TTL is kept exactly; otherwise the namespace's TTL
+    /// moved within its jitter unless `exact`; outside every namespace,
+    /// `default` as is.
+    ///
+    /// The jitter is a fixed function of the key: keys written together
+    /// spread over the whole ±share (no avalanche), while each key keeps
+    /// the same offset when it is written again, so its expiry stays in
+    /// the same accounting bucket and a rewrite costs no more than without
+    /// jitter (see [`crate::quota`]).
     pub fn expiry_ms(
         namespace: Option<&Self>,
+        key: &str,
         asked: Option<Expiry>,
         exact: bool,
         default: Expiry,
@@ -244,7 +252,7 @@ impl Namespace {
                 if exact || ns.ttl_jitter == 0.0 {
                     return base;
                 }
-                jittered(base, ns.ttl_jitter, crate::random::unit())
+                jittered(base, ns.ttl_jitter, spread_of(key))
             }
         }
     }
@@ -254,6 +262,21 @@ impl Namespace {
         self.compression
             .then(|| usize::try_from(self.compression_min_bytes).unwrap_or(usize::MAX))
     }
+}
+
+/// Where `key` falls in `[-1, 1)`: FNV-1a of its bytes, finished with
+/// SplitMix64 so that keys differing in their last byte spread too.
+fn spread_of(key: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 31;
+    #[allow(clippy::cast_precision_loss)]
+    let unit = (h >> 11) as f64 / (1u64 << 53) as f64;
+    unit * 2.0 - 1.0
 }
 
 /// `base` milliseconds moved by `share × base × u` for `u` in `[-1, 1]`,
@@ -466,26 +489,27 @@ mod tests {
         assert_eq!(jittered(1000, 0.5, -1.0), 1000);
         let user = Namespace::design("user:", 100, 0, OverLimit::Reject, 0);
         let default = Expiry::Seconds(7);
-        let drawn: Vec<u64> = (0..200)
-            .map(|_| Namespace::expiry_ms(Some(&user), None, false, default))
+        let expiry =
+            |key: &str, asked, exact| Namespace::expiry_ms(Some(&user), key, asked, exact, default);
+        let drawn: Vec<u64> = (0..2000)
+            .map(|i| expiry(&format!("user:{i}"), None, false))
             .collect();
         assert!(drawn.iter().all(|ms| (90_000..=110_000).contains(ms)));
-        assert!(
-            drawn.iter().any(|ms| *ms != drawn[0]),
-            "no spread: {drawn:?}"
-        );
+        // Spread over the whole range: every tenth of it is used.
+        let mut tenths = [0u32; 10];
+        for ms in &drawn {
+            tenths[usize::try_from((ms - 90_000) / 2001).unwrap()] += 1;
+        }
+        assert!(tenths.iter().all(|n| *n > 100), "uneven spread: {tenths:?}");
         assert_eq!(
-            Namespace::expiry_ms(Some(&user), None, true, default),
-            100_000
+            expiry("user:7", None, false),
+            drawn[7],
+            "a key keeps its offset"
         );
-        let asked = Some(Expiry::Seconds(5));
-        assert_eq!(
-            Namespace::expiry_ms(Some(&user), asked, false, default),
-            5000
-        );
-        assert_eq!(Namespace::expiry_ms(None, None, false, default), 7000);
-        let never = Some(Expiry::Never);
-        assert_eq!(Namespace::expiry_ms(Some(&user), never, false, default), 0);
+        assert_eq!(expiry("user:7", None, true), 100_000);
+        assert_eq!(expiry("user:7", Some(Expiry::Seconds(5)), false), 5000);
+        assert_eq!(Namespace::expiry_ms(None, "x", None, false, default), 7000);
+        assert_eq!(expiry("user:7", Some(Expiry::Never), false), 0);
     }
 
     #[test]

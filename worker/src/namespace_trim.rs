@@ -89,8 +89,8 @@ pub async fn trim(ctx: &JobContext, tenant: &TenantId, prefix: &str) -> Result<u
     // From PostgreSQL, not this worker's book: a namespace created a moment
     // ago may not be in the book yet.
     let book = ctx.cache.namespaces();
-    let set = cache_shared::db::namespaces::of_tenant(&ctx.db, tenant.as_str(), book.defaults())
-        .await?;
+    let set =
+        cache_shared::db::namespaces::of_tenant(&ctx.db, tenant.as_str(), book.defaults()).await?;
     let marker = format!(
         "{}:trim",
         UsageKeys::of_namespace(tenant.as_str(), prefix).usage
