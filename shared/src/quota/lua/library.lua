@@ -1,0 +1,68 @@
+-- Functions every accounting script starts with (see `LIBRARY` in quota/mod.rs).
+local BUCKET = 10000
+local function bucket_of(at) return math.floor(at / BUCKET) end
+local function add_to_bucket(x, xz, at, bytes, sign)
+  if at <= 0 then return end
+  local b = bucket_of(at)
+  local left = redis.call('HINCRBY', x, b .. ':k', sign)
+  redis.call('HINCRBY', x, b .. ':b', sign * bytes)
+  if left <= 0 then
+    redis.call('HDEL', x, b .. ':k', b .. ':b')
+    redis.call('ZREM', xz, b)
+  elseif sign > 0 and left == 1 then
+    redis.call('ZADD', xz, b, b)
+  end
+end
+-- Moves a key of `old_bytes` expiring at `old_at` to `new_at` with
+-- `new_bytes`; within one bucket, only its byte count changes.
+local function rebucket(x, xz, old_at, old_bytes, new_at, new_bytes)
+  if old_at > 0 and new_at > 0 and bucket_of(old_at) == bucket_of(new_at) then
+    if new_bytes ~= old_bytes then
+      redis.call('HINCRBY', x, bucket_of(new_at) .. ':b', new_bytes - old_bytes)
+    end
+    return
+  end
+  add_to_bucket(x, xz, old_at, old_bytes, -1)
+  add_to_bucket(x, xz, new_at, new_bytes, 1)
+end
+-- Subtracts the buckets wholly past from the usage, a second after their
+-- end (the script's clock and the one Redis expires keys by may differ by
+-- the script's own run time, so a key Redis still holds is never settled).
+local function settle(u, x, xz, now)
+  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', bucket_of(now - 1000) - 1, 'LIMIT', 0, 256)
+  local dk, db = 0, 0
+  for _, b in ipairs(due) do
+    local f = redis.call('HMGET', x, b .. ':k', b .. ':b')
+    dk = dk + (tonumber(f[1]) or 0)
+    db = db + (tonumber(f[2]) or 0)
+    redis.call('HDEL', x, b .. ':k', b .. ':b')
+    redis.call('ZREM', xz, b)
+  end
+  if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
+  if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
+end
+local function usage(u)
+  local f = redis.call('HMGET', u, 'k', 'b')
+  return tonumber(f[1]) or 0, tonumber(f[2]) or 0
+end
+-- A tenant's event stream (see crate::events), from its usage key
+-- `q:{t}:usage`: `e:{t}`, written only while someone listens (`e:{t}:on`).
+local function events_of(u)
+  local stream = 'e' .. string.sub(u, 2, -7)
+  if redis.call('EXISTS', stream .. ':on') == 1 then return stream end
+  return nil
+end
+local function emit(stream, key, plen, op, now)
+  if stream then
+    redis.call('XADD', stream, 'MAXLEN', '~', 1000, '*',
+      'k', string.sub(key, plen + 1), 'o', op, 'a', now)
+  end
+end
+-- Takes one present key out of the accounting; returns its size.
+local function forget(u, x, xz, key, plen)
+  local old = value_len(key)
+  if old == 0 then return 0 end
+  local size = #key - plen + old
+  add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), size, -1)
+  return size
+end
