@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
 use cache_shared::keys::TenantId;
 use cache_shared::limits::{LimitBook, TenantLimits};
-use cache_shared::tokens::ServiceTokens;
+use cache_shared::tokens::ServiceDirectory;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
@@ -46,7 +46,7 @@ pub struct Admission {
     max_in_flight: u64,
     deadline: Duration,
     rate: Arc<RateLimiter>,
-    service_tokens: ServiceTokens,
+    services: ServiceDirectory,
 }
 
 impl Admission {
@@ -55,14 +55,14 @@ impl Admission {
         max_in_flight: u64,
         deadline: Duration,
         rate: Arc<RateLimiter>,
-        service_tokens: ServiceTokens,
+        services: ServiceDirectory,
     ) -> Self {
         Self {
             in_flight: Arc::clone(&in_flight.0),
             max_in_flight,
             deadline,
             rate,
-            service_tokens,
+            services,
         }
     }
 
@@ -79,9 +79,7 @@ impl Admission {
         let tenant = headers.get(crate::headers::TENANT_HEADER)?.to_str().ok()?;
         let refusal = self.rate.spent(tenant)?;
         let token = headers.get(crate::headers::SERVICE_TOKEN_HEADER)?;
-        if !self.service_tokens.accepts(token.as_bytes()) {
-            return None;
-        }
+        self.services.identify(token.as_bytes())?;
         Some(ApiError::from(refusal).into_response())
     }
 }

@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use cache_shared::api_keys::Role;
 use cache_shared::keys::TenantId;
+use cache_shared::tokens::{Area, ServiceIdentity};
 
 use crate::error::ApiError;
 use crate::headers::{SERVICE_TOKEN_HEADER, TENANT_HEADER};
@@ -246,9 +247,6 @@ pub mod policy {
     }
 }
 
-/// Who the operation log names for calls of the internal plane.
-pub const SERVICE_ACTOR: &str = "service";
-
 /// A caller of the internal plane, authenticated by `X-Service-Token`, acting
 /// for the `X-Tenant-Id` tenant or, without that header, for the platform.
 #[derive(Debug, Clone)]
@@ -256,6 +254,19 @@ pub struct InternalCaller {
     pub tenant: TenantId,
     /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
     pub named_tenant: bool,
+    /// Which service: named in logs, metrics, operation-log records and jobs.
+    pub service: ServiceIdentity,
+}
+
+impl InternalCaller {
+    /// This caller as the job policy sees it.
+    pub fn requester(&self) -> cache_jobs::policy::Requester {
+        let mut requester = cache_jobs::policy::Requester::internal(self.tenant.clone());
+        if let ServiceIdentity::Named(_) = &self.service {
+            requester.label = format!("service:{}", self.service.name());
+        }
+        requester
+    }
 }
 
 impl FromRequestParts<AppState> for InternalCaller {
@@ -269,17 +280,29 @@ impl FromRequestParts<AppState> for InternalCaller {
                 message: "missing X-Service-Token",
                 bearer: false,
             })?;
-        if !state.service_tokens.accepts(token.as_bytes()) {
-            return Err(ApiError::Unauthorized {
+        let service = state
+            .services
+            .identify(token.as_bytes())
+            .ok_or(ApiError::Unauthorized {
                 message: "unknown service token",
                 bearer: false,
-            });
+            })?;
+        state.services.count(&service);
+        let area = Area::of_path(parts.uri.path());
+        if !state.services.allows(&service, area) {
+            return Err(ApiError::Forbidden(format!(
+                "service '{}' may not call the {} routes (INTERNAL_SERVICE_SCOPES)",
+                service.name(),
+                area.as_str()
+            )));
         }
-        cache_shared::oplog::set_actor(SERVICE_ACTOR);
+        cache_shared::oplog::set_actor(service.name());
+        tracing::Span::current().record("service", service.name());
         match parts.headers.get(TENANT_HEADER) {
             None => Ok(Self {
                 tenant: TenantId::platform(),
                 named_tenant: false,
+                service,
             }),
             Some(raw) => {
                 let raw = raw.to_str().map_err(|_| {
@@ -288,6 +311,7 @@ impl FromRequestParts<AppState> for InternalCaller {
                 Ok(Self {
                     tenant: TenantId::parse(raw, "X-Tenant-Id")?,
                     named_tenant: true,
+                    service,
                 })
             }
         }

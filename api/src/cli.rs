@@ -163,6 +163,27 @@ pub struct HttpSettings {
     )]
     pub internal_service_token: Secret,
 
+    /// Named services' tokens, `name:token,…` (a name may appear twice, for rotation).
+    #[arg(
+        long,
+        env = "INTERNAL_SERVICE_TOKENS",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        value_parser = parse_named_tokens
+    )]
+    pub internal_service_tokens: Secret,
+
+    /// A file of more `name:token` entries (one per line or comma-separated), re-read on SIGHUP.
+    #[arg(long, env = "INTERNAL_SERVICE_TOKENS_FILE")]
+    pub internal_service_tokens_file: Option<std::path::PathBuf>,
+
+    /// Areas each named service may call, `name:area|area,…` (cache, session, permission,
+    /// jobs, metrics); a name without an entry may call every area.
+    #[arg(long, env = "INTERNAL_SERVICE_SCOPES", default_value = "",
+          value_parser = parse_scopes)]
+    pub internal_service_scopes: String,
+
     /// Seconds an API key lookup is remembered; a revocation takes effect within this time.
     #[arg(long, env = "API_KEY_CACHE_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=300))]
@@ -220,4 +241,16 @@ impl HttpSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+fn parse_named_tokens(text: &str) -> Result<Secret, String> {
+    cache_shared::tokens::parse_named_tokens(text)?;
+    Ok(text
+        .parse()
+        .unwrap_or_else(|never: std::convert::Infallible| match never {}))
+}
+
+fn parse_scopes(text: &str) -> Result<String, String> {
+    cache_shared::tokens::parse_scopes(text)?;
+    Ok(text.to_owned())
 }

@@ -50,7 +50,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::cli::{Cli, Command, MigrateArgs, ServeArgs};
 use crate::instrumentation::metrics::Instruments;
 use crate::state::{AppState, Shared};
-use cache_shared::tokens::ServiceTokens;
+use cache_shared::tokens::{ServiceDirectory, ServiceTokens};
 
 /// Runs the command the command line chose.
 ///
@@ -72,9 +72,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     init_telemetry(&args.telemetry)?;
     let state = build_state(&args)?;
-    if state.service_tokens.is_empty() {
-        tracing::warn!("INTERNAL_SERVICE_TOKEN is empty: the internal plane refuses every caller");
+    if state.services.is_empty() {
+        tracing::warn!(
+            "INTERNAL_SERVICE_TOKEN and INTERNAL_SERVICE_TOKENS are empty: the internal plane \
+             refuses every caller"
+        );
     }
+    tokio::spawn(reload_on_hangup(state.services.clone()));
     let addr = SocketAddr::new(args.http.bind_address, args.http.service_port);
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding SERVICE_PORT {addr}"))?;
@@ -83,6 +87,32 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     serve_threads(listener, state, threads, cache_shared::shutdown::signal()).await?;
     tracing::info!("cache-api stopped");
     Ok(())
+}
+
+/// Re-reads `INTERNAL_SERVICE_TOKENS_FILE` on every SIGHUP (tokens rotate
+/// without a restart); a file that cannot be read keeps the tokens as they were.
+async fn reload_on_hangup(services: ServiceDirectory) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGHUP: service tokens reload on restart only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match services.reload() {
+                Ok(()) => tracing::info!(services = ?services.names(), "service tokens reloaded"),
+                Err(err) => {
+                    tracing::warn!(%err, "service tokens not reloaded; keeping the last ones")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = services;
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -147,7 +177,13 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         redis_settings: args.redis.clone(),
         rate: Arc::new(admission::RateLimiter::new()),
         in_flight: admission::InFlight::default(),
-        service_tokens: ServiceTokens::from_list(args.http.internal_service_token.expose()),
+        services: ServiceDirectory::load(
+            args.http.internal_service_token.expose(),
+            args.http.internal_service_tokens.expose(),
+            args.http.internal_service_tokens_file.clone(),
+            &args.http.internal_service_scopes,
+        )
+        .map_err(anyhow::Error::msg)?,
         metrics_tokens: ServiceTokens::from_list(args.http.metrics.metrics_token.expose()),
         settings: args.http.clone(),
         observability: args.observability.clone(),
@@ -205,7 +241,7 @@ pub fn app(
         state.settings.max_in_flight_requests,
         state.settings.request_timeout(),
         Arc::clone(&state.rate),
-        state.service_tokens.clone(),
+        state.services.clone(),
     );
     let (router, templates) = routed(state.clone());
     let observe = state
@@ -226,7 +262,13 @@ pub fn app(
                     .unwrap_or("");
                 // Debug level: a span per request costs measurable throughput,
                 // so it exists only when debug logging is on.
-                tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = id)
+                tracing::debug_span!(
+                    "request",
+                    method = %req.method(),
+                    uri = %req.uri(),
+                    request_id = id,
+                    service = tracing::field::Empty
+                )
             }),
         )
         .option_layer(observe)

@@ -15,7 +15,7 @@ use crate::admission::{InFlight, RateLimiter};
 use crate::cli::HttpSettings;
 use crate::instrumentation::metrics::Instruments;
 use crate::key_cache::KeyCache;
-use cache_shared::tokens::ServiceTokens;
+use cache_shared::tokens::{ServiceDirectory, ServiceTokens};
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Shared>);
@@ -36,7 +36,8 @@ pub struct Shared {
     pub rate: Arc<RateLimiter>,
     /// Requests in flight on this instance, across its serving threads.
     pub in_flight: InFlight,
-    pub service_tokens: ServiceTokens,
+    /// The internal plane's callers: anonymous and named services, their scopes.
+    pub services: ServiceDirectory,
     /// `METRICS_TOKEN`: empty leaves `/metrics` open.
     pub metrics_tokens: ServiceTokens,
     pub settings: HttpSettings,

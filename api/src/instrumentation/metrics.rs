@@ -41,6 +41,9 @@ pub struct ApiMetrics {
     pool_waiting: IntGauge,
     queue_depth: IntGaugeVec,
     queue_dead: IntGaugeVec,
+    /// Internal-plane calls by service: the configured names and `service`
+    /// (the anonymous tokens), a closed set.
+    service_calls: IntCounterVec,
     near_hits: IntCounter,
     near_misses: IntCounter,
     near_invalidations: IntCounter,
@@ -147,6 +150,11 @@ impl ApiMetrics {
                 "Jobs the queue gave up on, per queue.",
                 &["type"],
             )?,
+            service_calls: m.counter_vec(
+                "cache_internal_calls_total",
+                "Calls of the internal plane by calling service.",
+                &["service"],
+            )?,
             near_hits: m.counter(
                 "cache_near_cache_hits_total",
                 "Reads served by this instance's near cache.",
@@ -171,7 +179,13 @@ impl ApiMetrics {
     /// Refreshes the figures of Redis, the pool and the queues, then renders
     /// everything. A dependency that does not answer leaves its figures as
     /// they were (the scrape itself never fails).
-    pub async fn render(&self, cache: &Cache, jobs: &JobQueue, ops: Option<&OpMetrics>) -> String {
+    pub async fn render(
+        &self,
+        cache: &Cache,
+        jobs: &JobQueue,
+        ops: Option<&OpMetrics>,
+        services: &cache_shared::tokens::ServiceDirectory,
+    ) -> String {
         // Redis and the queues first, outside the lock: a slow Redis never
         // lines scrapes up behind one another.
         let (figures, depth) = tokio::join!(cache.redis().server_figures(), jobs.depth());
@@ -198,6 +212,12 @@ impl ApiMetrics {
             .fold((0, 0), |(c, e), op| (c + op.calls, e + op.errors));
         if calls > 0 {
             self.error_rate.set(errors as f64 * 100.0 / calls as f64);
+        }
+        for (service, calls) in services.calls() {
+            metrics::mirror(
+                &self.service_calls.with_label_values(&[service.as_str()]),
+                calls,
+            );
         }
         if let Some(near) = cache.near_cache() {
             let figures = near.figures();

@@ -213,7 +213,12 @@ pub async fn scrape(
     let body = state
         .instruments
         .metrics
-        .render(&state.cache, &state.jobs, state.instruments.ops.as_ref())
+        .render(
+            &state.cache,
+            &state.jobs,
+            state.instruments.ops.as_ref(),
+            &state.services,
+        )
         .await;
     Ok((
         [(header::CONTENT_TYPE, cache_shared::metrics::TEXT_FORMAT)],

@@ -58,7 +58,7 @@ async fn submit(
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    let requester = Requester::internal(caller.tenant.clone());
+    let requester = caller.requester();
     accept(state, &requester, headers, spec, status_url).await
 }
 

@@ -11,6 +11,7 @@ mod events;
 mod expiry;
 mod faults;
 mod helpers;
+mod identities;
 mod jobs;
 mod limits;
 mod management;
