@@ -48,6 +48,9 @@ pub const NEGATIVE_ENVELOPE: &[u8] = &[TAG_NEGATIVE];
 /// Length of the expiry header: `T` and 8 bytes of absolute expiry.
 pub const EXPIRY_HEADER_BYTES: usize = 9;
 
+/// Length of the compute block ([`compute_block`]): `D` and 4 bytes.
+pub const COMPUTE_BLOCK_BYTES: usize = 5;
+
 /// The header in Lua, for the scripts that write or measure values: the
 /// Redis clock in milliseconds, the header of a value expiring at `at` (0
 /// or less: never), and a stored value's length less its header (0 when the
@@ -129,7 +132,7 @@ pub fn split_headers(stored: &[u8]) -> (StoredExpiry, Option<u32>, &[u8]) {
 /// API.md §10): `D` and the milliseconds, 4 bytes BE. It goes before the
 /// envelope, after the expiry header the scripts add; quotas count it as
 /// value bytes.
-pub fn compute_block(ms: u32) -> [u8; 5] {
+pub fn compute_block(ms: u32) -> [u8; COMPUTE_BLOCK_BYTES] {
     let be = ms.to_be_bytes();
     [TAG_COMPUTE, be[0], be[1], be[2], be[3]]
 }

@@ -202,6 +202,35 @@ pub async fn emit(
         .await
 }
 
+/// [`emit`] for every tenant someone listens to (a flush of every tenant).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub async fn emit_everywhere(redis_store: &RedisStore, key: &str, op: &str) -> Result<(), Error> {
+    let mut listened = Vec::new();
+    let mut pages =
+        crate::redis::ScanPages::new(redis_store, "e:{*}:on", 1000, redis_store.command_timeout());
+    while let Some(page) = pages.next(async |_, keys| Ok(keys)).await? {
+        listened.extend(page);
+    }
+    for mark in listened {
+        let Some(tenant) = mark
+            .strip_prefix("e:{")
+            .and_then(|rest| rest.strip_suffix("}:on"))
+        else {
+            continue;
+        };
+        redis_store
+            .timed(async {
+                let mut conn = redis_store.conn().await?;
+                emit_on(&mut conn, tenant, key, op).await
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// [`emit`] on a connection the caller holds (and times).
 ///
 /// # Errors

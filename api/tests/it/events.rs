@@ -245,5 +245,22 @@ async fn expirations_and_flushes_are_events_too() {
         .await;
     assert_eq!(job["status"], "succeeded");
     assert_eq!(events.take(1).await, vec![pair("flush", "user:*")]);
+
+    // A flush of every tenant (an operator's, on this test's own Redis)
+    // reaches every tenant listened to.
+    let operator = app.key(Role::Operator).await;
+    let everything = app
+        .public(Method::POST, "/api/v1/cache/flush", &operator)
+        .json(&json!({"wholeServer": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(everything.status(), 202);
+    let body: Value = everything.json().await.unwrap();
+    let job = app
+        .wait_public_job(&operator, body["statusUrl"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(events.take(1).await, vec![pair("flush", "*")]);
     worker.stop().await;
 }

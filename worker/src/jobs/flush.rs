@@ -124,7 +124,11 @@ async fn settle_namespaces(
             .collect();
         cache_shared::quota::forget_namespaces(redis, tenant, &prefixes).await?;
     }
-    cache_shared::events::emit(redis, tenant, &params.describe(), "flush").await?;
+    if params.whole_server {
+        cache_shared::events::emit_everywhere(redis, "*", "flush").await?;
+    } else {
+        cache_shared::events::emit(redis, tenant, &params.describe(), "flush").await?;
+    }
     cache_shared::quota::request_recount(redis).await
 }
 

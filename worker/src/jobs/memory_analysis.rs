@@ -4,7 +4,7 @@
 //! keys without TTL and compression candidates. Idempotent: a re-run
 //! replaces the job's report.
 
-use cache_shared::codec::{EXPIRY_HEADER_BYTES, split_expiry};
+use cache_shared::codec::{COMPUTE_BLOCK_BYTES, EXPIRY_HEADER_BYTES, split_expiry};
 use cache_shared::db::reports;
 use cache_shared::keys::{TenantId, TenantKeyspace};
 use cache_shared::memory_report::{
@@ -124,8 +124,8 @@ async fn run(
             for key in &keys {
                 pipe.cmd("MEMORY").arg("USAGE").arg(key);
                 pipe.ttl(key);
-                // The tag, behind the expiry header when there is one.
-                pipe.getrange(key, 0, EXPIRY_HEADER_BYTES as isize);
+                // The tag, behind the expiry header and compute block when there are.
+                pipe.getrange(key, 0, (EXPIRY_HEADER_BYTES + COMPUTE_BLOCK_BYTES) as isize);
                 pipe.strlen(key);
             }
             let raw: Vec<redis::Value> = pipe.query_async(conn).await?;
