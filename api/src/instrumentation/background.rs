@@ -64,6 +64,10 @@ impl Background {
     }
 }
 
+/// Quick retries of what is left to ship at shutdown.
+const SHUTDOWN_RETRIES: u32 = 5;
+const SHUTDOWN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// Minutes without a call after which a tenant's live figures are dropped
 /// (beyond the longest window they feed: 15 minutes).
 const IDLE_TENANT_MINUTES: u64 = 30;
@@ -116,6 +120,21 @@ async fn ship_rollups(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         unconfirmed = kept;
         if stopping {
+            // The queue's connection may have been driven by a serving
+            // thread's runtime, gone now: it reconnects on this one.
+            for _ in 0..SHUTDOWN_RETRIES {
+                if unconfirmed.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(SHUTDOWN_RETRY_PAUSE).await;
+                let mut kept = Vec::new();
+                for job in unconfirmed.drain(..) {
+                    if state.jobs.push_internal(job.clone()).await.is_err() {
+                        kept.push(job);
+                    }
+                }
+                unconfirmed = kept;
+            }
             if !unconfirmed.is_empty() {
                 tracing::error!(
                     periods = unconfirmed.len(),
@@ -135,6 +154,9 @@ async fn ship_logs(state: AppState, oplog: Arc<OpLog>, mut stop: watch::Receiver
             () = oplog.batch_ready() => false,
             _ = stop.changed() => true,
         };
+        // At shutdown there is no next try: a few quick ones instead (see
+        // `ship_rollups`).
+        let mut tries = if stopping { SHUTDOWN_RETRIES } else { 0 };
         loop {
             let batch = oplog.take_batch();
             if batch.is_empty() {
@@ -150,11 +172,21 @@ async fn ship_logs(state: AppState, oplog: Arc<OpLog>, mut stop: watch::Receiver
                 Err(err) => {
                     tracing::warn!(%err, records = n, "operation log batch not queued; kept for the next try");
                     oplog.put_back(job.records);
-                    break;
+                    if tries == 0 {
+                        break;
+                    }
+                    tries -= 1;
+                    tokio::time::sleep(SHUTDOWN_RETRY_PAUSE).await;
                 }
             }
         }
         if stopping {
+            if !oplog.is_empty() {
+                tracing::error!(
+                    records = oplog.len(),
+                    "operation-log records lost at shutdown: the queue did not take them"
+                );
+            }
             return;
         }
     }

@@ -367,6 +367,10 @@ async fn an_instance_ships_its_figures_at_shutdown_and_hot_keys_stay_hot_across_
         assert_eq!(app.get("hammered").await.status(), 200);
     }
     assert_eq!(app.get("missing").await.status(), 404);
+    // The health answer reads the queue: its connection is first driven by
+    // a serving thread, whose runtime is gone when the last period ships.
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
     app.stop().await;
     wait_until(Duration::from_secs(20), || async {
         statistics_row(&db, &tenant)
