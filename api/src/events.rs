@@ -117,10 +117,11 @@ impl EventHub {
                     tracing::debug!(%err, %tenant, "listening mark not renewed");
                 }
             }
-            let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked and forgotten under one lock: a subscriber arriving
+            // now either is counted here or starts a reader of its own.
+            let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
             if tx.receiver_count() == 0 {
-                drop(feeds);
-                self.forget(tenant.as_str());
+                feeds.remove(tenant.as_str());
                 return;
             }
         }

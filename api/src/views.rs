@@ -71,13 +71,13 @@ pub fn entry_answer(key: &str, entry: &Entry) -> Result<Response, Error> {
     let mut out = Vec::with_capacity(entry_capacity(key, entry) + 2);
     write_entry(&mut out, key, entry, false)?;
     let mut response = json_response(out);
-    mark_refresh(&mut response, entry);
+    mark_refresh(&mut response, entry.refresh);
     Ok(response)
 }
 
 /// `X-Cache-Refresh: 1` on the answer to a read asked to refresh its value.
-pub fn mark_refresh(response: &mut Response, entry: &Entry) {
-    if entry.refresh {
+pub fn mark_refresh(response: &mut Response, refresh: bool) {
+    if refresh {
         response
             .headers_mut()
             .insert(CACHE_REFRESH, HeaderValue::from_static("1"));

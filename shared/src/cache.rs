@@ -161,10 +161,14 @@ impl Cache {
             .filter(|_| self.namespaces.is_near_cached(tenant.as_str(), key))
     }
 
-    /// Drops `redis_key` from the near cache after this instance changed it
-    /// (the invalidation push follows; this instance must not wait for it).
-    fn changed(&self, redis_key: &str) {
-        if let Some(near) = &self.near {
+    /// Drops `redis_key` (of `namespace`) from the near cache after this
+    /// instance changed it (the invalidation push follows; this instance
+    /// must not wait for it). Keys of namespaces without a near cache are
+    /// never in it: nothing to do.
+    fn changed(&self, redis_key: &str, namespace: Option<&Namespace>) {
+        if let Some(near) = &self.near
+            && namespace.is_some_and(|ns| ns.near_cache)
+        {
             near.invalidate(redis_key);
         }
     }
@@ -514,7 +518,7 @@ impl Cache {
             Some(encoded.len()),
             result,
         )?;
-        self.changed(&redis_key);
+        self.changed(&redis_key, placed.namespace.as_deref());
         if lease.is_some() {
             self.waits.written(&redis_key);
         }
@@ -529,18 +533,17 @@ impl Cache {
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = TenantKeyspace::key_of(tenant, key);
+        let ns = self.namespaces.resolve(tenant.as_str(), key);
         let result = self
             .on_redis(async |conn| {
-                let ns = self.namespaces.resolve(tenant.as_str(), key);
-                let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
-                let removed = quota::delete(conn, tenant, &[(&redis_key, prefix)]).await?;
-                Ok(removed > 0)
+                let keys = [(redis_key.as_str(), prefix_of(ns.as_deref()))];
+                Ok(quota::delete(conn, tenant, &keys).await? > 0)
             })
             .await;
         let removed =
             self.stats
                 .observe_write(Op::Delete, &tstats, started, Some(key), None, result)?;
-        self.changed(&redis_key);
+        self.changed(&redis_key, ns.as_deref());
         Ok(removed)
     }
 
@@ -684,8 +687,8 @@ impl Cache {
             .map(|(item, size)| (Some(item.key.as_str()), Some(size)));
         self.stats
             .observe_writes(Op::Mset, &tstats, started, None, written, result)?;
-        for (redis_key, _, _) in &encoded {
-            self.changed(redis_key);
+        for (redis_key, _, placed) in &encoded {
+            self.changed(redis_key, placed.namespace.as_deref());
         }
         Ok(items.len())
     }
@@ -749,19 +752,19 @@ impl Cache {
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = TenantKeyspace::key_of(tenant, key);
+        let ns = self.namespaces.resolve(tenant.as_str(), key);
+        let prefix = prefix_of(ns.as_deref());
         let result = self
             .on_redis(async |conn| {
                 // "No expiry" on a key without one is still an update: the
                 // caller got what it asked for; only a missing key is `false`.
-                let ns = self.namespaces.resolve(tenant.as_str(), key);
-                let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
                 quota::retime(conn, tenant, &redis_key, prefix, ttl_ms(ttl)).await
             })
             .await;
         let updated =
             self.stats
                 .observe_write(Op::Expire, &tstats, started, Some(key), None, result)?;
-        self.changed(&redis_key);
+        self.changed(&redis_key, ns.as_deref());
         Ok(updated)
     }
 
@@ -801,11 +804,12 @@ impl Cache {
         let tstats = self.stats.tenant(tenant);
         validate_key(key, "key")?;
         let redis_key = TenantKeyspace::key_of(tenant, key);
+        // Only a touch that re-times writes, and needs the namespace.
+        let ns = ttl.and_then(|_| self.namespaces.resolve(tenant.as_str(), key));
         let result = self
             .on_redis(async |conn| {
                 if let Some(ttl) = ttl {
-                    let ns = self.namespaces.resolve(tenant.as_str(), key);
-                    let prefix = ns.as_deref().map(|ns| ns.prefix.as_str());
+                    let prefix = prefix_of(ns.as_deref());
                     quota::retime(conn, tenant, &redis_key, prefix, ttl_ms(ttl)).await?;
                 }
                 let (_, remaining): (i64, i64) = redis::pipe()
@@ -822,9 +826,7 @@ impl Cache {
         let remaining =
             self.stats
                 .observe_writes(Op::Touch, &tstats, started, Some(key), written, result)?;
-        if ttl.is_some() {
-            self.changed(&redis_key);
-        }
+        self.changed(&redis_key, ns.as_deref());
         Ok(remaining)
     }
 
@@ -849,7 +851,7 @@ impl Cache {
         compress_stored(
             &self.redis,
             self.codec,
-            (&redis_key, ns.as_deref().map(|ns| ns.prefix.as_str())),
+            (&redis_key, prefix_of(ns.as_deref())),
             &stored,
             self.redis.command_timeout(),
         )
@@ -933,6 +935,11 @@ pub async fn compress_stored(
     } else {
         Ok(unchanged)
     }
+}
+
+/// The prefix of a key's namespace, as the accounting scripts name it.
+fn prefix_of(namespace: Option<&Namespace>) -> Option<&str> {
+    namespace.map(|ns| ns.prefix.as_str())
 }
 
 /// An expiry as the accounting scripts take it: milliseconds, 0 for none.

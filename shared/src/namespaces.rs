@@ -395,23 +395,18 @@ impl NamespaceBook {
 
     /// The namespace of `tenant`'s `key`, if any.
     pub fn resolve(&self, tenant: &str, key: &str) -> Option<Arc<Namespace>> {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        tenants
-            .get(tenant)
-            .unwrap_or(&self.defaults)
-            .find(key)
-            .cloned()
+        self.with_namespace(tenant, key, Arc::clone)
     }
 
     /// `f` of the prefix of `tenant`'s `key`'s namespace, if it has one
     /// (no reference counting: for the read path).
     pub fn with_prefix<R>(&self, tenant: &str, key: &str, f: impl FnOnce(&str) -> R) -> Option<R> {
-        self.with_prefix_of(tenant, key, |ns| f(&ns.prefix))
+        self.with_namespace(tenant, key, |ns| f(&ns.prefix))
     }
 
     /// Whether `tenant`'s `key` is in a namespace kept in the near cache.
     pub fn is_near_cached(&self, tenant: &str, key: &str) -> bool {
-        self.with_prefix_of(tenant, key, |ns| ns.near_cache)
+        self.with_namespace(tenant, key, |ns| ns.near_cache)
             .unwrap_or(false)
     }
 
@@ -430,11 +425,12 @@ impl NamespaceBook {
             .collect()
     }
 
-    fn with_prefix_of<R>(
+    /// `f` of `tenant`'s `key`'s namespace, looked up under the book's lock.
+    fn with_namespace<R>(
         &self,
         tenant: &str,
         key: &str,
-        f: impl FnOnce(&Namespace) -> R,
+        f: impl FnOnce(&Arc<Namespace>) -> R,
     ) -> Option<R> {
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
         let ns = tenants.get(tenant).unwrap_or(&self.defaults).find(key)?;

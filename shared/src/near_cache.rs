@@ -90,10 +90,14 @@ impl NearCache {
         if !self.is_healthy() {
             return None;
         }
-        let found = self.entries.get(redis_key).filter(|bytes| {
-            matches!(split_expiry(bytes).0, StoredExpiry::At(at) if at > unix_now_ms())
-                || split_expiry(bytes).0 == StoredExpiry::Never
-        });
+        let found = self
+            .entries
+            .get(redis_key)
+            .filter(|bytes| match split_expiry(bytes).0 {
+                StoredExpiry::At(at) => at > unix_now_ms(),
+                StoredExpiry::Never => true,
+                StoredExpiry::Unknown => false,
+            });
         match found {
             Some(bytes) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -244,7 +248,6 @@ impl NearCache {
                 .clone();
             if wanted != current || !self.is_healthy() {
                 self.healthy.store(false, Ordering::Release);
-                self.clear();
                 let () = redis::cmd("CLIENT")
                     .arg("TRACKING")
                     .arg("OFF")
@@ -257,6 +260,12 @@ impl NearCache {
                         on.arg("PREFIX").arg(prefix);
                     }
                     let () = on.query_async(&mut conn).await?;
+                }
+                // Emptied only now that tracking is on: a read that began
+                // before could hold a value written while nothing was
+                // tracked; this refuses its fill (see `fill`).
+                self.clear();
+                if !wanted.is_empty() {
                     self.healthy.store(true, Ordering::Release);
                 }
                 *self.tracked.lock().unwrap_or_else(|p| p.into_inner()) = wanted;

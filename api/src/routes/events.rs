@@ -45,6 +45,13 @@ async fn open(
     query: EventsQuery,
     headers: &HeaderMap,
 ) -> Result<Events, ApiError> {
+    let max = cache_shared::keys::MAX_KEY_BYTES;
+    if query.prefix.as_ref().is_some_and(|p| p.len() > max) {
+        return Err(ApiError::bad_request(
+            "prefix",
+            "prefix must be at most 512 bytes (a key's longest)",
+        ));
+    }
     state
         .events
         .stream(

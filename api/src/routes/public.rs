@@ -101,12 +101,7 @@ async fn get_value(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        if refresh {
-            let one = HeaderValue::from_static("1");
-            response
-                .headers_mut()
-                .insert(crate::views::CACHE_REFRESH, one);
-        }
+        crate::views::mark_refresh(&mut response, refresh);
         return Ok(response);
     }
     entry_answer(&key, &entry).map_err(&op)

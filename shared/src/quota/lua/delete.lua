@@ -5,12 +5,7 @@ local n = #ARGV - 3
 local now = now_ms()
 settle(u, x, xz, now)
 local events = events_of(u)
-local ns = {}
-for j = 1, m do
-  local b = 3 + n + 3 * (j - 1)
-  ns[j] = {u = KEYS[b + 1], x = KEYS[b + 2], xz = KEYS[b + 3], dk = 0, db = 0}
-  settle(ns[j].u, ns[j].x, ns[j].xz, now)
-end
+local ns = open_namespaces(n, m, now)
 local dk, db = 0, 0
 for i = 1, n do
   local key, j = KEYS[i + 3], tonumber(ARGV[i + 3])
@@ -29,17 +24,8 @@ for i = 1, n do
     end
   end
 end
-if dk ~= 0 then
-  redis.call('HINCRBY', u, 'k', -dk)
-  redis.call('HINCRBY', u, 'b', -db)
-  redis.call('HINCRBY', u, 'w', 1)
-end
+count_change(u, -dk, -db, dk ~= 0)
 for j = 1, m do
-  local c = ns[j]
-  if c.dk ~= 0 then
-    redis.call('HINCRBY', c.u, 'k', -c.dk)
-    redis.call('HINCRBY', c.u, 'b', -c.db)
-    redis.call('HINCRBY', c.u, 'w', 1)
-  end
+  count_change(ns[j].u, -ns[j].dk, -ns[j].db, ns[j].dk ~= 0)
 end
 return dk

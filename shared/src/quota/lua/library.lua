@@ -66,3 +66,24 @@ local function forget(u, x, xz, key, plen)
   add_to_bucket(x, xz, redis.call('PEXPIRETIME', key), size, -1)
   return size
 end
+-- The accounts of the `m` namespaces whose keys follow the `n` keys a
+-- script changes (after usage, buckets and index): settled, with the
+-- change's key and byte counts.
+local function open_namespaces(n, m, now)
+  local ns = {}
+  for j = 1, m do
+    local b = 3 + n + 3 * (j - 1)
+    ns[j] = {u = KEYS[b + 1], x = KEYS[b + 2], xz = KEYS[b + 3], dk = 0, db = 0}
+    settle(ns[j].u, ns[j].x, ns[j].xz, now)
+  end
+  return ns
+end
+-- Adds a change to the usage hash `u` (and bumps its write counter when
+-- something changed); returns the key count after it (nil: unchanged).
+local function count_change(u, dk, db, changed)
+  local keys
+  if dk ~= 0 then keys = redis.call('HINCRBY', u, 'k', dk) end
+  if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
+  if changed then redis.call('HINCRBY', u, 'w', 1) end
+  return keys
+end

@@ -15,13 +15,10 @@ end
 local now = now_ms()
 settle(u, x, xz, now)
 local events = events_of(u)
--- Per namespace: its keys, and what the batch adds to it.
-local ns = {}
+-- Per namespace: its keys, its limit, and what the batch adds to it.
+local ns = open_namespaces(n, m, now)
 for j = 1, m do
-  local b = 3 + n + 3 * (j - 1)
-  ns[j] = {u = KEYS[b + 1], x = KEYS[b + 2], xz = KEYS[b + 3],
-           limit = tonumber(ARGV[5 + 2 * j]), mode = ARGV[6 + 2 * j], dk = 0, db = 0}
-  settle(ns[j].u, ns[j].x, ns[j].xz, now)
+  ns[j].limit, ns[j].mode = tonumber(ARGV[5 + 2 * j]), ARGV[6 + 2 * j]
 end
 local olds = {}
 local dk, db = 0, 0
@@ -76,16 +73,11 @@ for i = 1, n do
     written = written + 1
   end
 end
-if dk ~= 0 then redis.call('HINCRBY', u, 'k', dk) end
-if db ~= 0 then redis.call('HINCRBY', u, 'b', db) end
-if written > 0 then redis.call('HINCRBY', u, 'w', 1) end
+count_change(u, dk, db, written > 0)
 local answer = {'ok', written}
 for j = 1, m do
   local c = ns[j]
-  local held = 0
-  if c.dk ~= 0 then held = redis.call('HINCRBY', c.u, 'k', c.dk) end
-  if c.db ~= 0 then redis.call('HINCRBY', c.u, 'b', c.db) end
-  if written > 0 then redis.call('HINCRBY', c.u, 'w', 1) end
+  local held = count_change(c.u, c.dk, c.db, written > 0) or 0
   if c.mode == '2' and c.limit > 0 and held > c.limit
      and redis.call('SET', c.u .. ':trim', 1, 'NX', 'PX', 60000) then
     answer[#answer + 1] = j
