@@ -8,7 +8,9 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{PrivateRedis, TOKEN_A, TestApp, settings, spawn_app, spawn_app_with, unique};
+use crate::helpers::{
+    PrivateRedis, TOKEN_A, TestApp, assert_error, settings, spawn_app, spawn_app_with, unique,
+};
 
 /// One event as a client reads it.
 #[derive(Debug, Clone)]
@@ -179,6 +181,9 @@ async fn a_stream_filters_by_prefix_and_resumes_after_a_disconnect_or_says_reset
             &reader,
         )
     };
+    let too_long = public(&format!("?prefix={}", "p".repeat(513)));
+    let error = assert_error(too_long.send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    assert_eq!(error["details"]["field"], "prefix");
     let mut users = Events::open(public("?prefix=user%3A")).await;
     for key in ["user:1", "order:1", "user:2", "user:3"] {
         assert_eq!(app.set(key, json!(1)).await.status(), 200);

@@ -6,7 +6,7 @@ use clap::Parser;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, settings, spawn_app_with};
+use crate::helpers::{TestApp, assert_error, scrape, settings, spawn_app_with};
 
 fn as_service(app: &TestApp, token: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
     app.client
@@ -74,15 +74,7 @@ async fn named_services_are_known_by_name_limited_to_their_scopes_and_reloaded()
         actors.contains(&"billing") && actors.contains(&"reports"),
         "{actors:?}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&app).await;
     assert!(
         metrics.contains(r#"cache_internal_calls_total{service="billing"} 2"#)
             && metrics.contains(r#"cache_internal_calls_total{service="rbac"} 3"#),

@@ -124,6 +124,21 @@ async fn every_tenant_starts_with_the_design_namespaces_and_admins_change_their_
     let read: Value =
         json_of(app.public(Method::GET, &format!("{NAMESPACES}/cart%3A"), &reader)).await;
     assert_eq!(read, changed);
+    // Another tenant's admin neither sees nor changes this tenant's namespace.
+    let stranger = app.key_for(&crate::helpers::unique("t"), Role::Admin).await;
+    for request in [
+        app.public(Method::GET, &format!("{NAMESPACES}/cart%3A"), &stranger),
+        app.public(
+            Method::GET,
+            &format!("{NAMESPACES}/cart%3A/stats"),
+            &stranger,
+        ),
+        app.public(Method::PUT, &format!("{NAMESPACES}/cart%3A"), &stranger)
+            .json(&json!({"ttl": 1})),
+        app.public(Method::DELETE, &format!("{NAMESPACES}/cart%3A"), &stranger),
+    ] {
+        assert_error(request.send().await.unwrap(), 404, "NOT_FOUND").await;
+    }
     let session_changed = change(&app, &admin, "session:", json!({"ttlJitter": 0})).await;
     assert_eq!(session_changed.status(), 200);
 
@@ -561,4 +576,23 @@ async fn keys_written_before_their_namespace_existed_are_counted_by_the_recount(
     let figures = stats(&app, &reader, "old:").await;
     assert_eq!(figures["keys"], 3, "{figures}");
     assert_eq!(figures["bytes"], 3 * (5 + 2), "{figures}");
+}
+
+#[tokio::test]
+async fn a_tenant_has_at_most_a_hundred_namespaces() {
+    let app = spawn_app().await;
+    let admin = app.key(Role::Admin).await;
+    // The design's five, and 95 more.
+    for i in 0..95 {
+        let created = create(&app, &admin, json!({"prefix": format!("n{i}:")})).await;
+        assert_eq!(created.status(), 201, "namespace {i}");
+    }
+    let refused = create(&app, &admin, json!({"prefix": "one-more:"})).await;
+    let error = assert_error(refused, 400, "VALIDATION_ERROR").await;
+    assert!(
+        error["message"].as_str().unwrap().contains("100"),
+        "{error}"
+    );
+    let listed: Value = json_of(app.public(Method::GET, NAMESPACES, &admin)).await;
+    assert_eq!(listed["namespaces"].as_array().unwrap().len(), 100);
 }

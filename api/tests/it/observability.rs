@@ -17,28 +17,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{settings, spawn_app, spawn_app_with, unique, wait_until};
-
-async fn scrape(app: &crate::helpers::TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    response.text().await.unwrap()
-}
-
-/// The value of the first sample line that starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-}
+use crate::helpers::{sample, scrape, settings, spawn_app, spawn_app_with, unique, wait_until};
 
 #[tokio::test]
 async fn metrics_follow_a_known_sequence_and_pass_promtool() {

@@ -166,6 +166,20 @@ async fn a_lease_ends_with_a_delete_a_write_or_its_ttl_and_waiters_give_up_in_ti
         .await
     };
 
+    // A token is good for its own tenant's key only.
+    let token = grant("mine").await;
+    let stranger = app
+        .client
+        .post(app.url("/internal/cache/set"))
+        .header("X-Service-Token", crate::helpers::TOKEN_A)
+        .header("X-Tenant-Id", crate::helpers::unique("t"))
+        .json(&json!({"key": "mine", "value": "theirs", "lease": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(stranger, 409, "CONFLICT").await;
+    assert_eq!(set_with("mine", &token).await.status(), 200);
+
     // Held: another reader waits its leaseWaitMs and is told it is leased.
     let token = grant("a").await;
     let waiter = assert_error(
