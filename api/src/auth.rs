@@ -3,7 +3,8 @@
 //! API keys and roles, and the metrics scrape token ([`metrics_access`]).
 //!
 //! [`authorize`] runs after routing on every `/api/v1` route: it resolves the
-//! bearer key to its tenant and role (through a short-lived in-process cache,
+//! bearer credential — an API key, or a platform token checked by the
+//! platform's auth and RBAC services (`platform_auth`) — to its tenant and role (through a short-lived in-process cache,
 //! so the hot path does not query PostgreSQL per request and a revocation is
 //! seen within `API_KEY_CACHE_SECONDS`), checks the role the route requires
 //! in [`policy`], applies an operator's `?tenant=`, and hands the handler a
@@ -14,13 +15,14 @@ use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use cache_shared::api_keys::Role;
+use cache_shared::api_keys::{self, Role};
 use cache_shared::keys::TenantId;
 use cache_shared::tokens::{Area, ServiceIdentity};
 
 use crate::error::ApiError;
 use crate::headers::{SERVICE_TOKEN_HEADER, TENANT_HEADER};
 use crate::key_cache::{FAILED_AUTH_BUDGET, FAILED_AUTH_WINDOW, Refusal};
+use crate::platform_auth::{PlatformAuth, PlatformError};
 use crate::state::AppState;
 
 /// The address a request's connection came from (set per connection by
@@ -68,8 +70,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 ///
 /// # Errors
 ///
-/// `401` without a usable key, `403` for a low role or a non-operator's
-/// `?tenant=`, `400` for a malformed `?tenant=`.
+/// `401` without a usable credential, `403` for a low role or a
+/// non-operator's `?tenant=`, `400` for a malformed `?tenant=`, `503
+/// AUTH_UNAVAILABLE` when a platform token cannot be checked.
 pub async fn authorize(
     State(state): State<AppState>,
     mut req: Request,
@@ -81,43 +84,33 @@ pub async fn authorize(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let required = policy::required_role(req.method(), &route);
+    let other_tenant = requested_tenant(req.uri())?;
 
     let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized {
-        message: "missing bearer API key",
+        message: "missing bearer credential",
         bearer: true,
     })?;
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    let record = match state.key_cache.resolve(&state.db, secret, client).await {
-        Ok(record) => record,
-        Err(Refusal::Unknown) => {
-            return Err(ApiError::Unauthorized {
-                message: "unknown, revoked or expired API key",
-                bearer: true,
-            });
+    let principal = match &state.platform_auth {
+        Some(platform) if !secret.starts_with(api_keys::KEY_PREFIX) => {
+            let needed = if other_tenant.is_some() {
+                Role::Operator
+            } else {
+                required
+            };
+            platform_principal(&state, platform, secret, client, needed).await?
         }
-        Err(Refusal::Budget { retry_after_secs }) => {
-            return Err(cache_shared::Error::RateLimited {
-                message: format!(
-                    "too many failed authentications from this address; at most {FAILED_AUTH_BUDGET} per {} s",
-                    FAILED_AUTH_WINDOW.as_secs()
-                ),
-                limit: u64::from(FAILED_AUTH_BUDGET),
-                retry_after_secs,
-            }
-            .into());
-        }
-        Err(Refusal::Store(err)) => return Err(ApiError::op("auth")(err)),
+        _ => key_principal(&state, secret, client).await?,
     };
-    cache_shared::oplog::set_actor(&record.id);
-    let role = record.role();
+    cache_shared::oplog::set_actor(&principal.label);
+    let role = principal.role;
     if !role.allows(required) {
         return Err(ApiError::Forbidden(format!(
-            "this route needs the {required} role; the key has {role}"
+            "this route needs the {required} role; the caller has {role}"
         )));
     }
-    let key_tenant = TenantId::parse(&record.tenant_id, "tenant")?;
-    let tenant = match requested_tenant(req.uri())? {
-        None => key_tenant.clone(),
+    let tenant = match other_tenant {
+        None => principal.tenant.clone(),
         Some(_) if role != Role::Operator => {
             return Err(ApiError::Forbidden(
                 "only an operator may act for another tenant (?tenant=)".into(),
@@ -129,12 +122,108 @@ pub async fn authorize(
         state.rate.check(&state.limits, &tenant)?;
     }
     req.extensions_mut().insert(Caller {
-        key_id: record.id,
+        key_id: principal.label,
         role,
-        key_tenant,
+        key_tenant: principal.tenant,
         tenant,
     });
     Ok(next.run(req).await)
+}
+
+/// Who a credential stands for, before the route's checks.
+struct Principal {
+    /// The API key's id, or `user:<id>` for a platform token.
+    label: String,
+    role: Role,
+    tenant: TenantId,
+}
+
+fn over_budget(retry_after_secs: u64) -> ApiError {
+    cache_shared::Error::RateLimited {
+        message: format!(
+            "too many failed authentications from this address; at most {FAILED_AUTH_BUDGET} per {} s",
+            FAILED_AUTH_WINDOW.as_secs()
+        ),
+        limit: u64::from(FAILED_AUTH_BUDGET),
+        retry_after_secs,
+    }
+    .into()
+}
+
+/// An API key of ours.
+async fn key_principal(
+    state: &AppState,
+    secret: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<Principal, ApiError> {
+    let record = match state.key_cache.resolve(&state.db, secret, client).await {
+        Ok(record) => record,
+        Err(Refusal::Unknown) => {
+            return Err(ApiError::Unauthorized {
+                message: "unknown, revoked or expired API key",
+                bearer: true,
+            });
+        }
+        Err(Refusal::Budget { retry_after_secs }) => return Err(over_budget(retry_after_secs)),
+        Err(Refusal::Store(err)) => return Err(ApiError::op("auth")(err)),
+    };
+    Ok(Principal {
+        role: record.role(),
+        tenant: TenantId::parse(&record.tenant_id, "tenant")?,
+        label: record.id,
+    })
+}
+
+/// A platform token, verified by the auth service; its role for `needed`
+/// from the RBAC service when there is one, else from the token's roles.
+async fn platform_principal(
+    state: &AppState,
+    platform: &PlatformAuth,
+    secret: &str,
+    client: Option<std::net::IpAddr>,
+    needed: Role,
+) -> Result<Principal, ApiError> {
+    if !platform.knows(secret)
+        && let Some(wait) = state.key_cache.budget_wait(client)
+    {
+        return Err(over_budget(wait));
+    }
+    let user = match platform.verify(secret).await {
+        Ok(user) => user,
+        Err(PlatformError::Invalid) => {
+            state.key_cache.count_failure(client);
+            return Err(ApiError::Unauthorized {
+                message: "unknown, revoked or expired platform token",
+                bearer: true,
+            });
+        }
+        Err(PlatformError::Unavailable(why)) => return Err(ApiError::AuthUnavailable(why)),
+    };
+    let role = match platform.role_for(&user, needed).await {
+        Ok(Some(role)) => role,
+        Ok(None) if platform.uses_rbac() => {
+            return Err(ApiError::Forbidden(format!(
+                "the platform's RBAC service does not allow the {needed} role here"
+            )));
+        }
+        Ok(None) => {
+            return Err(ApiError::Forbidden(
+                "the platform token has none of the roles reader, writer, admin, operator".into(),
+            ));
+        }
+        Err(PlatformError::Unavailable(why)) => return Err(ApiError::AuthUnavailable(why)),
+        Err(PlatformError::Invalid) => {
+            return Err(ApiError::Unauthorized {
+                message: "unknown, revoked or expired platform token",
+                bearer: true,
+            });
+        }
+    };
+    Ok(Principal {
+        label: format!("user:{}", user.user_id),
+        role,
+        tenant: user.tenant.clone(),
+    })
 }
 
 /// The token of an `Authorization: Bearer …` header (scheme in any case).

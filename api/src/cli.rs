@@ -111,9 +111,45 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]
+    pub platform_auth: PlatformAuthArgs,
+    #[command(flatten)]
     pub observability: ObservabilitySettings,
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
+}
+
+/// The platform's auth and RBAC services, for platform tokens on the public plane.
+#[derive(Debug, Clone, Args)]
+pub struct PlatformAuthArgs {
+    /// Auth service verifying platform tokens (`{url}/internal/auth/verify-token`);
+    /// unset: only API keys are accepted on the public plane.
+    #[arg(long, env = "AUTH_SERVICE_URL", value_parser = parse_http_url)]
+    pub auth_service_url: Option<String>,
+
+    /// RBAC service asked for each route's role (`{url}/internal/permissions/check`);
+    /// unset: a platform token's own roles decide.
+    #[arg(long, env = "RBAC_SERVICE_URL", value_parser = parse_http_url)]
+    pub rbac_service_url: Option<String>,
+
+    /// Seconds an auth or RBAC answer (valid or not) is remembered; a revoked
+    /// platform token stops working within this time.
+    #[arg(long, env = "AUTH_CACHE_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_cache_seconds: u64,
+
+    /// Deadline of one verification or role check, retries included, in milliseconds.
+    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=30_000))]
+    pub auth_timeout_ms: u64,
+}
+
+fn parse_http_url(value: &str) -> Result<String, String> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(value.to_owned())
+        }
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

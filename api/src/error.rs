@@ -29,6 +29,8 @@ pub enum ApiError {
         bearer: bool,
     },
     Forbidden(String),
+    /// The platform auth or RBAC service gave no usable answer (the text says which).
+    AuthUnavailable(String),
     /// Too many requests in flight on this instance: refused at once.
     Overloaded,
     /// The body did not arrive whole within `BODY_READ_TIMEOUT_MS` (the value).
@@ -233,6 +235,14 @@ impl ApiError {
             ApiError::Forbidden(message) => {
                 Reply::new(StatusCode::FORBIDDEN, "FORBIDDEN", message.clone())
             }
+            ApiError::AuthUnavailable(message) => Reply {
+                retry_after: Some((1, None)),
+                ..Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "AUTH_UNAVAILABLE",
+                    format!("{message}; retry shortly"),
+                )
+            },
             ApiError::Overloaded => Reply {
                 retry_after: Some((1, None)),
                 ..Reply::new(

@@ -224,6 +224,20 @@ impl KeyCache {
         unknown.insert(hash, now);
     }
 
+    /// Counts a failed authentication of another kind (a platform token)
+    /// against `client`'s budget.
+    pub fn count_failure(&self, client: Option<IpAddr>) {
+        let _ = self.failed(client, Instant::now());
+    }
+
+    /// Seconds `client` must wait before a new credential is looked up, when
+    /// it spent its failed-authentication budget.
+    pub fn budget_wait(&self, client: Option<IpAddr>) -> Option<u64> {
+        client
+            .and_then(|c| self.over_budget(c, Instant::now()))
+            .map(|wait| wait.as_secs().max(1))
+    }
+
     /// Counts a failed lookup against `client`.
     fn failed(&self, client: Option<IpAddr>, now: Instant) -> Refusal {
         if let Some(client) = client {

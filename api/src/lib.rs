@@ -16,6 +16,7 @@ pub mod key_cache;
 pub mod keys_cli;
 pub mod limits_refresh;
 pub mod openapi;
+pub mod platform_auth;
 pub mod routes;
 pub mod state;
 pub mod views;
@@ -72,6 +73,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     init_telemetry(&args.telemetry)?;
     let state = build_state(&args)?;
+    // A Redis that is down is waited for (503 until it answers); one that
+    // refuses the password never comes right by waiting.
+    if !cache_shared::redis::check_credentials(&args.redis).await? {
+        tracing::warn!("Redis does not answer yet: cache requests answer 503 until it does");
+    }
     if state.services.is_empty() {
         tracing::warn!(
             "INTERNAL_SERVICE_TOKEN and INTERNAL_SERVICE_TOKENS are empty: the internal plane \
@@ -172,6 +178,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             concurrent_lookups: usize::try_from(args.database.database_max_connections / 2)
                 .unwrap_or(1),
         }),
+        platform_auth: platform_auth(args)?,
         limits: tenant_limits,
         events: Arc::new(events::EventHub::new(args.redis.clone())),
         redis_settings: args.redis.clone(),
@@ -191,6 +198,28 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         instance_id: format!("api-{}-{}", std::process::id(), ulid::Ulid::new()),
         started_at: Instant::now(),
     }))
+}
+
+/// The platform-token verifier when `AUTH_SERVICE_URL` is set.
+fn platform_auth(args: &ServeArgs) -> anyhow::Result<Option<platform_auth::PlatformAuth>> {
+    let settings = &args.platform_auth;
+    let Some(auth_url) = settings.auth_service_url.clone() else {
+        if settings.rbac_service_url.is_some() {
+            tracing::warn!(
+                "RBAC_SERVICE_URL is set without AUTH_SERVICE_URL: platform tokens stay off"
+            );
+        }
+        return Ok(None);
+    };
+    platform_auth::PlatformAuth::new(platform_auth::PlatformAuthSettings {
+        auth_url,
+        rbac_url: settings.rbac_service_url.clone(),
+        service_token: args.observability.outbound.outbound_service_token.clone(),
+        cache_for: Duration::from_secs(settings.auth_cache_seconds),
+        timeout: Duration::from_millis(settings.auth_timeout_ms),
+    })
+    .map(Some)
+    .context("building the platform auth client")
 }
 
 /// The request id header: taken from the caller or set (a ULID), echoed in

@@ -14,7 +14,7 @@ use utoipa_swagger_ui::SwaggerUi;
     info(
         title = "cache-service",
         description = "Tenant-isolated cache on Redis: an internal plane for platform services \
-                       (X-Service-Token), a public plane for tenants (bearer API keys) and \
+                       (X-Service-Token), a public plane for tenants (bearer API keys or platform tokens) and \
                        asynchronous jobs. Every non-2xx answer is the ErrorEnvelope.",
     ),
     modifiers(&Credentials),
@@ -52,7 +52,7 @@ impl Modify for Credentials {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key: cache-api keys create"))
+                    .description(Some("An API key (cache-api keys create), or a platform token when AUTH_SERVICE_URL is set"))
                     .build(),
             ),
         );

@@ -26,6 +26,8 @@ pub struct Shared {
     pub db: PgPool,
     pub jobs: JobQueue,
     pub key_cache: KeyCache,
+    /// Platform tokens (`AUTH_SERVICE_URL`); `None`: only API keys.
+    pub platform_auth: Option<crate::platform_auth::PlatformAuth>,
     /// For the connections of its own a task opens (near-cache tracking).
     pub redis_settings: cache_shared::config::RedisSettings,
     /// The tenants whose events this instance streams.
