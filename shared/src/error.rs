@@ -138,6 +138,9 @@ impl From<deadpool_redis::redis::RedisError> for Error {
             || err.is_connection_dropped()
             || err.is_connection_refusal()
             || err.is_unrecoverable_error()
+            // A password refused (changed under a running service) makes
+            // the cache unavailable, like an outage; it is no bug of ours.
+            || crate::redis::refuses_credentials(&err)
             || transient_reply
         {
             Self::CacheUnavailable(Box::new(err))

@@ -512,6 +512,63 @@ impl RedisStore {
     }
 }
 
+/// Redis answered but refused the credentials of `REDIS_URL` (a wrong or
+/// missing password): a configuration error, unlike an outage, so start-up
+/// stops instead of waiting for it to pass. Names neither URL nor password.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Redis at {addr} refused the credentials of REDIS_URL ({reason}): give its password as \
+     redis://:PASSWORD@host:port (REDIS_PASSWORD of the deployment)"
+)]
+pub struct CredentialsRefused {
+    addr: String,
+    reason: String,
+}
+
+/// Whether `err` says Redis refused this client's credentials: `WRONGPASS`
+/// on `AUTH`, or `NOAUTH` on a command sent without a password.
+pub fn refuses_credentials(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// Opens one connection and sends `PING`, to tell apart at start-up a
+/// Redis that refuses the credentials of `REDIS_URL` (an error) from one
+/// that does not answer yet (callers start anyway and wait for it). Returns
+/// whether Redis answered.
+///
+/// # Errors
+///
+/// [`CredentialsRefused`] when Redis refuses the password.
+pub async fn check_credentials(settings: &RedisSettings) -> Result<bool, CredentialsRefused> {
+    let Ok(client) = redis::Client::open(settings.redis_url.as_str()) else {
+        // The settings parser already accepted the URL.
+        return Ok(false);
+    };
+    let refused = |err: &redis::RedisError| CredentialsRefused {
+        addr: client.get_connection_info().addr().to_string(),
+        reason: match err.code() {
+            Some("NOAUTH") => format!("no password given, Redis requires one: {err}"),
+            _ => format!("wrong password: {err}"),
+        },
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout()))
+        .set_response_timeout(Some(settings.command_timeout()));
+    let answer = match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await,
+        Err(err) => Err(err),
+    };
+    match answer {
+        Ok(_) => Ok(true),
+        Err(err) if refuses_credentials(&err) => Err(refused(&err)),
+        Err(_) => Ok(false),
+    }
+}
+
 /// A connection of its own (for the job queues), reconnecting by itself, with
 /// a response timeout suited to its callers; connects on first use.
 ///

@@ -278,6 +278,9 @@ pub async fn run(
         }
     };
 
+    // A refused password is a configuration error: stop now, not after
+    // the start-up deadline of an outage.
+    cache_shared::redis::check_credentials(&settings.redis).await?;
     wait_for("redis", || async { redis.ping().await.map(|_| ()) }).await?;
     wait_for("postgres", || async {
         cache_shared::db::ping(&db, settings.database.timeout())

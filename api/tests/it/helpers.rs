@@ -410,33 +410,82 @@ fn chrono_like_millis_utc(ts: &str) -> bool {
 /// A redis-server of this test's own on a free port, killed on drop.
 pub struct PrivateRedis {
     pub port: u16,
+    options: RedisOptions,
     child: Option<tokio::process::Child>,
+}
+
+/// How a [`PrivateRedis`] runs: by default without password or persistence.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    config: Option<std::path::PathBuf>,
+    password: Option<String>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl RedisOptions {
+    /// Reads this configuration file first (e.g. compose/redis.conf); the
+    /// port, address, password and directory given here override it.
+    pub fn config(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+
+    /// Requires this password (`requirepass`); [`PrivateRedis::url`] carries it.
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// Keeps data (AOF, RDB) in `dir`, as the configuration says; without
+    /// a directory nothing is persisted.
+    pub fn dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
 }
 
 impl PrivateRedis {
     pub async fn start() -> Self {
+        Self::start_with(RedisOptions::default()).await
+    }
+
+    /// Starts one with `options`, on a free port.
+    pub async fn start_with(options: RedisOptions) -> Self {
         let port = free_port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port,
+            options,
+            child: None,
+        };
         redis.restart().await;
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.options.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
-    /// Starts (again) on the same port and waits until it answers.
+    /// Starts (again) on the same port, with the same options and data
+    /// directory, and waits until it answers (after loading its data).
     pub async fn restart(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
+        let mut command = tokio::process::Command::new("redis-server");
+        if let Some(config) = &self.options.config {
+            command.arg(config);
+        }
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
+            .args(["--daemonize", "no", "--enable-debug-command", "yes"]);
+        match &self.options.dir {
+            Some(dir) => command.arg("--dir").arg(dir),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -20,6 +20,7 @@ mod near_cache;
 mod observability;
 mod openapi;
 mod permissions;
+mod persistence;
 mod platform_tokens;
 mod preload_url;
 mod protection;
