@@ -217,6 +217,14 @@ impl ApiError {
                             "the database is unavailable; retry shortly",
                         )
                     }
+                    Error::Sealing(message) => {
+                        log_server_error(error, operation);
+                        Reply::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            error.code(),
+                            message.clone(),
+                        )
+                    }
                     Error::Internal(_) => {
                         log_server_error(error, operation);
                         Reply::new(
@@ -342,7 +350,7 @@ fn log_server_error(error: &Error, operation: &str) {
         source = cause.source();
     }
     match error {
-        Error::Internal(_) => tracing::error!(operation, "{error}{chain}"),
+        Error::Internal(_) | Error::Sealing(_) => tracing::error!(operation, "{error}{chain}"),
         _ => tracing::warn!(operation, "{error}{chain}"),
     }
 }

@@ -169,7 +169,11 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let tenant_limits = Arc::new(LimitBook::new(args.limits.clone()));
     Ok(AppState::new(Shared {
         cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits))
-            .with_near_cache(args.cache.near_cache_bytes),
+            .with_near_cache(args.cache.near_cache_bytes)
+            .with_encryption(
+                args.cache.keyring().map_err(anyhow::Error::msg)?,
+                args.cache.encrypt_platform_data,
+            ),
         db,
         jobs,
         key_cache: key_cache::KeyCache::new(key_cache::KeyCacheSettings {

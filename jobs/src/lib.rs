@@ -18,6 +18,7 @@ pub mod payload;
 pub mod policy;
 pub mod preload;
 pub mod queue;
+pub mod reencrypt;
 pub mod schedule;
 pub mod upkeep;
 
@@ -110,6 +111,7 @@ job_types! {
     CollectStats = "collect_stats", payload::NoParams;
     Backup = "backup", backup::BackupParams;
     Restore = "restore", backup::RestoreParams;
+    Reencrypt = "reencrypt", reencrypt::ReencryptParams;
 }
 
 impl JobType {

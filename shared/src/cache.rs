@@ -70,6 +70,8 @@ pub struct Entry {
 struct Placement {
     namespace: Option<Arc<Namespace>>,
     codec: Codec,
+    /// The namespace is encrypted: the envelope is sealed.
+    sealed: bool,
     /// Milliseconds, 0: none.
     ttl_ms: u64,
 }
@@ -109,6 +111,9 @@ pub struct Cache {
     waits: Arc<Waits>,
     hints: Arc<crate::refresh::PreloadHints>,
     near: Option<Arc<crate::near_cache::NearCache>>,
+    keys: Arc<crate::sealing::Keyring>,
+    /// `ENCRYPT_PLATFORM_DATA`: sessions and permission results are sealed.
+    seal_platform: bool,
 }
 
 impl Cache {
@@ -131,6 +136,53 @@ impl Cache {
             waits: Arc::default(),
             hints: Arc::default(),
             near: None,
+            keys: Arc::default(),
+            seal_platform: false,
+        }
+    }
+
+    /// This cache sealing encrypted namespaces' values (and, with
+    /// `platform`, sessions and permission results) under `keys`.
+    #[must_use]
+    pub fn with_encryption(mut self, keys: crate::sealing::Keyring, platform: bool) -> Self {
+        self.keys = Arc::new(keys);
+        self.seal_platform = platform;
+        self
+    }
+
+    /// The data keys (empty: encrypted namespaces cannot be used here).
+    pub fn keys(&self) -> &crate::sealing::Keyring {
+        &self.keys
+    }
+
+    /// A session's or permission result's envelope, sealed when
+    /// `ENCRYPT_PLATFORM_DATA` is on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sealing`] (cannot happen: the setting needs a key).
+    pub(crate) fn encode_platform(&self, value: &Value) -> Result<Vec<u8>, Error> {
+        let envelope = self.codec.encode(value);
+        if self.seal_platform {
+            self.keys.seal(&envelope)
+        } else {
+            Ok(envelope)
+        }
+    }
+
+    /// A session's or permission result's value from its stored bytes
+    /// (expiry header or not), opened first when sealed, whatever the
+    /// setting is now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sealing`], or [`Error::Internal`] for bytes not ours.
+    pub(crate) fn decode_platform(&self, stored: &[u8]) -> Result<Value, Error> {
+        let envelope = split_expiry(stored).1;
+        if crate::sealing::is_sealed(envelope) {
+            self.codec.decode(&self.keys.open(envelope)?)
+        } else {
+            self.codec.decode(envelope)
         }
     }
 
@@ -205,9 +257,21 @@ impl Cache {
             self.limits.default_ttl,
         );
         Placement {
+            sealed: namespace.as_deref().is_some_and(|ns| ns.encrypted),
             namespace,
             codec,
             ttl_ms,
+        }
+    }
+
+    /// `value`'s envelope as `placed` stores it: compressed when that pays,
+    /// then sealed in an encrypted namespace.
+    fn encode(&self, placed: &Placement, value: &Value) -> Result<Vec<u8>, Error> {
+        let envelope = placed.codec.encode(value);
+        if placed.sealed {
+            self.keys.seal(&envelope)
+        } else {
+            Ok(envelope)
         }
     }
 
@@ -335,7 +399,7 @@ impl Cache {
         stored: impl Into<bytes::Bytes>,
         legacy_ttl: Option<i64>,
     ) -> Result<Entry, Error> {
-        let value = Stored::new(stored)?;
+        let value = Stored::new(stored)?.open(&self.keys)?;
         if value.is_negative() {
             self.stats.record_negative(tstats, Op::Get, key);
             return Err(Error::KeyNotFound {
@@ -443,7 +507,7 @@ impl Cache {
         validate_key(key, "key")?;
         self.check_size(value, "value")?;
         let placed = self.placement(tenant, key, options.ttl, options.exact_ttl);
-        let mut encoded = placed.codec.encode(value);
+        let mut encoded = self.encode(&placed, value)?;
         if let Some(ms) = options.compute_ms {
             if ms > crate::refresh::MAX_COMPUTE_MS {
                 return Err(Error::validation(
@@ -604,7 +668,7 @@ impl Cache {
                     self.count_read(&tstats, tenant, Op::Mget, key, false);
                     return Ok(None);
                 };
-                let value = Stored::new(bytes)?;
+                let value = Stored::new(bytes)?.open(&self.keys)?;
                 // A negative entry answers as a miss (`found: false`).
                 if value.is_negative() {
                     self.stats.record_negative(&tstats, Op::Mget, key);
@@ -652,9 +716,10 @@ impl Cache {
             .iter()
             .map(|item| {
                 let placed = self.placement(tenant, &item.key, item.ttl, false);
-                (ns.key(&item.key), placed.codec.encode(&item.value), placed)
+                let stored = self.encode(&placed, &item.value)?;
+                Ok((ns.key(&item.key), stored, placed))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         // Sizes only for the operation log, when there is one.
         let sizes: Vec<usize> = if self.stats.logs_writes() {
             encoded.iter().map(|(_, stored, _)| stored.len()).collect()
@@ -909,7 +974,9 @@ pub async fn compress_stored(
         bytes_after: envelope.len(),
         compressed: crate::codec::is_compressed(envelope),
     };
-    if unchanged.compressed || envelope == NEGATIVE_ENVELOPE {
+    // A sealed value was compressed (when that paid) before it was sealed.
+    if unchanged.compressed || envelope == NEGATIVE_ENVELOPE || crate::sealing::is_sealed(envelope)
+    {
         return Ok(unchanged);
     }
     let packed = codec.encode_compressed(&codec.decode(envelope)?);
@@ -935,6 +1002,61 @@ pub async fn compress_stored(
     } else {
         Ok(unchanged)
     }
+}
+
+/// What [`reseal_stored`] did to one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resealed {
+    /// Sealed under an older key before, under the current one now.
+    Rotated,
+    /// Plain in an encrypted namespace before, sealed now.
+    Sealed,
+    /// Nothing to do, or the value changed meanwhile (the newer write stands).
+    Unchanged,
+}
+
+/// Brings the value `stored` at `redis_key` (of namespace `prefix`) under
+/// the current data key: a value sealed under another key is opened and
+/// sealed again; a plain one is sealed when `encrypted` (its namespace is).
+/// Headers (expiry, compute time) and the TTL are kept; the swap happens only
+/// if nobody changed the value meanwhile.
+///
+/// # Errors
+///
+/// [`Error::Sealing`] when the value's key is not configured (it stays as
+/// it is), [`Error::CacheUnavailable`].
+pub async fn reseal_stored(
+    redis_store: &RedisStore,
+    keys: &crate::sealing::Keyring,
+    (redis_key, prefix): (&str, Option<&str>),
+    stored: &[u8],
+    encrypted: bool,
+    deadline: std::time::Duration,
+) -> Result<Resealed, Error> {
+    let envelope = split_expiry(stored).1;
+    let (inner, outcome) = if crate::sealing::is_sealed(envelope) {
+        if crate::sealing::key_id_of(envelope) == keys.current_id() {
+            return Ok(Resealed::Unchanged);
+        }
+        (keys.open(envelope)?, Resealed::Rotated)
+    } else if encrypted && envelope != NEGATIVE_ENVELOPE {
+        (envelope.to_vec(), Resealed::Sealed)
+    } else {
+        return Ok(Resealed::Unchanged);
+    };
+    let header = &stored[..stored.len() - envelope.len()];
+    let replacement = [header, &keys.seal(&inner)?].concat();
+    let replaced = redis_store
+        .timed_for(deadline, async {
+            let mut conn = redis_store.conn().await?;
+            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
+        })
+        .await?;
+    Ok(if replaced {
+        outcome
+    } else {
+        Resealed::Unchanged
+    })
 }
 
 /// The prefix of a key's namespace, as the accounting scripts name it.

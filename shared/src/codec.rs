@@ -18,6 +18,7 @@
 //! | `B` | raw bytes |
 //! | `b` | raw bytes, LZ4 block with its length prepended |
 //! | `N` | none: a negative entry ("this id does not exist", API.md §10) |
+//! | `E` | another envelope, encrypted ([`crate::sealing`]) |
 //!
 //! A payload is compressed only when it is longer than the configured threshold
 //! *and* compression makes it smaller. Callers never see the tag; a value
@@ -41,6 +42,7 @@ const TAG_BYTES_LZ4: u8 = b'b';
 const TAG_EXPIRY: u8 = b'T';
 const TAG_NEGATIVE: u8 = b'N';
 const TAG_COMPUTE: u8 = b'D';
+use crate::sealing::TAG_SEALED;
 
 /// The envelope of a negative entry: a tag and no payload.
 pub const NEGATIVE_ENVELOPE: &[u8] = &[TAG_NEGATIVE];
@@ -144,6 +146,9 @@ pub fn unix_now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Most bytes sealing adds to an envelope: key id and its length, nonce, tag.
+const SEALING_OVERHEAD: usize = 1 + crate::sealing::MAX_KEY_ID_BYTES + 24 + 16;
+
 /// Largest decompressed size accepted, Redis's own limit on a string. Guards
 /// against a corrupt length prefix asking for an absurd allocation.
 const MAX_DECODED_BYTES: usize = 512 * 1024 * 1024;
@@ -228,6 +233,32 @@ impl Stored {
     /// How long the value took its caller to compute, if it said.
     pub fn compute_ms(&self) -> Option<u32> {
         self.compute_ms
+    }
+
+    /// Whether the value is encrypted: [`Stored::open`] it before reading it.
+    pub fn is_sealed(&self) -> bool {
+        self.envelope.first() == Some(&TAG_SEALED)
+    }
+
+    /// This value with a sealed envelope replaced by the one inside it
+    /// (headers kept); any other value as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sealing`] when its key is not in `keys` or it does not
+    /// decrypt; [`Error::Internal`] when what is inside is not an envelope.
+    pub fn open(self, keys: &crate::sealing::Keyring) -> Result<Self, Error> {
+        if !self.is_sealed() {
+            return Ok(self);
+        }
+        let inner = keys.open(&self.envelope)?;
+        match split_tag(&inner)? {
+            (TAG_SEALED, _) => Err(Error::internal("a sealed value holds another sealed one")),
+            _ => Ok(Self {
+                envelope: Bytes::from(inner),
+                ..self
+            }),
+        }
     }
 
     /// Whether this is a negative entry, which has no value.
@@ -334,6 +365,7 @@ impl Codec {
         let (tag, payload) = split_tag(split_expiry(stored).1)?;
         Ok(match tag {
             TAG_NEGATIVE => return Err(Error::internal("a negative entry has no value")),
+            TAG_SEALED => return Err(Error::internal("a sealed value must be opened first")),
             TAG_JSON => Value::Json(utf8(payload.to_vec())?),
             TAG_JSON_LZ4 => Value::Json(utf8(decompress(payload)?)?),
             TAG_BYTES_LZ4 => Value::Bytes(Bytes::from(decompress(payload)?)),
@@ -360,6 +392,19 @@ pub fn check_stored(
         .ok_or_else(|| bad("the value is empty".into()))?;
     let size = match tag {
         TAG_NEGATIVE if payload.is_empty() => return Ok(()),
+        // Sealed values are restored as they were saved, still sealed: the
+        // key may not be here, so only their form is checked.
+        TAG_SEALED => {
+            if crate::sealing::key_id_of(stored).is_none() {
+                return Err(bad("the encrypted value is damaged".into()));
+            }
+            if payload.len() > max_value_bytes.saturating_add(SEALING_OVERHEAD) {
+                return Err(bad(format!(
+                    "the value is larger than the limit of {max_value_bytes} bytes"
+                )));
+            }
+            return Ok(());
+        }
         TAG_JSON | TAG_BYTES => payload.len(),
         TAG_JSON_LZ4 | TAG_BYTES_LZ4 => {
             lz4_flex::block::uncompressed_size(payload)
@@ -401,7 +446,8 @@ pub fn is_compressed(stored: &[u8]) -> bool {
 fn split_tag(stored: &[u8]) -> Result<(u8, &[u8]), Error> {
     match stored.split_first() {
         Some((
-            &tag @ (TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4 | TAG_NEGATIVE),
+            &tag
+            @ (TAG_JSON | TAG_JSON_LZ4 | TAG_BYTES | TAG_BYTES_LZ4 | TAG_NEGATIVE | TAG_SEALED),
             payload,
         )) => Ok((tag, payload)),
         Some((other, _)) => Err(Error::internal(format!(

@@ -122,6 +122,21 @@ pub struct CacheSettings {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub lease_ttl_ms: u64,
 
+    /// Data keys sealing encrypted values, `id:base64-of-32-bytes,…`; the first seals new values.
+    #[arg(
+        long,
+        env = "DATA_ENCRYPTION_KEYS",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        value_parser = parse_data_keys
+    )]
+    pub data_encryption_keys: Secret,
+
+    /// Also seal sessions and permission results (needs DATA_ENCRYPTION_KEYS).
+    #[arg(long, env = "ENCRYPT_PLATFORM_DATA", default_value_t = false, action = clap::ArgAction::Set)]
+    pub encrypt_platform_data: bool,
+
     /// Largest total of stored value bytes one mget may answer; beyond it, 413.
     #[arg(long, env = "MGET_MAX_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
@@ -291,6 +306,26 @@ impl std::str::FromStr for Secret {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
+    }
+}
+
+fn parse_data_keys(value: &str) -> Result<Secret, String> {
+    crate::sealing::Keyring::parse(value).map(|_| Secret(value.to_owned()))
+}
+
+impl CacheSettings {
+    /// The data keys, checked when the settings were parsed.
+    ///
+    /// # Errors
+    ///
+    /// When `ENCRYPT_PLATFORM_DATA` is on without a key, or (settings built
+    /// by hand) the keys do not parse.
+    pub fn keyring(&self) -> Result<crate::sealing::Keyring, String> {
+        let ring = crate::sealing::Keyring::parse(self.data_encryption_keys.expose())?;
+        if self.encrypt_platform_data && ring.is_empty() {
+            return Err("ENCRYPT_PLATFORM_DATA=true needs DATA_ENCRYPTION_KEYS".into());
+        }
+        Ok(ring)
     }
 }
 

@@ -52,6 +52,11 @@ pub enum Error {
     /// PostgreSQL was needed and did not answer.
     #[error("store unavailable")]
     StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An encrypted value that cannot be sealed or opened here (its data key
+    /// is not configured, or it is damaged): a server-side failure whose
+    /// message says so, so an operator can act on it.
+    #[error("{0}")]
+    Sealing(String),
     /// A bug or corrupt data: logged with its cause, answered opaquely.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -117,7 +122,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::CacheUnavailable(_) => "CACHE_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
-            Error::Internal(_) => "INTERNAL_ERROR",
+            Error::Sealing(_) | Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod redis;
 pub mod refresh;
 pub mod retry;
 pub mod scripts;
+pub mod sealing;
 pub mod sessions;
 pub mod shutdown;
 pub mod stats;

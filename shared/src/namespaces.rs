@@ -163,6 +163,25 @@ impl Namespace {
         base.changed(fields)
     }
 
+    /// Refuses `encrypted: true` without data keys to seal with.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Validation`] naming `encrypted`.
+    pub fn check_sealable(
+        fields: &NamespaceFields,
+        keys: &crate::sealing::Keyring,
+    ) -> Result<(), Error> {
+        if fields.encrypted == Some(true) && keys.is_empty() {
+            return Err(Error::validation(
+                "encrypted",
+                "encrypted namespaces need DATA_ENCRYPTION_KEYS, which this service is not \
+                 configured with",
+            ));
+        }
+        Ok(())
+    }
+
     /// This namespace with a caller's fields applied (absent ones kept).
     ///
     /// # Errors
@@ -213,13 +232,6 @@ impl Namespace {
         }
         if self.max_keys > i64::MAX as u64 {
             return Err(Error::validation("maxKeys", "maxKeys is too large"));
-        }
-        if self.encrypted {
-            return Err(Error::validation(
-                "encrypted",
-                "encrypted namespaces need DATA_ENCRYPTION_KEYS, which this service is not \
-                 configured with",
-            ));
         }
         Ok(())
     }
@@ -518,11 +530,7 @@ mod tests {
         let change: NamespaceFields = serde_json::from_str(r#"{"ttl":0}"#).unwrap();
         let changed = cart.changed(&change).unwrap();
         assert_eq!((changed.ttl, changed.max_keys), (0, 10));
-        for bad in [
-            r#"{"ttlJitter":0.9}"#,
-            r#"{"prefix":"other:"}"#,
-            r#"{"encrypted":true}"#,
-        ] {
+        for bad in [r#"{"ttlJitter":0.9}"#, r#"{"prefix":"other:"}"#] {
             let fields: NamespaceFields = serde_json::from_str(bad).unwrap();
             assert!(cart.changed(&fields).is_err(), "{bad} accepted");
         }

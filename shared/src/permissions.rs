@@ -137,7 +137,7 @@ pub async fn set(
         .key(PermissionKeys::user_index(key.user_id()))
         .key(PermissionKeys::tenant_index(key.tenant_id()))
         .arg(key.as_str())
-        .arg(cache.codec().encode(result))
+        .arg(cache.encode_platform(result)?)
         .arg(expiry.seconds().unwrap_or(0));
     let outcome = cache
         .on_redis(async |conn| {
@@ -196,7 +196,7 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
     let stored = stored.ok_or_else(|| Error::missing(key.as_str()))?;
     Ok(Permission {
         key: key.as_str().to_owned(),
-        result: cache.codec().decode(&stored)?,
+        result: cache.decode_platform(&stored)?,
         ttl,
     })
 }

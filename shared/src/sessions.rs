@@ -82,7 +82,7 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
         .arg(&new.user_id)
         .arg(&new.tenant_id)
         .arg(ttl_arg)
-        .arg(cache.codec().encode(&data))
+        .arg(cache.encode_platform(&data)?)
         .arg(SessionKeys::USER_INDEX_PREFIX)
         .arg(SessionKeys::TENANT_INDEX_PREFIX);
     let result = cache
@@ -140,7 +140,7 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
         session_id: session_id.to_owned(),
         user_id,
         tenant_id,
-        data: cache.codec().decode(&data)?,
+        data: cache.decode_platform(&data)?,
         ttl: from_redis_ttl(remaining).unwrap_or(-1),
     })
 }

@@ -34,6 +34,7 @@ use cache_jobs::memory_analysis::AnalysisParams;
 use cache_jobs::payload::{NoParams, Payload, Queued};
 use cache_jobs::preload::PreloadParams;
 use cache_jobs::queue::{JobQueue, QueueSettings};
+use cache_jobs::reencrypt::ReencryptParams;
 use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob};
 use cache_shared::sessions::Owner;
 
@@ -301,6 +302,10 @@ pub async fn run(
             CacheLimits::from_settings(&settings.cache),
             Arc::new(LiveStats::default()),
             Arc::clone(&tenant_limits),
+        )
+        .with_encryption(
+            settings.cache.keyring().map_err(anyhow::Error::msg)?,
+            settings.cache.encrypt_platform_data,
         ),
         db: db.clone(),
         pacing: settings.pacing(),
@@ -347,6 +352,7 @@ pub async fn run(
         Registrar::job::<CompressParams>,
         Registrar::job::<BackupParams>,
         Registrar::job::<RestoreParams>,
+        Registrar::job::<ReencryptParams>,
         Registrar::upkeep::<StatsRollupJob>,
         Registrar::upkeep::<LogPersistJob>,
     ];

@@ -129,6 +129,7 @@ async fn create(
     JsonBody(fields): JsonBody<NamespaceFields>,
 ) -> Result<(StatusCode, Json<Namespace>), ApiError> {
     let op = ApiError::op("namespaces.create");
+    Namespace::check_sealable(&fields, state.cache.keys()).map_err(&op)?;
     let limits = state.cache.limits();
     let created = Namespace::create(
         &fields,
@@ -192,6 +193,7 @@ async fn put_one(
 ) -> Result<Json<Namespace>, ApiError> {
     let op = ApiError::op("namespaces.put");
     validate_prefix(&prefix).map_err(&op)?;
+    Namespace::check_sealable(&fields, state.cache.keys()).map_err(&op)?;
     let changed = change(&state, &caller, |all| {
         let ns = all
             .iter_mut()

@@ -7,6 +7,7 @@
 mod auth;
 mod cache;
 mod cli;
+mod encryption;
 mod events;
 mod expiry;
 mod faults;

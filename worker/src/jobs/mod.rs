@@ -10,6 +10,7 @@ pub mod flush;
 pub mod memory_analysis;
 pub mod pages;
 pub mod preload;
+pub mod reencrypt;
 pub mod session_cleanup;
 
 use std::future::Future;
