@@ -166,7 +166,7 @@ impl ApiError {
                         absence: Some(absence),
                         ..Reply::new(StatusCode::NOT_FOUND, error.code(), error.to_string())
                     },
-                    Error::NotFound { .. } => {
+                    Error::SessionNotFound | Error::NotFound { .. } => {
                         Reply::new(StatusCode::NOT_FOUND, error.code(), error.to_string())
                     }
                     Error::Conflict(message) => {

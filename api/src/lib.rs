@@ -277,28 +277,29 @@ pub fn app(
         state.services.clone(),
     );
     let (router, templates) = routed(state.clone());
-    let observe = state
-        .cache
-        .stats()
-        .is_enabled()
-        .then(|| instrumentation::requests::ObserveRequests::new(state.clone(), templates));
+    let templates = Arc::new(templates);
+    let observe = state.cache.stats().is_enabled().then(|| {
+        instrumentation::requests::ObserveRequests::new(state.clone(), Arc::clone(&templates))
+    });
     tower::ServiceBuilder::new()
         .map_response(axum::response::IntoResponse::into_response)
         .layer(SetRequestIdLayer::new(REQUEST_ID, UlidRequestId))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            TraceLayer::new_for_http().make_span_with(move |req: &Request<_>| {
                 let id = req
                     .headers()
                     .get(&REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 // Debug level: a span per request costs measurable throughput,
-                // so it exists only when debug logging is on.
+                // so it exists only when debug logging is on (and only then is
+                // the template looked up). The route template, never the path
+                // or query: they carry session ids, keys and permission keys.
                 tracing::debug_span!(
                     "request",
                     method = %req.method(),
-                    uri = %req.uri(),
+                    route = templates.template_of(req.uri().path()),
                     request_id = id,
                     service = tracing::field::Empty
                 )

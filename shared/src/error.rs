@@ -17,6 +17,10 @@ pub enum Error {
     /// says more when the caller should act on it (API.md §10).
     #[error("key '{key}' not found{}", absence.explained())]
     KeyNotFound { key: String, absence: Absence },
+    /// A session that is absent: apart from [`Error::KeyNotFound`] because a
+    /// session id is a credential, which no message may carry.
+    #[error("session not found")]
+    SessionNotFound,
     /// Anything else that does not exist (or belongs to another tenant).
     #[error("{what} not found")]
     NotFound { what: String },
@@ -113,7 +117,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Validation { .. } => "VALIDATION_ERROR",
-            Error::KeyNotFound { .. } => "KEY_NOT_FOUND",
+            Error::KeyNotFound { .. } | Error::SessionNotFound => "KEY_NOT_FOUND",
             Error::NotFound { .. } => "NOT_FOUND",
             Error::Conflict(_) => "CONFLICT",
             Error::Forbidden(_) => "FORBIDDEN",

@@ -109,7 +109,7 @@ pub async fn set(cache: &Cache, new: NewSession) -> Result<Session, Error> {
 ///
 /// # Errors
 ///
-/// [`Error::KeyNotFound`] when absent, [`Error::Validation`], [`Error::CacheUnavailable`].
+/// [`Error::SessionNotFound`] when absent, [`Error::Validation`], [`Error::CacheUnavailable`].
 pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session, Error> {
     let started = std::time::Instant::now();
     validate_key(session_id, "sessionId")?;
@@ -134,8 +134,7 @@ pub async fn get(cache: &Cache, session_id: &str, touch: bool) -> Result<Session
     cache
         .stats()
         .record_secret_lookup(&platform, Op::Session, found.is_some());
-    let (user_id, tenant_id, _stored_ttl, data, remaining) =
-        found.ok_or_else(|| Error::missing(session_id))?;
+    let (user_id, tenant_id, _stored_ttl, data, remaining) = found.ok_or(Error::SessionNotFound)?;
     Ok(Session {
         session_id: session_id.to_owned(),
         user_id,

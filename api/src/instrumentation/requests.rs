@@ -64,6 +64,14 @@ impl HttpRoutes {
         }
     }
 
+    /// The template `path` matches (`unmatched` for none): what logs may
+    /// show of a path, whose segments can be session ids or keys.
+    pub fn template_of(&self, path: &str) -> &str {
+        self.names
+            .get(self.route_of(path))
+            .map_or(UNMATCHED, String::as_str)
+    }
+
     fn route_of(&self, path: &str) -> usize {
         self.templates
             .at(path)
@@ -124,11 +132,11 @@ pub struct ObserveRequests {
 #[derive(Debug)]
 struct Observer {
     state: AppState,
-    routes: HttpRoutes,
+    routes: Arc<HttpRoutes>,
 }
 
 impl ObserveRequests {
-    pub fn new(state: AppState, routes: HttpRoutes) -> Self {
+    pub fn new(state: AppState, routes: Arc<HttpRoutes>) -> Self {
         Self {
             observer: Arc::new(Observer { state, routes }),
         }
@@ -242,6 +250,11 @@ mod tests {
         );
         assert_eq!(name("/metrics"), "/metrics");
         assert_eq!(name("/no/such/path"), UNMATCHED);
+        assert_eq!(
+            routes.template_of("/internal/cache/get/session-secret"),
+            "/internal/cache/get/{key}"
+        );
+        assert_eq!(routes.template_of("/session-secret"), UNMATCHED);
         assert_eq!(name("/internal/cache/get/a/b"), UNMATCHED);
     }
 }

@@ -513,7 +513,8 @@ impl PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on (for processes that need one given).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -28,6 +28,7 @@ mod protection;
 mod public;
 mod quota;
 mod schedules;
+mod secrets;
 mod server;
 mod sessions;
 mod tenant_safety;

@@ -450,7 +450,8 @@ pub async fn compare_and_set(
     replacement: &[u8],
 ) -> Result<bool, Error> {
     let tenant = tenant_of(redis_key)
-        .ok_or_else(|| Error::internal(format!("'{redis_key}' is not a tenant's key")))?;
+        // The key itself stays out of the message: errors are logged.
+        .ok_or_else(|| Error::internal("compare-and-set of a key outside every tenant"))?;
     let keys = UsageKeys::named(tenant);
     let mut invocation = COMPARE_AND_SET.prepare_invoke();
     invocation

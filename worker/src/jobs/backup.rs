@@ -225,8 +225,18 @@ fn max_line_bytes(max_value_bytes: usize) -> usize {
 /// [`Error::Validation`] saying what is wrong.
 fn parse_line(line: &[u8], max_value_bytes: usize) -> Result<BackupEntry, Error> {
     use base64::Engine;
-    let entry: FileEntry = serde_json::from_slice(line)
-        .map_err(|e| Error::validation("line", format!("not a backup file line: {e}")))?;
+    // serde's message can quote the line (keys, values): say only where
+    // and what kind of fault, since job errors are logged and kept.
+    let entry: FileEntry = serde_json::from_slice(line).map_err(|e| {
+        Error::validation(
+            "line",
+            format!(
+                "not a backup file line ({:?} error at column {})",
+                e.classify(),
+                e.column()
+            ),
+        )
+    })?;
     validate_key(&entry.key, "key")?;
     let value = base64::engine::general_purpose::STANDARD
         .decode(entry.value)
