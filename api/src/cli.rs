@@ -206,7 +206,7 @@ pub struct HttpSettings {
         default_value = "",
         hide_env_values = true,
         hide_default_value = true,
-        value_parser = parse_named_tokens
+        value_parser = cache_shared::config::Redacted(parse_named_tokens)
     )]
     pub internal_service_tokens: Secret,
 
@@ -242,6 +242,14 @@ pub struct HttpSettings {
     #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub body_read_timeout_ms: u64,
+
+    /// Certificate chain (PEM, leaf first) to serve HTTPS with; needs TLS_KEY_FILE.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
 
     /// Time a whole request may take before it is answered 503, in milliseconds.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,

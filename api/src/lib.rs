@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod platform_auth;
 pub mod routes;
 pub mod state;
+pub mod tls;
 pub mod views;
 pub mod writes;
 
@@ -59,6 +60,7 @@ use cache_shared::tokens::{ServiceDirectory, ServiceTokens};
 ///
 /// Start-up failures (bad configuration, port in use, migration errors).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    cache_shared::tls::install_crypto_provider();
     match cli.command {
         None => run_server(cli.serve).await,
         Some(Command::Serve(args)) => run_server(*args).await,
@@ -89,7 +91,8 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding SERVICE_PORT {addr}"))?;
     let threads = args.http.serving_threads();
-    tracing::info!(%addr, threads, redis_client = state.cache.redis().mode(), "cache-api listening");
+    let scheme = if state.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, threads, redis_client = state.cache.redis().mode(), "cache-api listening");
     serve_threads(listener, state, threads, cache_shared::shutdown::signal()).await?;
     tracing::info!("cache-api stopped");
     Ok(())
@@ -147,6 +150,7 @@ fn init_telemetry(settings: &cache_shared::config::TelemetrySettings) -> anyhow:
 ///
 /// When `REDIS_URL` or `DATABASE_URL` cannot be parsed.
 pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    cache_shared::tls::install_crypto_provider();
     let redis = RedisStore::with_pinned(&args.redis, args.http.serving_threads())
         .context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&args.database).context("parsing DATABASE_URL")?;
@@ -197,6 +201,10 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .map_err(anyhow::Error::msg)?,
         metrics_tokens: ServiceTokens::from_list(args.http.metrics.metrics_token.expose()),
         settings: args.http.clone(),
+        tls: match (&args.http.tls_cert_file, &args.http.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        },
         observability: args.observability.clone(),
         instruments,
         instance_id: format!("api-{}-{}", std::process::id(), ulid::Ulid::new()),
@@ -446,6 +454,7 @@ pub async fn serve_threads(
 async fn accept_loop(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let header_timeout = state.settings.header_read_timeout();
     let grace = state.settings.shutdown_timeout();
+    let tls = state.tls.clone();
     let app = app(state);
     let mut builder = http1::Builder::new();
     // Half-closed connections keep their answer coming. This also spares
@@ -485,10 +494,31 @@ async fn accept_loop(listener: TcpListener, state: AppState, shutdown: impl Futu
                 req
             },
         ));
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(connection);
+        let Some(tls) = tls.clone() else {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = watched.await {
+                    tracing::debug!(err = %err, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(err) = watched.await {
+            let stream = match tokio::time::timeout(header_timeout, tls.0.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(err = %err, "connection ended with an error");
             }
         });

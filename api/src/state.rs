@@ -43,6 +43,8 @@ pub struct Shared {
     /// `METRICS_TOKEN`: empty leaves `/metrics` open.
     pub metrics_tokens: ServiceTokens,
     pub settings: HttpSettings,
+    /// HTTPS (`TLS_CERT_FILE`/`TLS_KEY_FILE`); `None`: plain HTTP.
+    pub tls: Option<crate::tls::Https>,
     pub observability: ObservabilitySettings,
     pub instruments: Instruments,
     /// This process among the api instances (rollups are merged per instance).

@@ -158,6 +158,10 @@ fn scope(requester: &Requester, spec: JobSpec) -> Result<JobSpec, Error> {
             operator_only("name a file on the worker")?;
             Ok(spec)
         }
+        JobSpec::Reencrypt(ref params) if params.platform => {
+            operator_only("re-encrypt the platform's sessions and permission results")?;
+            Ok(spec)
+        }
         JobSpec::SessionCleanup(owner) if requester.plane == Plane::Public => {
             let tenant = requester.tenant.as_str();
             if owner.tenant_id.as_deref().is_some_and(|t| t != tenant) {
@@ -215,6 +219,10 @@ mod tests {
                 backup_id: None,
                 file: file(),
                 overwrite: false,
+            }),
+            JobSpec::Reencrypt(crate::reencrypt::ReencryptParams {
+                pattern: None,
+                platform: true,
             }),
         ] {
             let refused = scope(&public(Role::Admin), spec.clone()).unwrap_err();

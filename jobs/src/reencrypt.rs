@@ -14,6 +14,11 @@ pub struct ReencryptParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub pattern: Option<String>,
+    /// The platform's sessions and permission results instead of the
+    /// tenant's values (operators only; with `ENCRYPT_PLATFORM_DATA`, plain
+    /// ones are sealed too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub platform: bool,
 }
 
 impl ReencryptParams {
@@ -26,6 +31,10 @@ impl ReencryptParams {
 impl Params for ReencryptParams {
     fn validate(&self, _: &Checks<'_>) -> Result<(), Error> {
         match &self.pattern {
+            Some(_) if self.platform => Err(Error::validation(
+                "pattern",
+                "pattern applies to a tenant's values, not to platform data",
+            )),
             Some(pattern) => validate_key(pattern, "pattern"),
             None => Ok(()),
         }

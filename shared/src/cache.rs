@@ -150,6 +150,11 @@ impl Cache {
         self
     }
 
+    /// Whether sessions and permission results are sealed (`ENCRYPT_PLATFORM_DATA`).
+    pub fn seals_platform(&self) -> bool {
+        self.seal_platform
+    }
+
     /// The data keys (empty: encrypted namespaces cannot be used here).
     pub fn keys(&self) -> &crate::sealing::Keyring {
         &self.keys
@@ -1002,61 +1007,6 @@ pub async fn compress_stored(
     } else {
         Ok(unchanged)
     }
-}
-
-/// What [`reseal_stored`] did to one value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resealed {
-    /// Sealed under an older key before, under the current one now.
-    Rotated,
-    /// Plain in an encrypted namespace before, sealed now.
-    Sealed,
-    /// Nothing to do, or the value changed meanwhile (the newer write stands).
-    Unchanged,
-}
-
-/// Brings the value `stored` at `redis_key` (of namespace `prefix`) under
-/// the current data key: a value sealed under another key is opened and
-/// sealed again; a plain one is sealed when `encrypted` (its namespace is).
-/// Headers (expiry, compute time) and the TTL are kept; the swap happens only
-/// if nobody changed the value meanwhile.
-///
-/// # Errors
-///
-/// [`Error::Sealing`] when the value's key is not configured (it stays as
-/// it is), [`Error::CacheUnavailable`].
-pub async fn reseal_stored(
-    redis_store: &RedisStore,
-    keys: &crate::sealing::Keyring,
-    (redis_key, prefix): (&str, Option<&str>),
-    stored: &[u8],
-    encrypted: bool,
-    deadline: std::time::Duration,
-) -> Result<Resealed, Error> {
-    let envelope = split_expiry(stored).1;
-    let (inner, outcome) = if crate::sealing::is_sealed(envelope) {
-        if crate::sealing::key_id_of(envelope) == keys.current_id() {
-            return Ok(Resealed::Unchanged);
-        }
-        (keys.open(envelope)?, Resealed::Rotated)
-    } else if encrypted && envelope != NEGATIVE_ENVELOPE {
-        (envelope.to_vec(), Resealed::Sealed)
-    } else {
-        return Ok(Resealed::Unchanged);
-    };
-    let header = &stored[..stored.len() - envelope.len()];
-    let replacement = [header, &keys.seal(&inner)?].concat();
-    let replaced = redis_store
-        .timed_for(deadline, async {
-            let mut conn = redis_store.conn().await?;
-            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
-        })
-        .await?;
-    Ok(if replaced {
-        outcome
-    } else {
-        Resealed::Unchanged
-    })
 }
 
 /// The prefix of a key's namespace, as the accounting scripts name it.

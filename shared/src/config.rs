@@ -19,9 +19,9 @@ pub enum RedisClientMode {
 
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    /// Redis server URL.
+    /// Redis server URL (`redis://` or `rediss://` for TLS; `:password@` before the host).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
-          value_parser = parse_redis_url)]
+          value_parser = Redacted(parse_redis_url), hide_env_values = true)]
     pub redis_url: String,
 
     /// How requests share connections: `multiplexed` or `pool`.
@@ -75,7 +75,7 @@ pub struct DatabaseSettings {
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/cache_service",
-        value_parser = parse_database_url,
+        value_parser = Redacted(parse_database_url),
         hide_env_values = true
     )]
     pub database_url: String,
@@ -129,7 +129,7 @@ pub struct CacheSettings {
         default_value = "",
         hide_env_values = true,
         hide_default_value = true,
-        value_parser = parse_data_keys
+        value_parser = Redacted(parse_data_keys)
     )]
     pub data_encryption_keys: Secret,
 
@@ -306,6 +306,50 @@ impl std::str::FromStr for Secret {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
+    }
+}
+
+/// The value parser of a setting that holds a secret (a URL with a
+/// password, tokens, keys): a bad value is refused with the setting's name
+/// and the reason, never with the value itself (clap's own message repeats
+/// it on the terminal and in whatever collects start-up output).
+#[derive(Clone, Copy)]
+pub struct Redacted<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redacted")
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Redacted<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg.map_or_else(
+            || "a setting".to_owned(),
+            |a| {
+                let flag = a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"));
+                match a.get_env().and_then(|e| e.to_str()) {
+                    Some(env) => format!("{env} ({flag})"),
+                    None => flag,
+                }
+            },
+        );
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {name} (not shown: it may hold a secret): {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8"))?;
+        (self.0)(text).map_err(|why| refuse(&why))
     }
 }
 

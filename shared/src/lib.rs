@@ -25,6 +25,7 @@ pub mod quota;
 pub mod random;
 pub mod redis;
 pub mod refresh;
+pub mod reseal;
 pub mod retry;
 pub mod scripts;
 pub mod sealing;
@@ -32,6 +33,7 @@ pub mod sessions;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod ttl;
 

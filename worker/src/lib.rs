@@ -263,6 +263,7 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cache_shared::tls::install_crypto_provider();
     let redis = RedisStore::new(&settings.redis).context("parsing REDIS_URL")?;
     let db = cache_shared::db::lazy_pool(&settings.database).context("parsing DATABASE_URL")?;
     let name = worker_name(&settings.worker_name);
@@ -279,7 +280,7 @@ pub async fn run(
         }
     };
 
-    // A refused password is a configuration error: stop now, not after
+    // A refused password or a TLS mismatch is a configuration error: stop now, not after
     // the start-up deadline of an outage.
     cache_shared::redis::check_credentials(&settings.redis).await?;
     wait_for("redis", || async { redis.ping().await.map(|_| ()) }).await?;

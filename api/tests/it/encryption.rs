@@ -251,24 +251,12 @@ async fn sessions_and_permissions_are_sealed_with_encrypt_platform_data() {
         .await;
     assert_eq!(created.status(), 200);
     let mut redis = app.raw_redis().await;
-    let mut found = Vec::new();
-    let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("*{sid}*")).await.unwrap();
-    while let Some(key) = iter.next_item().await {
-        found.push(key.unwrap());
-    }
-    drop(iter);
-    assert!(!found.is_empty());
-    for key in &found {
-        let dump: Vec<u8> = redis::cmd("DUMP")
-            .arg(key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(
-            !contains(&dump, SECRET),
-            "{key} holds the session data in clear"
-        );
-    }
+    let fields: Vec<Vec<u8>> = redis.hvals(format!("s:{{_platform}}:{sid}")).await.unwrap();
+    assert!(!fields.is_empty());
+    assert!(
+        !contains(&fields.concat(), SECRET),
+        "the session holds its data in clear"
+    );
     let read = app
         .internal(Method::GET, &format!("/internal/cache/session/{sid}"))
         .send()
@@ -299,4 +287,94 @@ async fn sessions_and_permissions_are_sealed_with_encrypt_platform_data() {
         .unwrap();
     assert_eq!(read.status(), 200);
     assert_eq!(read.json::<Value>().await.unwrap()["result"]["why"], SECRET);
+    let stored: Vec<u8> = redis.get(format!("p:{{_platform}}:{key}")).await.unwrap();
+    assert!(!stored.is_empty() && !contains(&stored, SECRET));
+}
+
+#[tokio::test]
+async fn platform_data_is_sealed_and_rotated_by_an_operators_reencrypt() {
+    // A Redis of its own: the platform walk covers every session in it.
+    let redis = crate::helpers::PrivateRedis::start().await;
+    let url = redis.url();
+    let plain = app_with_keys(&[("k1", 1)], None, &["--redis-url", &url]).await;
+    let sid = crate::helpers::unique("sid");
+    let session = json!({"sessionId": sid, "userId": "u1", "tenantId": plain.tenant,
+                         "data": {"token": SECRET}});
+    assert_eq!(
+        plain
+            .post_json("/internal/cache/session/set", session)
+            .await
+            .status(),
+        200
+    );
+    let permission = format!("permission:u1:{}:doc:read", plain.tenant);
+    let set = plain
+        .post_json(
+            "/internal/cache/permission/set",
+            json!({"key": permission, "result": SECRET}),
+        )
+        .await;
+    assert_eq!(set.status(), 200);
+    let mut raw = plain.raw_redis().await;
+    let dump = async |raw: &mut redis::aio::MultiplexedConnection| {
+        let data: Vec<u8> = raw
+            .hget(format!("s:{{_platform}}:{sid}"), "d")
+            .await
+            .unwrap();
+        let result: Vec<u8> = raw
+            .get(format!("p:{{_platform}}:{permission}"))
+            .await
+            .unwrap();
+        [data, result].concat()
+    };
+    assert!(contains(&dump(&mut raw).await, SECRET), "plain before");
+
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--encrypt-platform-data",
+        "true",
+    ];
+    let sealing = app_with_keys(&[("k2", 2), ("k1", 1)], Some(&plain.tenant), &args).await;
+    let keys = format!("k2:{},k1:{}", data_key(2), data_key(1));
+    let _worker = sealing.spawn_worker_with(&[
+        "--data-encryption-keys",
+        &keys,
+        "--encrypt-platform-data",
+        "true",
+    ]);
+    let start = |key: &str| {
+        sealing
+            .public(Method::POST, "/api/v1/jobs", key)
+            .json(&json!({"type": "reencrypt", "params": {"platform": true}}))
+    };
+    let admin = sealing.key(Role::Admin).await;
+    assert_error(start(&admin).send().await.unwrap(), 403, "FORBIDDEN").await;
+    let operator = sealing.key(Role::Operator).await;
+    let job = sealing.run_public_job(&operator, start(&operator)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["sealed"], 2, "{job}");
+    assert!(!contains(&dump(&mut raw).await, SECRET), "sealed after");
+
+    // Readable with the new key alone.
+    let new_only = app_with_keys(&[("k2", 2)], Some(&plain.tenant), &args).await;
+    let read = new_only
+        .internal(Method::GET, &format!("/internal/cache/session/{sid}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(read["data"]["token"], SECRET, "{read}");
+    let read = new_only
+        .internal(Method::GET, "/internal/cache/permission/get")
+        .query(&[("key", &permission)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(read["result"], SECRET, "{read}");
 }

@@ -32,4 +32,5 @@ mod secrets;
 mod server;
 mod sessions;
 mod tenant_safety;
+mod tls;
 mod validation;
