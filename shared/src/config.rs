@@ -334,7 +334,9 @@ impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Redac
         let name = arg.map_or_else(
             || "a setting".to_owned(),
             |a| {
-                let flag = a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"));
+                let flag = a
+                    .get_long()
+                    .map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"));
                 match a.get_env().and_then(|e| e.to_str()) {
                     Some(env) => format!("{env} ({flag})"),
                     None => flag,

@@ -113,6 +113,12 @@ async fn encrypted_values_are_unreadable_in_redis_and_readable_through_the_api()
         .unwrap();
     assert_eq!(mget["items"][0]["value"], card, "{mget}");
     assert_eq!(mget["items"][1]["value"], 2, "{mget}");
+    // Seals are counted per key, so a key is rotated before its bound.
+    let metrics = crate::helpers::scrape(&app).await;
+    assert_eq!(
+        crate::helpers::sample(&metrics, r#"cache_values_sealed_total{key="k1"}"#),
+        2.0
+    );
 }
 
 #[tokio::test]
