@@ -80,6 +80,13 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     if !cache_shared::redis::check_credentials(&args.redis).await? {
         tracing::warn!("Redis does not answer yet: cache requests answer 503 until it does");
     }
+    if args.queue.has_own_redis()
+        && !cache_shared::redis::check_credentials(&args.queue.redis(&args.redis)).await?
+    {
+        tracing::warn!(
+            "the queues' Redis does not answer yet: starting jobs answers 503 until it does"
+        );
+    }
     if state.services.is_empty() {
         tracing::warn!(
             "INTERNAL_SERVICE_TOKEN and INTERNAL_SERVICE_TOKENS are empty: the internal plane \
@@ -157,9 +164,10 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let limits = CacheLimits::from_settings(&args.cache);
     let (instruments, stats) =
         Instruments::new(&args.observability).context("defining the Prometheus metrics")?;
+    let queue_redis = args.queue.redis(&args.redis);
     let queue_conn =
-        cache_shared::redis::dedicated_connection(&args.redis, args.redis.command_timeout())
-            .context("parsing REDIS_URL")?;
+        cache_shared::redis::dedicated_connection(&queue_redis, args.redis.command_timeout())
+            .context("parsing QUEUE_REDIS_URL")?;
     let jobs = JobQueue::new(
         queue_conn,
         QueueSettings::from_args(&args.queue),

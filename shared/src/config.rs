@@ -172,6 +172,30 @@ pub struct QueueArgs {
     #[arg(long, env = "QUEUE_MISSED_HEARTBEATS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=100))]
     pub queue_missed_heartbeats: u64,
+
+    /// Redis of the job queues, when not the data plane's (`REDIS_URL`).
+    #[arg(long, env = "QUEUE_REDIS_URL", value_parser = Redacted(parse_redis_url),
+          hide_env_values = true)]
+    pub queue_redis_url: Option<String>,
+}
+
+impl QueueArgs {
+    /// The settings of the queues' Redis: `redis` with `QUEUE_REDIS_URL`
+    /// when one is given (timeouts and client mode are the data plane's).
+    pub fn redis(&self, redis: &RedisSettings) -> RedisSettings {
+        match &self.queue_redis_url {
+            Some(url) => RedisSettings {
+                redis_url: url.clone(),
+                ..redis.clone()
+            },
+            None => redis.clone(),
+        }
+    }
+
+    /// Whether the queues have a Redis of their own.
+    pub fn has_own_redis(&self) -> bool {
+        self.queue_redis_url.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]

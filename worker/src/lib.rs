@@ -283,6 +283,10 @@ pub async fn run(
     // A refused password or a TLS mismatch is a configuration error: stop now, not after
     // the start-up deadline of an outage.
     cache_shared::redis::check_credentials(&settings.redis).await?;
+    let queue_redis = settings.queue.redis(&settings.redis);
+    if settings.queue.has_own_redis() {
+        cache_shared::redis::check_credentials(&queue_redis).await?;
+    }
     wait_for("redis", || async { redis.ping().await.map(|_| ()) }).await?;
     wait_for("postgres", || async {
         cache_shared::db::ping(&db, settings.database.timeout())
@@ -322,8 +326,8 @@ pub async fn run(
     if let Err(err) = cache_shared::db::namespaces::reload(&db, ctx.cache.namespaces()).await {
         tracing::warn!(%err, "namespaces not loaded yet; the defaults apply until they are");
     }
-    let conn = cache_shared::redis::dedicated_connection(&settings.redis, QUEUE_TIMEOUT)
-        .context("parsing REDIS_URL")?;
+    let conn = cache_shared::redis::dedicated_connection(&queue_redis, QUEUE_TIMEOUT)
+        .context("parsing QUEUE_REDIS_URL")?;
     let queues = settings.queue_settings();
     let concurrency = usize::from(settings.worker_concurrency);
     let tenant_slots = settings

@@ -790,3 +790,41 @@ async fn jobs_backups_and_reports_past_retention_are_swept_and_nothing_else() {
     assert!(!exists("backups", old_backup).await);
     assert!(!exists("memory_reports", old_report).await);
 }
+
+#[tokio::test]
+async fn jobs_can_run_on_a_queue_redis_of_their_own() {
+    let queue = crate::helpers::PrivateRedis::start().await;
+    let queue_url = queue.url();
+    let app = crate::helpers::spawn_app_with(crate::helpers::settings(&[
+        "--queue-redis-url",
+        &queue_url,
+    ]))
+    .await;
+    let _worker = app.spawn_worker_with(&["--queue-redis-url", &queue_url]);
+    assert_eq!(app.set("doomed", json!(1)).await.status(), 200);
+    let admin = app.key(cache_shared::api_keys::Role::Admin).await;
+    let job = app
+        .run_public_job(
+            &admin,
+            app.public(Method::POST, "/api/v1/jobs", &admin)
+                .json(&json!({"type": "flush", "params": {}})),
+        )
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // The job ran on the data plane's Redis...
+    assert_eq!(app.get("doomed").await.status(), 404);
+    // ...and travelled through the queues' own.
+    let pattern = format!("{}:jobs:*", app.queue_prefix);
+    let count = async |url: &str| {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.len()
+    };
+    assert!(count(&queue_url).await > 0);
+    assert_eq!(count(&app.redis_url).await, 0, "{pattern}");
+}
