@@ -20,6 +20,11 @@ use serde::Deserialize;
 
 /// Answers remembered at most, per cache.
 const MAX_REMEMBERED: u64 = 10_000;
+/// Longest user id accepted from the auth service.
+const MAX_USER_ID_BYTES: usize = 200;
+/// Verifications of tokens not remembered, at once: a flood of made-up
+/// tokens cannot turn into as many calls to the auth service.
+const CONCURRENT_VERIFICATIONS: usize = 16;
 /// Pause before the second, third and fourth attempt: the design's retry
 /// count, with pauses short enough to fit a request.
 const RETRY_PAUSES: [Duration; 3] = [
@@ -79,6 +84,7 @@ pub struct PlatformAuth {
     tokens: Option<moka::future::Cache<[u8; 32], Verdict>>,
     grants: Option<moka::future::Cache<(String, TenantId, Role), bool>>,
     calls: AtomicU64,
+    verifications: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for PlatformAuth {
@@ -147,6 +153,7 @@ impl PlatformAuth {
             tokens: cache(settings.cache_for),
             grants: cache(settings.cache_for),
             calls: AtomicU64::new(0),
+            verifications: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
         })
     }
 
@@ -183,9 +190,11 @@ impl PlatformAuth {
         }
     }
 
-    /// The role this user acts with when it needs `needed`: `needed` itself
-    /// when RBAC allows it (`None` when RBAC refuses), else the highest of
-    /// the token's roles that is one of ours (`None` when there is none).
+    /// The role this user acts with when it needs `needed`: with RBAC, the
+    /// highest role RBAC allows from `needed` up (`None` when it refuses
+    /// `needed`), so handlers that offer more to higher roles see the user's
+    /// real role; without RBAC, the highest of the token's roles that is one
+    /// of ours (`None` when there is none).
     ///
     /// # Errors
     ///
@@ -198,15 +207,31 @@ impl PlatformAuth {
         let Some(check_url) = &self.check_url else {
             return Ok(user.best_role);
         };
-        let key = (user.user_id.clone(), user.tenant.clone(), needed);
-        let allowed = match &self.grants {
+        let mut granted = None;
+        for role in Role::ALL.into_iter().filter(|r| r.allows(needed)) {
+            if !self.allowed(check_url, user, role).await? {
+                break;
+            }
+            granted = Some(role);
+        }
+        Ok(granted)
+    }
+
+    /// RBAC's answer for `user` acting as `role`, remembered.
+    async fn allowed(
+        &self,
+        check_url: &str,
+        user: &PlatformUser,
+        role: Role,
+    ) -> Result<bool, PlatformError> {
+        let key = (user.user_id.clone(), user.tenant.clone(), role);
+        match &self.grants {
             Some(cache) => cache
-                .try_get_with(key, self.ask_rbac(check_url, user, needed))
+                .try_get_with(key, self.ask_rbac(check_url, user, role))
                 .await
-                .map_err(|err| (*err).clone())?,
-            None => self.ask_rbac(check_url, user, needed).await?,
-        };
-        Ok(allowed.then_some(needed))
+                .map_err(|err| (*err).clone()),
+            None => self.ask_rbac(check_url, user, role).await,
+        }
     }
 
     /// Whether roles are asked of an RBAC service.
@@ -215,6 +240,10 @@ impl PlatformAuth {
     }
 
     async fn ask_auth(&self, token: &str) -> Result<Verdict, PlatformError> {
+        let _permit =
+            self.verifications.acquire().await.map_err(|_| {
+                PlatformError::Unavailable("the verification gate is closed".into())
+            })?;
         let body = serde_json::json!({ "token": token });
         let answer = self.call("auth", &self.verify_url, &body).await?;
         let Answer::Body(bytes) = answer else {
@@ -226,9 +255,12 @@ impl PlatformAuth {
         if !parsed.valid {
             return Ok(Verdict::Invalid);
         }
+        // The id goes into records (`user:<id>`, 255 characters) and logs.
         let user_id = parsed
             .user_id
-            .filter(|u| !u.is_empty())
+            .filter(|u| {
+                !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !u.chars().any(char::is_control)
+            })
             .ok_or_else(malformed)?;
         let tenant = parsed
             .tenant_id

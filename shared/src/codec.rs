@@ -147,7 +147,7 @@ pub fn unix_now_ms() -> u64 {
 }
 
 /// Most bytes sealing adds to an envelope: key id and its length, nonce, tag.
-const SEALING_OVERHEAD: usize = 1 + crate::sealing::MAX_KEY_ID_BYTES + 24 + 16;
+const SEALING_OVERHEAD: usize = crate::sealing::MAX_OVERHEAD_BYTES;
 
 /// Largest decompressed size accepted, Redis's own limit on a string. Guards
 /// against a corrupt length prefix asking for an absurd allocation.

@@ -33,6 +33,8 @@ const NONCE_BYTES: usize = 12;
 const AEAD_TAG_BYTES: usize = 16;
 /// Longest key id.
 pub const MAX_KEY_ID_BYTES: usize = 32;
+/// Most bytes sealing adds to an envelope: tag, id length, id, nonce, authentication tag.
+pub const MAX_OVERHEAD_BYTES: usize = 2 + MAX_KEY_ID_BYTES + NONCE_BYTES + AEAD_TAG_BYTES;
 
 struct DataKey {
     id: String,

@@ -189,12 +189,16 @@ pub fn parse_named_tokens(list: &str) -> Result<Vec<(String, String)>, String> {
     list.split([',', '\n'])
         .map(str::trim)
         .filter(|entry| !entry.is_empty() && !entry.starts_with('#'))
-        .map(|entry| {
+        .enumerate()
+        .map(|(n, entry)| {
+            // Entries are named by position: a name that does not check out
+            // may be a token written first, which must not be repeated.
+            let position = n + 1;
             let (name, token) = entry
                 .split_once(':')
-                .ok_or_else(|| "each entry is name:token".to_owned())?;
+                .ok_or_else(|| format!("entry {position} is not name:token"))?;
             let (name, token) = (name.trim(), token.trim());
-            check_service_name(name)?;
+            check_service_name(name).map_err(|why| format!("entry {position}: {why}"))?;
             if token.is_empty() {
                 return Err(format!("service '{name}' has an empty token"));
             }
@@ -228,6 +232,7 @@ pub fn parse_scopes(list: &str) -> Result<HashMap<String, Vec<Area>>, String> {
     Ok(scopes)
 }
 
+/// Checks a service name; the error does not repeat it (see [`parse_named_tokens`]).
 fn check_service_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= MAX_SERVICE_NAME
@@ -238,7 +243,7 @@ fn check_service_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "service name '{name}' must be 1 to {MAX_SERVICE_NAME} of A-Z a-z 0-9 - _ ."
+            "a service name is 1 to {MAX_SERVICE_NAME} of A-Z a-z 0-9 - _ ."
         ))
     }
 }

@@ -207,6 +207,11 @@ async fn backups_of_encrypted_values_stay_encrypted_and_restore_readable() {
         app.set("vault:a", json!({"secret": SECRET})).await.status(),
         200
     );
+    // Plain when saved; its namespace becomes encrypted before the restore.
+    assert_eq!(
+        app.set("later:a", json!({"secret": SECRET})).await.status(),
+        200
+    );
     let keys = format!("k1:{}", data_key(1));
     let _worker = app.spawn_worker_with(&["--data-encryption-keys", &keys]);
     let admin = app.key(Role::Admin).await;
@@ -229,10 +234,19 @@ async fn backups_of_encrypted_values_stay_encrypted_and_restore_readable() {
     assert!(!contains(&saved, SECRET) && contains(&saved, "k1"));
 
     let mut redis = app.raw_redis().await;
-    let _: () = redis
-        .del(format!("c:{{{}}}:vault:a", app.tenant))
+    for key in ["vault:a", "later:a"] {
+        let _: () = redis
+            .del(format!("c:{{{}}}:{key}", app.tenant))
+            .await
+            .unwrap();
+    }
+    let created = app
+        .public(Method::POST, "/api/v1/cache/namespaces", &admin)
+        .json(&json!({"prefix": "later:", "encrypted": true}))
+        .send()
         .await
         .unwrap();
+    assert_eq!(created.status(), 201);
     let restore = app
         .run_public_job(
             &admin,
@@ -241,6 +255,8 @@ async fn backups_of_encrypted_values_stay_encrypted_and_restore_readable() {
         )
         .await;
     assert_eq!(restore["status"], "succeeded", "{restore}");
+    assert!(!contains(&raw(&app, "later:a").await, SECRET));
+    assert_eq!(value_of(&app, "later:a").await["secret"], SECRET);
     assert!(!contains(&raw(&app, "vault:a").await, SECRET));
     assert_eq!(value_of(&app, "vault:a").await["secret"], SECRET);
 }

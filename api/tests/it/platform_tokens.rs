@@ -314,6 +314,7 @@ async fn rbac_decides_each_routes_role_and_its_answers_are_cached() {
     );
 
     let questions = platform.questions.lock().unwrap().clone();
+    // Reader is allowed, so the next role up is asked too (and refused).
     assert_eq!(
         questions,
         vec![
@@ -321,6 +322,22 @@ async fn rbac_decides_each_routes_role_and_its_answers_are_cached() {
             json!({"userId": "bob", "tenantId": app.tenant, "resource": "cache", "action": "writer"}),
         ]
     );
+
+    // A user RBAC allows more than a route needs acts with its highest role.
+    let olga = unique("tok");
+    platform.grant_token(&olga, "olga", &app.tenant, &[]);
+    for role in ["reader", "writer", "admin"] {
+        platform.allow("olga", &app.tenant, role);
+    }
+    let answer: Value = app
+        .public(Method::GET, "/api/v1/cache/status", &olga)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["role"], "admin", "{answer}");
 
     platform.allow("bob", &app.tenant, "operator");
     // The writer refusal is remembered; asking for another tenant needs operator.
@@ -391,4 +408,11 @@ async fn an_unreachable_failing_or_garbled_platform_is_503_never_an_open_door() 
     // API keys do not depend on the platform.
     let key = down.key(Role::Reader).await;
     assert_eq!(status(get(&down, &key, "k")).await, 404);
+
+    // A user id the service's records cannot hold is a malformed answer.
+    let long = unique("tok");
+    platform.grant_token(&long, &"u".repeat(201), &app.tenant, &["reader"]);
+    platform.allow(&"u".repeat(201), &app.tenant, "reader");
+    let refused = get(&app, &long, "k").send().await.unwrap();
+    assert_error(refused, 503, "AUTH_UNAVAILABLE").await;
 }

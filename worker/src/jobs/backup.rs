@@ -150,6 +150,9 @@ pub(crate) async fn restore(
     params: &RestoreParams,
 ) -> Result<Outcome, JobError> {
     params.validate()?;
+    // The namespaces as they are now (which to seal, how to account), not
+    // as the last periodic reload saw them.
+    cache_shared::db::namespaces::reload(&ctx.db, ctx.cache.namespaces()).await?;
     let mut writer = Restorer {
         ctx,
         ns: TenantKeyspace::new(tenant),
@@ -333,19 +336,26 @@ impl Restorer<'_> {
                 },
             };
             let namespace = namespaces.find(&entry.cache_key).cloned();
-            keys.push((
-                self.ns.key(&entry.cache_key),
-                &entry.value,
-                ttl_ms,
-                namespace,
-            ));
+            // A value saved before its namespace became encrypted is sealed
+            // now: an encrypted namespace never holds plain values.
+            let stored = match &namespace {
+                Some(ns)
+                    if ns.encrypted
+                        && !cache_shared::sealing::is_sealed(&entry.value)
+                        && entry.value != cache_shared::codec::NEGATIVE_ENVELOPE =>
+                {
+                    std::borrow::Cow::Owned(self.ctx.cache.keys().seal(&entry.value)?)
+                }
+                _ => std::borrow::Cow::Borrowed(entry.value.as_slice()),
+            };
+            keys.push((self.ns.key(&entry.cache_key), stored, ttl_ms, namespace));
         }
         if !keys.is_empty() {
             let batch: Vec<quota::Write<'_>> = keys
                 .iter()
                 .map(|(redis_key, stored, ttl_ms, namespace)| quota::Write {
                     redis_key,
-                    stored,
+                    stored: stored.as_ref(),
                     ttl_ms: *ttl_ms,
                     namespace: namespace.as_deref().map(quota::InNamespace::of),
                 })

@@ -28,6 +28,9 @@ async fn run(
 ) -> Result<Outcome, JobError> {
     let max_value_bytes = ctx.cache.limits().max_value_bytes;
     params.validate(max_value_bytes, &ctx.preload.allow)?;
+    // The namespaces as they are now (TTLs, sealing, accounting), not as the
+    // last periodic reload saw them.
+    cache_shared::db::namespaces::reload(&ctx.db, ctx.cache.namespaces()).await?;
     if let Some(backup_id) = &params.backup_id {
         let restore = RestoreParams {
             backup_id: Some(backup_id.clone()),

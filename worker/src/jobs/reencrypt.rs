@@ -168,6 +168,8 @@ async fn run(
             "reencrypt needs DATA_ENCRYPTION_KEYS on the worker".into(),
         )));
     }
+    // Which namespaces are encrypted now, not at the last periodic reload.
+    cache_shared::db::namespaces::reload(&ctx.db, ctx.cache.namespaces()).await?;
     let mut progress = Progress::new(&ctx.db, job_id);
     let mut tally = Tally::default();
     let stopped = if params.platform {
