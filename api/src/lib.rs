@@ -179,13 +179,19 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     .with_max_active_jobs(args.limits.tenant_max_active_jobs)
     .with_oplog(stats.oplog().cloned());
     let tenant_limits = Arc::new(LimitBook::new(args.limits.clone()));
+    let cache = Cache::new(redis, limits, stats, Arc::clone(&tenant_limits))
+        .with_near_cache(args.cache.near_cache_bytes)
+        .with_encryption(
+            args.cache.keyring().map_err(anyhow::Error::msg)?,
+            args.cache.encrypt_platform_data,
+        );
+    instruments
+        .metrics
+        .registry
+        .add(cache_shared::metrics::SealCounts::new(cache.shared_keys())?)
+        .context("defining the Prometheus metrics")?;
     Ok(AppState::new(Shared {
-        cache: Cache::new(redis, limits, stats, Arc::clone(&tenant_limits))
-            .with_near_cache(args.cache.near_cache_bytes)
-            .with_encryption(
-                args.cache.keyring().map_err(anyhow::Error::msg)?,
-                args.cache.encrypt_platform_data,
-            ),
+        cache,
         db,
         jobs,
         key_cache: key_cache::KeyCache::new(key_cache::KeyCacheSettings {

@@ -155,6 +155,11 @@ impl Cache {
         self.seal_platform
     }
 
+    /// The data keys, shared (for the metric of their seal counts).
+    pub fn shared_keys(&self) -> Arc<crate::sealing::Keyring> {
+        Arc::clone(&self.keys)
+    }
+
     /// The data keys (empty: encrypted namespaces cannot be used here).
     pub fn keys(&self) -> &crate::sealing::Keyring {
         &self.keys

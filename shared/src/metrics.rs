@@ -104,6 +104,51 @@ pub fn mirror(counter: &IntCounter, total: u64) {
     }
 }
 
+/// The data keys' seal counts as `cache_values_sealed_total{key}`, read at
+/// each scrape (the worker seals too: preloads, restores, `reencrypt`).
+#[derive(Clone)]
+pub struct SealCounts {
+    keys: std::sync::Arc<crate::sealing::Keyring>,
+    counter: IntCounterVec,
+}
+
+impl std::fmt::Debug for SealCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealCounts")
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+impl SealCounts {
+    /// # Errors
+    ///
+    /// Never with the fixed name and labels (a [`MetricError`] otherwise).
+    pub fn new(keys: std::sync::Arc<crate::sealing::Keyring>) -> Result<Self, MetricError> {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "cache_values_sealed_total",
+                "Values sealed by this process, per data key id (AES-GCM's random nonces allow 2^32 per key: rotate well before).",
+            ),
+            &["key"],
+        )?;
+        Ok(Self { keys, counter })
+    }
+}
+
+impl Collector for SealCounts {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        for (key, seals) in self.keys.seals() {
+            mirror(&self.counter.with_label_values(&[key]), seals);
+        }
+        self.counter.collect()
+    }
+}
+
 /// Job outcomes and durations, recorded by the worker.
 #[derive(Debug, Clone)]
 pub struct JobMetrics {

@@ -323,6 +323,11 @@ pub async fn run(
         },
         metrics: JobMetrics::new(&metrics).context("defining the Prometheus metrics")?,
     };
+    metrics
+        .add(cache_shared::metrics::SealCounts::new(
+            ctx.cache.shared_keys(),
+        )?)
+        .context("defining the Prometheus metrics")?;
     if let Err(err) = cache_shared::db::namespaces::reload(&db, ctx.cache.namespaces()).await {
         tracing::warn!(%err, "namespaces not loaded yet; the defaults apply until they are");
     }

@@ -44,7 +44,6 @@ pub struct ApiMetrics {
     /// Internal-plane calls by service: the configured names and `service`
     /// (the anonymous tokens), a closed set.
     service_calls: IntCounterVec,
-    sealed: IntCounterVec,
     near_hits: IntCounter,
     near_misses: IntCounter,
     near_invalidations: IntCounter,
@@ -156,11 +155,6 @@ impl ApiMetrics {
                 "Calls of the internal plane by calling service.",
                 &["service"],
             )?,
-            sealed: m.counter_vec(
-                "cache_values_sealed_total",
-                "Values sealed by this instance, per data key id (AES-GCM's random nonces allow 2^32 per key: rotate well before).",
-                &["key"],
-            )?,
             near_hits: m.counter(
                 "cache_near_cache_hits_total",
                 "Reads served by this instance's near cache.",
@@ -224,9 +218,6 @@ impl ApiMetrics {
                 &self.service_calls.with_label_values(&[service.as_str()]),
                 calls,
             );
-        }
-        for (key, seals) in cache.keys().seals() {
-            metrics::mirror(&self.sealed.with_label_values(&[key]), seals);
         }
         if let Some(near) = cache.near_cache() {
             let figures = near.figures();
