@@ -7,7 +7,7 @@
 //! platform's auth and RBAC services (`platform_auth`) — to its tenant and role (through a short-lived in-process cache,
 //! so the hot path does not query PostgreSQL per request and a revocation is
 //! seen within `API_KEY_CACHE_SECONDS`), checks the role the route requires
-//! in [`policy`], applies an operator's `?tenant=`, and hands the handler a
+//! as the route declares it ([`policy`]), applies an operator's `?tenant=`, and hands the handler a
 //! [`Caller`].
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -30,33 +30,124 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::IpAddr);
 
-/// Who is calling the public plane, after authorisation.
+/// Who is calling, on either plane: the one type every handler gets.
+/// Its tenant is fixed by the plane's authentication, so a handler cannot
+/// act for another tenant than the one authorised.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub key_id: String,
-    pub role: Role,
-    /// The tenant the key was created for.
-    pub key_tenant: TenantId,
-    /// The tenant this request acts on (an operator's `?tenant=`, else the key's).
+    /// The tenant this request acts on: on the public plane an operator's
+    /// `?tenant=`, else the credential's; on the internal plane
+    /// `X-Tenant-Id`, else the platform.
     pub tenant: TenantId,
+    /// The credential behind the request.
+    pub principal: Principal,
+}
+
+/// The credential behind a request, which also says its plane.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The public plane: an API key, or a platform user, with its role.
+    Member {
+        /// The API key's id, or `user:<id>` for a platform token.
+        label: String,
+        role: Role,
+        /// The tenant the credential belongs to.
+        home: TenantId,
+    },
+    /// The internal plane: a service of `X-Service-Token`.
+    Service {
+        identity: ServiceIdentity,
+        /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
+        named_tenant: bool,
+    },
+}
+
+/// Which plane a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// `/api/v1`: bearer credentials and roles.
+    Public,
+    /// `/internal`: service tokens, trusted with every tenant.
+    Internal,
 }
 
 impl Caller {
+    /// The plane the request came in on.
+    pub fn plane(&self) -> Plane {
+        match self.principal {
+            Principal::Member { .. } => Plane::Public,
+            Principal::Service { .. } => Plane::Internal,
+        }
+    }
+
+    /// The credential's role; a service of the internal plane is trusted
+    /// like an operator (API.md §4).
+    pub fn role(&self) -> Role {
+        match &self.principal {
+            Principal::Member { role, .. } => *role,
+            Principal::Service { .. } => Role::Operator,
+        }
+    }
+
+    /// What records name as the actor: a key id, `user:<id>` or `service:<name>`.
+    pub fn label(&self) -> String {
+        match &self.principal {
+            Principal::Member { label, .. } => label.clone(),
+            Principal::Service { identity, .. } => format!("service:{}", identity.name()),
+        }
+    }
+
+    /// The tenant whose jobs the caller may see: its own, or every tenant
+    /// for a service without `X-Tenant-Id`.
+    pub fn job_scope(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Service {
+                named_tenant: false,
+                ..
+            } => None,
+            _ => Some(self.tenant.as_str()),
+        }
+    }
+
+    /// Where the caller reads a job's status on its own plane; an operator
+    /// acting for another tenant gets the `?tenant=` that reaches it.
+    pub fn job_url(&self, id: &str) -> String {
+        match &self.principal {
+            Principal::Service { .. } => format!("/internal/cache/jobs/{id}"),
+            Principal::Member { home, .. } if *home == self.tenant => format!("/api/v1/jobs/{id}"),
+            Principal::Member { .. } => format!("/api/v1/jobs/{id}?tenant={}", self.tenant),
+        }
+    }
+
     /// This caller as the job policy sees it.
     pub fn requester(&self) -> cache_jobs::policy::Requester {
-        cache_jobs::policy::Requester {
-            plane: cache_jobs::policy::Plane::Public,
-            tenant: self.tenant.clone(),
-            role: self.role,
-            label: self.key_id.clone(),
+        match &self.principal {
+            Principal::Member { label, role, .. } => cache_jobs::policy::Requester {
+                plane: cache_jobs::policy::Plane::Public,
+                tenant: self.tenant.clone(),
+                role: *role,
+                label: label.clone(),
+            },
+            Principal::Service { identity, .. } => {
+                let mut requester = cache_jobs::policy::Requester::internal(self.tenant.clone());
+                if let ServiceIdentity::Named(_) = identity {
+                    requester.label = format!("service:{}", identity.name());
+                }
+                requester
+            }
         }
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+/// The one extractor of both planes: a service token under `/internal`,
+/// else what [`authorize`] left for the route.
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if parts.uri.path().starts_with("/internal/") {
+            return service_caller(parts, state);
+        }
         parts
             .extensions
             .get::<Caller>()
@@ -74,7 +165,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// non-operator's `?tenant=`, `400` for a malformed `?tenant=`, `503
 /// AUTH_UNAVAILABLE` when a platform token cannot be checked.
 pub async fn authorize(
-    State(state): State<AppState>,
+    State(PublicPlane { state, roles }): State<PublicPlane>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -83,7 +174,7 @@ pub async fn authorize(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let required = policy::required_role(req.method(), &route);
+    let required = policy::required_role(roles, req.method(), &route);
     let other_tenant = requested_tenant(req.uri())?;
 
     let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized {
@@ -91,7 +182,7 @@ pub async fn authorize(
         bearer: true,
     })?;
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    let principal = match &state.platform_auth {
+    let principal: Credential = match &state.platform_auth {
         Some(platform) if !secret.starts_with(api_keys::KEY_PREFIX) => {
             let needed = if other_tenant.is_some() {
                 Role::Operator
@@ -118,20 +209,19 @@ pub async fn authorize(
         }
         Some(tenant) => tenant,
     };
-    if policy::is_metered(&route) {
-        state.rate.check(&state.limits, &tenant)?;
-    }
     req.extensions_mut().insert(Caller {
-        key_id: principal.label,
-        role,
-        key_tenant: principal.tenant,
         tenant,
+        principal: Principal::Member {
+            label: principal.label,
+            role,
+            home: principal.tenant,
+        },
     });
     Ok(next.run(req).await)
 }
 
 /// Who a credential stands for, before the route's checks.
-struct Principal {
+struct Credential {
     /// The API key's id, or `user:<id>` for a platform token.
     label: String,
     role: Role,
@@ -155,7 +245,7 @@ async fn key_principal(
     state: &AppState,
     secret: &str,
     client: Option<std::net::IpAddr>,
-) -> Result<Principal, ApiError> {
+) -> Result<Credential, ApiError> {
     let record = match state.key_cache.resolve(&state.db, secret, client).await {
         Ok(record) => record,
         Err(Refusal::Unknown) => {
@@ -167,7 +257,7 @@ async fn key_principal(
         Err(Refusal::Budget { retry_after_secs }) => return Err(over_budget(retry_after_secs)),
         Err(Refusal::Store(err)) => return Err(ApiError::op("auth")(err)),
     };
-    Ok(Principal {
+    Ok(Credential {
         role: record.role(),
         tenant: TenantId::parse(&record.tenant_id, "tenant")?,
         label: record.id,
@@ -182,7 +272,7 @@ async fn platform_principal(
     secret: &str,
     client: Option<std::net::IpAddr>,
     needed: Role,
-) -> Result<Principal, ApiError> {
+) -> Result<Credential, ApiError> {
     if !platform.knows(secret)
         && let Some(wait) = state.key_cache.budget_wait(client)
     {
@@ -219,7 +309,7 @@ async fn platform_principal(
             });
         }
     };
-    Ok(Principal {
+    Ok(Credential {
         label: format!("user:{}", user.user_id),
         role,
         tenant: user.tenant.clone(),
@@ -246,186 +336,95 @@ fn requested_tenant(uri: &axum::http::Uri) -> Result<Option<TenantId>, ApiError>
         .map_err(ApiError::from)
 }
 
-/// The minimum role of every public route. The role-matrix test walks this table.
+/// How a public route's minimum role is declared and looked up. The
+/// declarations sit next to each handler (`routes/*.rs`, a `Rule` const);
+/// `routes::policy::ROUTES` collects them for [`authorize`] and the
+/// role-matrix test.
 pub mod policy {
     use super::{Method, Role};
 
     /// `(method, route as registered, minimum role)`.
-    pub const ROUTES: &[(&str, &str, Role)] = &[
-        ("GET", "/api/v1/cache/keys/{key}", Role::Reader),
-        ("PUT", "/api/v1/cache/keys/{key}", Role::Writer),
-        ("DELETE", "/api/v1/cache/keys/{key}", Role::Writer),
-        ("POST", "/api/v1/cache/keys/{key}/expire", Role::Writer),
-        ("GET", "/api/v1/cache/keys/{key}/ttl", Role::Reader),
-        ("POST", "/api/v1/cache/keys/{key}/touch", Role::Writer),
-        ("POST", "/api/v1/cache/keys/exists", Role::Reader),
-        ("POST", "/api/v1/cache/flush", Role::Admin),
-        ("POST", "/api/v1/cache/preload", Role::Admin),
-        ("GET", "/api/v1/cache/status", Role::Reader),
-        ("GET", "/api/v1/cache/stats", Role::Reader),
-        ("GET", "/api/v1/cache/metrics", Role::Reader),
-        ("GET", "/api/v1/cache/latency", Role::Reader),
-        ("GET", "/api/v1/cache/throughput", Role::Reader),
-        ("GET", "/api/v1/cache/hotkeys", Role::Reader),
-        ("GET", "/api/v1/cache/info", Role::Reader),
-        ("GET", "/api/v1/cache/memory", Role::Reader),
-        ("GET", "/api/v1/cache/connections", Role::Reader),
-        ("PUT", "/api/v1/cache/connections/config", Role::Operator),
-        ("GET", "/api/v1/cache/memory/analyze", Role::Reader),
-        ("POST", "/api/v1/cache/memory/analyze", Role::Admin),
-        ("POST", "/api/v1/cache/compress/{pattern}", Role::Admin),
-        ("POST", "/api/v1/cache/keys/{key}/compress", Role::Writer),
-        ("POST", "/api/v1/cache/eviction/policy", Role::Operator),
-        ("GET", "/api/v1/cache/performance", Role::Reader),
-        ("GET", "/api/v1/cache/namespaces", Role::Reader),
-        ("POST", "/api/v1/cache/namespaces", Role::Admin),
-        ("GET", "/api/v1/cache/namespaces/{prefix}", Role::Reader),
-        ("PUT", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
-        ("DELETE", "/api/v1/cache/namespaces/{prefix}", Role::Admin),
-        ("GET", "/api/v1/cache/events", Role::Reader),
-        (
-            "GET",
-            "/api/v1/cache/namespaces/{prefix}/stats",
-            Role::Reader,
-        ),
-        ("POST", "/api/v1/jobs", Role::Admin),
-        ("GET", "/api/v1/jobs", Role::Reader),
-        ("GET", "/api/v1/jobs/{id}", Role::Reader),
-        ("DELETE", "/api/v1/jobs/{id}", Role::Admin),
-        ("POST", "/api/v1/schedules", Role::Admin),
-        ("GET", "/api/v1/schedules", Role::Admin),
-        ("GET", "/api/v1/schedules/{id}", Role::Admin),
-        ("PUT", "/api/v1/schedules/{id}", Role::Admin),
-        ("DELETE", "/api/v1/schedules/{id}", Role::Admin),
-        ("GET", "/api/v1/admin/keys", Role::Operator),
-        ("POST", "/api/v1/admin/keys", Role::Operator),
-        ("DELETE", "/api/v1/admin/keys/{id}", Role::Operator),
-        (
-            "GET",
-            "/api/v1/admin/tenants/{tenant}/limits",
-            Role::Operator,
-        ),
-        (
-            "PUT",
-            "/api/v1/admin/tenants/{tenant}/limits",
-            Role::Operator,
-        ),
-    ];
+    pub type Rule = (&'static str, &'static str, Role);
 
-    /// Routes whose calls count against the tenant's rate (API.md §9: key
-    /// operations and batches, not jobs or management).
-    const METERED: &[&str] = &[
-        "/api/v1/cache/keys/{key}",
-        "/api/v1/cache/keys/{key}/expire",
-        "/api/v1/cache/keys/{key}/ttl",
-        "/api/v1/cache/keys/{key}/touch",
-        "/api/v1/cache/keys/exists",
-    ];
-
-    pub fn is_metered(route: &str) -> bool {
-        METERED.contains(&route)
-    }
-
-    /// The role `method` on `route` needs; an unlisted route needs an
-    /// operator, so a forgotten entry fails closed.
-    pub fn required_role(method: &Method, route: &str) -> Role {
-        ROUTES
+    /// The role `method` on `route` needs in `table`; an unlisted route
+    /// needs an operator, so a forgotten declaration fails closed.
+    pub fn required_role(table: &[Rule], method: &Method, route: &str) -> Role {
+        table
             .iter()
             .find(|(m, r, _)| *m == method.as_str() && *r == route)
             .map_or(Role::Operator, |(_, _, role)| *role)
     }
 }
 
-/// A caller of the internal plane, authenticated by `X-Service-Token`, acting
-/// for the `X-Tenant-Id` tenant or, without that header, for the platform.
-#[derive(Debug, Clone)]
-pub struct InternalCaller {
-    pub tenant: TenantId,
-    /// Whether `X-Tenant-Id` was given (the platform sees every tenant's jobs).
-    pub named_tenant: bool,
-    /// Which service: named in logs, metrics, operation-log records and jobs.
-    pub service: ServiceIdentity,
+/// What the public plane's middleware needs: the app and the declared roles.
+#[derive(Clone, Debug)]
+pub struct PublicPlane {
+    pub state: AppState,
+    /// Every public route's minimum role (`routes::policy::ROUTES`).
+    pub roles: &'static [policy::Rule],
 }
 
-impl InternalCaller {
-    /// This caller as the job policy sees it.
-    pub fn requester(&self) -> cache_jobs::policy::Requester {
-        let mut requester = cache_jobs::policy::Requester::internal(self.tenant.clone());
-        if let ServiceIdentity::Named(_) = &self.service {
-            requester.label = format!("service:{}", self.service.name());
-        }
-        requester
+/// The internal plane's caller: a service of `X-Service-Token` allowed on
+/// the route's area, acting for `X-Tenant-Id` or, without it, the
+/// platform. A key operation (`policy::is_metered`) counts against the
+/// tenant's rate once the service is known, so an unknown caller cannot
+/// spend it.
+fn service_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let token = parts
+        .headers
+        .get(SERVICE_TOKEN_HEADER)
+        .ok_or(ApiError::Unauthorized {
+            message: "missing X-Service-Token",
+            bearer: false,
+        })?;
+    let identity = state
+        .services
+        .identify(token.as_bytes())
+        .ok_or(ApiError::Unauthorized {
+            message: "unknown service token",
+            bearer: false,
+        })?;
+    state.services.count(&identity);
+    let area = Area::of_path(parts.uri.path());
+    if !state.services.allows(&identity, area) {
+        return Err(ApiError::Forbidden(format!(
+            "service '{}' may not call the {} routes (INTERNAL_SERVICE_SCOPES)",
+            identity.name(),
+            area.as_str()
+        )));
     }
+    cache_shared::oplog::set_actor(identity.name());
+    tracing::Span::current().record("service", identity.name());
+    let (tenant, named_tenant) = match parts.headers.get(TENANT_HEADER) {
+        None => (TenantId::platform(), false),
+        Some(raw) => {
+            let raw = raw
+                .to_str()
+                .map_err(|_| ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII"))?;
+            (TenantId::parse(raw, "X-Tenant-Id")?, true)
+        }
+    };
+    Ok(Caller {
+        tenant,
+        principal: Principal::Service {
+            identity,
+            named_tenant,
+        },
+    })
 }
 
-impl FromRequestParts<AppState> for InternalCaller {
+/// A caller of a key operation or batch, on either plane: the call counts
+/// against its tenant's rate (API.md §9), once the caller is known, so an
+/// unknown caller cannot spend a tenant's rate. Routes that take it are
+/// the metered ones; jobs and management are not.
+#[derive(Debug, Clone)]
+pub struct Metered(pub Caller);
+
+impl FromRequestParts<AppState> for Metered {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(SERVICE_TOKEN_HEADER)
-            .ok_or(ApiError::Unauthorized {
-                message: "missing X-Service-Token",
-                bearer: false,
-            })?;
-        let service = state
-            .services
-            .identify(token.as_bytes())
-            .ok_or(ApiError::Unauthorized {
-                message: "unknown service token",
-                bearer: false,
-            })?;
-        state.services.count(&service);
-        let area = Area::of_path(parts.uri.path());
-        if !state.services.allows(&service, area) {
-            return Err(ApiError::Forbidden(format!(
-                "service '{}' may not call the {} routes (INTERNAL_SERVICE_SCOPES)",
-                service.name(),
-                area.as_str()
-            )));
-        }
-        cache_shared::oplog::set_actor(service.name());
-        tracing::Span::current().record("service", service.name());
-        match parts.headers.get(TENANT_HEADER) {
-            None => Ok(Self {
-                tenant: TenantId::platform(),
-                named_tenant: false,
-                service,
-            }),
-            Some(raw) => {
-                let raw = raw.to_str().map_err(|_| {
-                    ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII")
-                })?;
-                Ok(Self {
-                    tenant: TenantId::parse(raw, "X-Tenant-Id")?,
-                    named_tenant: true,
-                    service,
-                })
-            }
-        }
-    }
-}
-
-/// An internal caller of a cache operation (get, set, delete, batches,
-/// exists, expire): the call counts against its tenant's rate.
-#[derive(Debug, Clone)]
-pub struct CacheCaller(pub InternalCaller);
-
-impl std::ops::Deref for CacheCaller {
-    type Target = InternalCaller;
-
-    fn deref(&self) -> &InternalCaller {
-        &self.0
-    }
-}
-
-impl FromRequestParts<AppState> for CacheCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Authenticated first: an unknown caller cannot spend a tenant's rate.
-        let caller = InternalCaller::from_request_parts(parts, state).await?;
+        let caller = Caller::from_request_parts(parts, state).await?;
         state.rate.check(&state.limits, &caller.tenant)?;
         Ok(Self(caller))
     }
@@ -449,22 +448,5 @@ pub fn metrics_access(state: &AppState, headers: &axum::http::HeaderMap) -> Resu
             message: "missing or wrong metrics token",
             bearer: true,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unlisted_routes_fail_closed() {
-        assert_eq!(
-            policy::required_role(&Method::GET, "/api/v1/unknown"),
-            Role::Operator
-        );
-        assert_eq!(
-            policy::required_role(&Method::GET, "/api/v1/cache/keys/{key}"),
-            Role::Reader
-        );
     }
 }
