@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use cache_shared::api_keys::Role;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,7 +14,6 @@ use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::state::AppState;
-use cache_shared::api_keys::Role;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(internal_events))

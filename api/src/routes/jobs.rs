@@ -12,6 +12,7 @@ use cache_jobs::flush::FlushParams;
 use cache_jobs::preload::PreloadParams;
 use cache_jobs::queue::JobSpec;
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::jobs::{self, JobFilter, JobStatus};
 use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,10 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam, QueryParams, bounded_param};
 use crate::state::AppState;
 use crate::views::{JobAccepted, JobView};
-use cache_shared::api_keys::Role;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// `/internal/cache`: the internal plane's job-backed endpoints and job status.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(session_cleanup))
@@ -135,7 +136,7 @@ async fn find_job(state: &AppState, caller: &Caller, id: &str) -> Result<Json<Jo
     Ok(Json(JobView::from(record)))
 }
 
-/// `/api/v1/jobs`: jobs of the caller's tenant.
+/// `/api/v1`: jobs of the caller's tenant, and flush and preload.
 pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_job, list_jobs))

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
+use cache_shared::api_keys::Role;
 use cache_shared::cache::SetItem;
 use cache_shared::codec::Value;
 use cache_shared::ttl::Expiry;
@@ -23,10 +24,10 @@ use crate::views::{
     Deleted, EntryView, ExistsView, KeyTtl, MgetView, Updated, entry_answer, mget_answer,
 };
 use crate::writes::{ReadQuery, Write};
-use cache_shared::api_keys::Role;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// `/internal/cache`: the internal plane's key routes and batches.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_value))
@@ -135,19 +136,19 @@ impl From<PutBody> for Write {
     }
 }
 
+// A new expiry: for the key of the path, or of the body.
 keyed_body! {
     [#[derive(Debug, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]]
-    /// A new expiry for the key of the path.
     ExpireBody,
-    /// A new expiry for the key of the body.
     KeyExpireBody {
         #[schema(value_type = u32, maximum = 31536000)]
         ttl: Expiry,
     }
 }
 
-/// Keys of a batch, in request order.
+// Keys of a batch, in request order. (Plain comments on the bodies: a doc
+// comment would change the published schema.)
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeysBody {
@@ -446,6 +447,7 @@ const PUBLIC_GET_ROLE: Rule = ("GET", "/api/v1/cache/keys/{key}", Role::Reader);
 #[utoipa::path(
     get,
     path = "/api/v1/cache/keys/{key}",
+    operation_id = "get_value",
     tag = "cache",
     description = "With Accept: application/octet-stream, the raw bytes (a JSON value as compact text).",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ReadQuery),
@@ -513,6 +515,7 @@ const PUBLIC_PUT_ROLE: Rule = ("PUT", "/api/v1/cache/keys/{key}", Role::Writer);
 #[utoipa::path(
     put,
     path = "/api/v1/cache/keys/{key}",
+    operation_id = "put_value",
     tag = "cache",
     description = "JSON {value, ttl?}, or raw bytes with Content-Type application/octet-stream.",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("ttl" = Option<u32>, Query, description = "TTL for raw-bytes bodies", maximum = 31536000)),
@@ -535,6 +538,7 @@ const PUBLIC_DELETE_ROLE: Rule = ("DELETE", "/api/v1/cache/keys/{key}", Role::Wr
 #[utoipa::path(
     delete,
     path = "/api/v1/cache/keys/{key}",
+    operation_id = "delete_value",
     tag = "cache",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     responses((status = 200, description = "Success", body = Deleted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
@@ -554,6 +558,7 @@ const PUBLIC_EXPIRE_ROLE: Rule = ("POST", "/api/v1/cache/keys/{key}/expire", Rol
 #[utoipa::path(
     post,
     path = "/api/v1/cache/keys/{key}/expire",
+    operation_id = "expire",
     tag = "cache",
     description = "ttl 0 removes the expiry.",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
@@ -576,6 +581,7 @@ const PUBLIC_TTL_ROLE: Rule = ("GET", "/api/v1/cache/keys/{key}/ttl", Role::Read
 #[utoipa::path(
     get,
     path = "/api/v1/cache/keys/{key}/ttl",
+    operation_id = "ttl",
     tag = "cache",
     description = "-1: no expiry.",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
@@ -619,6 +625,7 @@ const PUBLIC_TOUCH_ROLE: Rule = ("POST", "/api/v1/cache/keys/{key}/touch", Role:
 #[utoipa::path(
     post,
     path = "/api/v1/cache/keys/{key}/touch",
+    operation_id = "touch",
     tag = "cache",
     description = "ttl null when the key does not exist.",
     params(("key" = String, Path, description = "Cache key (1–512 bytes, percent-encoded)", min_length = 1, max_length = 512, pattern = r"^[^\x00-\x1f\x7f]+$"), ("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
@@ -653,6 +660,7 @@ const PUBLIC_EXISTS_ROLE: Rule = ("POST", "/api/v1/cache/keys/exists", Role::Rea
 #[utoipa::path(
     post,
     path = "/api/v1/cache/keys/exists",
+    operation_id = "exists",
     tag = "cache",
     params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
     request_body = KeysBody,

@@ -2,6 +2,7 @@
 //! and tenant information, the connection pool, eviction policy, memory
 //! analysis reports, compression and the performance report.
 
+use cache_shared::api_keys::Role;
 use std::time::Duration;
 
 use axum::Json;
@@ -11,7 +12,6 @@ use cache_jobs::compress::CompressParams;
 use cache_jobs::memory_analysis::AnalysisParams;
 use cache_jobs::queue::JobSpec;
 use cache_shared::Error;
-use cache_shared::api_keys::Role;
 use cache_shared::cache::Compressed;
 use cache_shared::db::{admin_actions, reports};
 use cache_shared::memory_report::{

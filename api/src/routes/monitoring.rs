@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cache_shared::api_keys::Role;
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
 use cache_shared::stats::histogram::{Latency, hit_rate};
 use cache_shared::stats::hot_keys::HotKey;
@@ -16,7 +17,6 @@ use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{QueryParams, bounded_param};
 use crate::state::AppState;
-use cache_shared::api_keys::Role;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

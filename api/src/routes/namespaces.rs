@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::namespaces;
 use cache_shared::namespaces::{Namespace, NamespaceFields, NamespaceSet, validate_prefix};
 use serde::Serialize;
@@ -18,7 +19,6 @@ use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
-use cache_shared::api_keys::Role;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

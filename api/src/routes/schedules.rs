@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use cache_jobs::schedule::{CronSpec, check_name, job_spec};
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::schedules::{self, ScheduleFields, ScheduleRecord};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,6 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
 use crate::views::timestamp;
-use cache_shared::api_keys::Role;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cache_shared::api_keys::Role;
 use cache_shared::db::tenant_limits;
 use cache_shared::keys::TenantId;
 use cache_shared::limits::{LimitPatch, TenantLimits};
@@ -16,7 +17,6 @@ use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
-use cache_shared::api_keys::Role;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_limits, put_limits))
