@@ -165,42 +165,39 @@ async fn platform_principal(
     {
         return Err(over_budget(wait));
     }
-    let user = match platform.verify(secret).await {
-        Ok(user) => user,
-        Err(PlatformError::Invalid) => {
+    let user = platform.verify(secret).await.map_err(|err| {
+        if let PlatformError::Invalid = err {
             state.key_cache.count_failure(client);
-            return Err(ApiError::Unauthorized {
-                message: "unknown, revoked or expired platform token",
-                bearer: true,
-            });
         }
-        Err(PlatformError::Unavailable(why)) => return Err(ApiError::AuthUnavailable(why)),
-    };
-    let role = match platform.role_for(&user, needed).await {
-        Ok(Some(role)) => role,
-        Ok(None) if platform.uses_rbac() => {
-            return Err(ApiError::Forbidden(format!(
-                "the platform's RBAC service does not allow the {needed} role here"
-            )));
-        }
-        Ok(None) => {
-            return Err(ApiError::Forbidden(
-                "the platform token has none of the roles reader, writer, admin, operator".into(),
-            ));
-        }
-        Err(PlatformError::Unavailable(why)) => return Err(ApiError::AuthUnavailable(why)),
-        Err(PlatformError::Invalid) => {
-            return Err(ApiError::Unauthorized {
-                message: "unknown, revoked or expired platform token",
-                bearer: true,
-            });
-        }
-    };
+        platform_refusal(err)
+    })?;
+    let role = platform
+        .role_for(&user, needed)
+        .await
+        .map_err(platform_refusal)?
+        .ok_or_else(|| {
+            ApiError::Forbidden(if platform.uses_rbac() {
+                format!("the platform's RBAC service does not allow the {needed} role here")
+            } else {
+                "the platform token has none of the roles reader, writer, admin, operator".into()
+            })
+        })?;
     Ok(Credential {
         label: format!("user:{}", user.user_id),
         role,
         tenant: user.tenant.clone(),
     })
+}
+
+/// The answer when the platform's services refuse a token or cannot check it.
+fn platform_refusal(err: PlatformError) -> ApiError {
+    match err {
+        PlatformError::Invalid => ApiError::Unauthorized {
+            message: "unknown, revoked or expired platform token",
+            bearer: true,
+        },
+        PlatformError::Unavailable(why) => ApiError::AuthUnavailable(why),
+    }
 }
 
 #[derive(serde::Deserialize)]

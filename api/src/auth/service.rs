@@ -42,12 +42,7 @@ pub(super) fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError
     tracing::Span::current().record("service", identity.name());
     let (tenant, named_tenant) = match parts.headers.get(TENANT_HEADER) {
         None => (TenantId::platform(), false),
-        Some(raw) => {
-            let raw = raw
-                .to_str()
-                .map_err(|_| ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII"))?;
-            (TenantId::parse(raw, "X-Tenant-Id")?, true)
-        }
+        Some(raw) => (named_tenant(raw)?, true),
     };
     Ok(Caller {
         tenant,
@@ -56,4 +51,12 @@ pub(super) fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError
             named_tenant,
         },
     })
+}
+
+/// The tenant `X-Tenant-Id` names.
+fn named_tenant(raw: &axum::http::HeaderValue) -> Result<TenantId, ApiError> {
+    let raw = raw
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Tenant-Id", "X-Tenant-Id must be ASCII"))?;
+    TenantId::parse(raw, "X-Tenant-Id").map_err(ApiError::from)
 }
