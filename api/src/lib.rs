@@ -339,7 +339,7 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
         .routes(utoipa_axum::routes!(routes::health::scrape))
-        .merge(routes::internal::router())
+        .merge(routes::keys::router())
         .merge(routes::events::router())
         .merge(routes::sessions::router())
         .merge(routes::permissions::router())
@@ -348,7 +348,8 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
             // The public plane: authorised after routing, so unknown paths are
             // 404 and wrong methods 405 with or without credentials.
             OpenApiRouter::new()
-                .merge(routes::public::router())
+                .merge(routes::keys::public_router())
+                .merge(routes::health::public_router())
                 .merge(routes::monitoring::router())
                 .merge(routes::management::router())
                 .merge(routes::namespaces::router())
@@ -358,7 +359,10 @@ pub fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
                 .merge(routes::admin_keys::router())
                 .merge(routes::tenant_limits::router())
                 .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
+                    auth::PublicPlane {
+                        state: state.clone(),
+                        roles: routes::policy::ROUTES,
+                    },
                     auth::authorize,
                 )),
         )

@@ -10,6 +10,7 @@ use cache_shared::keys::TenantId;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -22,6 +23,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(revoke))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[LIST_ROLE, CREATE_ROLE, REVOKE_ROLE];
 
 /// A key as listed: never the key itself.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -56,6 +61,9 @@ impl From<ApiKeyRecord> for KeyView {
 struct KeyList {
     keys: Vec<KeyView>,
 }
+
+/// `GET /api/v1/admin/keys` needs at least this role.
+const LIST_ROLE: Rule = ("GET", "/api/v1/admin/keys", Role::Operator);
 
 #[utoipa::path(
     get,
@@ -123,6 +131,9 @@ struct Created {
     expires_at: Option<String>,
 }
 
+/// `POST /api/v1/admin/keys` needs at least this role.
+const CREATE_ROLE: Rule = ("POST", "/api/v1/admin/keys", Role::Operator);
+
 #[utoipa::path(
     post,
     path = "/api/v1/admin/keys",
@@ -142,7 +153,7 @@ async fn create(
     let key = api_keys::generate().map_err(&op)?;
     let record = key_rows::insert_audited(
         &state.db,
-        &caller.key_id,
+        &caller.label(),
         &key,
         tenant.as_str(),
         role,
@@ -164,6 +175,9 @@ async fn create(
     ))
 }
 
+/// `DELETE /api/v1/admin/keys/{id}` needs at least this role.
+const REVOKE_ROLE: Rule = ("DELETE", "/api/v1/admin/keys/{id}", Role::Operator);
+
 #[utoipa::path(
     delete,
     path = "/api/v1/admin/keys/{id}",
@@ -178,7 +192,7 @@ async fn revoke(
     PathParam(id): PathParam,
 ) -> Result<Json<KeyView>, ApiError> {
     let op = ApiError::op("keys.revoke");
-    let record = key_rows::revoke_audited(&state.db, &caller.key_id, &id)
+    let record = key_rows::revoke_audited(&state.db, &caller.label(), &id)
         .await
         .map_err(&op)?
         .ok_or_else(|| Error::NotFound {

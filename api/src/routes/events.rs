@@ -4,11 +4,13 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use cache_shared::api_keys::Role;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Caller, InternalCaller};
+use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::state::AppState;
@@ -20,6 +22,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(public_events))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[PUBLIC_EVENTS_ROLE];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -64,6 +70,9 @@ async fn open(
         .map_err(ApiError::op("events"))
 }
 
+/// `GET /api/v1/cache/events` needs at least this role.
+const PUBLIC_EVENTS_ROLE: Rule = ("GET", "/api/v1/cache/events", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/cache/events",
@@ -93,7 +102,7 @@ async fn public_events(
 )]
 async fn internal_events(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventsQuery>,
 ) -> Result<Events, ApiError> {

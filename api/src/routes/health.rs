@@ -1,16 +1,19 @@
-//! Health, readiness, ping and the internal metrics report.
+//! Health, readiness, ping, the public plane's status and the internal
+//! metrics report.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::health::{self, HealthReport, Status};
 use cache_shared::redis::BYTES_PER_MIB;
 use cache_shared::stats::histogram::hit_rate;
 use serde::Serialize;
 
-use crate::auth::InternalCaller;
+use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::{ApiError, SERVICE_NAME};
 use crate::state::AppState;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +28,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ping))
         .routes(routes!(metrics))
 }
+
+/// `/api/v1/cache/status`: behind the public plane's authorization.
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(status))
+}
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[STATUS_ROLE];
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -89,7 +101,7 @@ async fn health_v1(state: State<AppState>) -> Response {
     security(("serviceToken" = [])),
     responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
 )]
-async fn health_internal(state: State<AppState>, _caller: InternalCaller) -> Response {
+async fn health_internal(state: State<AppState>, _caller: Caller) -> Response {
     health_open(state).await
 }
 
@@ -169,7 +181,7 @@ pub(crate) struct MetricsReport {
 )]
 async fn metrics(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
 ) -> Result<Json<MetricsReport>, ApiError> {
     metrics_report(&state)
         .await
@@ -225,4 +237,49 @@ pub async fn scrape(
         body,
     )
         .into_response())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct StatusView {
+    service: &'static str,
+    version: &'static str,
+    build: &'static str,
+    uptime_seconds: u64,
+    tenant_id: String,
+    #[schema(value_type = String)]
+    role: Role,
+    #[schema(value_type = Object)]
+    queue: cache_jobs::queue::QueueDepth,
+}
+
+/// `GET /api/v1/cache/status` needs at least this role.
+const STATUS_ROLE: Rule = ("GET", "/api/v1/cache/status", Role::Reader);
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/status",
+    tag = "health",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")),
+    responses((status = 200, description = "Success", body = StatusView), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<StatusView>, ApiError> {
+    let queue = state.jobs.depth().await.map_err(ApiError::op("status"))?;
+    Ok(Json(StatusView {
+        service: SERVICE_NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        tenant_id: caller.tenant.to_string(),
+        role: caller.role(),
+        queue,
+    }))
 }

@@ -1,20 +1,24 @@
-//! Jobs on the internal plane (API.md §4, §6): the two job-backed endpoints
-//! and the status of a job. Jobs started here belong to the `X-Tenant-Id`
-//! tenant, or to the platform without it.
+//! Jobs, on both planes (API.md §4, §5, §6): starting one (by type, or
+//! through a job-backed endpoint such as flush or preload), listing,
+//! reading and cancelling them. A job belongs to the caller's tenant: the
+//! public plane's, or the internal plane's `X-Tenant-Id` (the platform
+//! without it); its status URL is on the plane it was started from.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use cache_jobs::JobType;
-use cache_jobs::policy::Requester;
+use cache_jobs::flush::FlushParams;
+use cache_jobs::preload::PreloadParams;
 use cache_jobs::queue::JobSpec;
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::jobs::{self, JobFilter, JobStatus};
 use cache_shared::sessions::Owner;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::auth::InternalCaller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam, QueryParams, bounded_param};
 use crate::state::AppState;
@@ -22,6 +26,7 @@ use crate::views::{JobAccepted, JobView};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// `/internal/cache`: the internal plane's job-backed endpoints and job status.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(session_cleanup))
@@ -29,17 +34,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(job_status))
 }
 
-/// Path of a job's status on the internal plane.
-fn status_url(id: &str) -> String {
-    format!("/internal/cache/jobs/{id}")
-}
-
 /// The `Idempotency-Key` header, if any.
 ///
 /// # Errors
 ///
 /// `400` when it is not 1 to 255 visible ASCII characters.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -50,16 +50,6 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         )),
     }
-}
-
-async fn submit(
-    state: &AppState,
-    caller: &InternalCaller,
-    headers: &HeaderMap,
-    spec: JobSpec,
-) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    let requester = caller.requester();
-    accept(state, &requester, headers, spec, status_url).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -87,7 +77,7 @@ struct CleanupBody {
 )]
 async fn session_cleanup(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CleanupBody>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
@@ -95,7 +85,7 @@ async fn session_cleanup(
         user_id: body.user_id,
         tenant_id: body.tenant_id,
     };
-    submit(&state, &caller, &headers, JobSpec::SessionCleanup(owner)).await
+    start_job(&state, &caller, &headers, JobSpec::SessionCleanup(owner)).await
 }
 
 #[utoipa::path(
@@ -108,16 +98,11 @@ async fn session_cleanup(
 )]
 async fn collect_stats(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    submit(
-        &state,
-        &caller,
-        &headers,
-        JobSpec::CollectStats(cache_jobs::payload::NoParams {}),
-    )
-    .await
+    let spec = JobSpec::CollectStats(cache_jobs::payload::NoParams {});
+    start_job(&state, &caller, &headers, spec).await
 }
 
 /// A caller with `X-Tenant-Id` sees its tenant's jobs only; the platform sees all.
@@ -132,12 +117,16 @@ async fn collect_stats(
 )]
 async fn job_status(
     State(state): State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     PathParam(id): PathParam,
 ) -> Result<Json<JobView>, ApiError> {
+    find_job(&state, &caller, &id).await
+}
+
+/// A job the caller may see ([`Caller::job_scope`]).
+async fn find_job(state: &AppState, caller: &Caller, id: &str) -> Result<Json<JobView>, ApiError> {
     let op = ApiError::op("job.get");
-    let tenant = caller.named_tenant.then(|| caller.tenant.as_str());
-    let record = jobs::get(state.jobs.db(), &id, tenant)
+    let record = jobs::get(state.jobs.db(), id, caller.job_scope())
         .await
         .map_err(&op)?
         .ok_or_else(|| Error::NotFound {
@@ -147,22 +136,25 @@ async fn job_status(
     Ok(Json(JobView::from(record)))
 }
 
-/// Path of a job's status on the public plane; an operator acting for another
-/// tenant gets the `?tenant=` that reaches it.
-pub fn public_status_url(id: &str, caller: &Caller) -> String {
-    if caller.tenant == caller.key_tenant {
-        format!("/api/v1/jobs/{id}")
-    } else {
-        format!("/api/v1/jobs/{id}?tenant={}", caller.tenant)
-    }
-}
-
-/// `/api/v1/jobs`: jobs of the caller's tenant.
+/// `/api/v1`: jobs of the caller's tenant, and flush and preload.
 pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_job, list_jobs))
         .routes(routes!(get_job, cancel_job))
+        .routes(routes!(flush))
+        .routes(routes!(preload))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[
+    CREATE_JOB_ROLE,
+    LIST_JOBS_ROLE,
+    GET_JOB_ROLE,
+    CANCEL_JOB_ROLE,
+    FLUSH_ROLE,
+    PRELOAD_ROLE,
+];
 
 /// `POST /api/v1/jobs` body: a job type and what its own endpoint takes.
 #[derive(Debug, Deserialize)]
@@ -172,6 +164,9 @@ struct JobRequest {
     job_type: String,
     params: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// `POST /api/v1/jobs` needs at least this role.
+const CREATE_JOB_ROLE: Rule = ("POST", "/api/v1/jobs", Role::Admin);
 
 #[utoipa::path(
     post,
@@ -252,6 +247,9 @@ struct JobList {
     jobs: Vec<JobView>,
 }
 
+/// `GET /api/v1/jobs` needs at least this role.
+const LIST_JOBS_ROLE: Rule = ("GET", "/api/v1/jobs", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/jobs",
@@ -283,6 +281,9 @@ async fn list_jobs(
     }))
 }
 
+/// `GET /api/v1/jobs/{id}` needs at least this role.
+const GET_JOB_ROLE: Rule = ("GET", "/api/v1/jobs/{id}", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{id}",
@@ -296,16 +297,11 @@ async fn get_job(
     caller: Caller,
     PathParam(id): PathParam,
 ) -> Result<Json<JobView>, ApiError> {
-    let op = ApiError::op("job.get");
-    let record = jobs::get(state.jobs.db(), &id, Some(caller.tenant.as_str()))
-        .await
-        .map_err(&op)?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("job '{id}'"),
-        })
-        .map_err(&op)?;
-    Ok(Json(JobView::from(record)))
+    find_job(&state, &caller, &id).await
 }
+
+/// `DELETE /api/v1/jobs/{id}` needs at least this role.
+const CANCEL_JOB_ROLE: Rule = ("DELETE", "/api/v1/jobs/{id}", Role::Admin);
 
 #[utoipa::path(
     delete,
@@ -327,36 +323,70 @@ async fn cancel_job(
     Ok(Json(JobView::from(record)))
 }
 
-/// Starts a job for the caller's tenant and answers `202`.
+/// `POST /api/v1/cache/flush` needs at least this role.
+const FLUSH_ROLE: Rule = ("POST", "/api/v1/cache/flush", Role::Admin);
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/flush",
+    tag = "management",
+    description = "SCAN + UNLINK of the tenant keys (all, a namespace or a glob) as a job.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = FlushParams,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
+async fn flush(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(params): JsonBody<FlushParams>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    start_job(&state, &caller, &headers, JobSpec::Flush(params)).await
+}
+
+/// `POST /api/v1/cache/preload` needs at least this role.
+const PRELOAD_ROLE: Rule = ("POST", "/api/v1/cache/preload", Role::Admin);
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/preload",
+    tag = "management",
+    description = "Inline items (up to 10 000), validated before anything is enqueued.",
+    params(("tenant" = Option<String>, Query, description = "Operator only: act for this tenant", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-][A-Za-z0-9_-]*$"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = PreloadParams,
+    responses((status = 202, description = "Success", body = JobAccepted), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope)),
+    security(("bearer" = []))
+)]
+async fn preload(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(params): JsonBody<PreloadParams>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    start_job(&state, &caller, &headers, JobSpec::Preload(params)).await
+}
+
+/// Authorizes and submits a job for the caller, on either plane, and
+/// answers `202` with the status URL of the plane it came from.
 pub(crate) async fn start_job(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
     spec: JobSpec,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    accept(state, &caller.requester(), headers, spec, |id| {
-        public_status_url(id, caller)
-    })
-    .await
-}
-
-/// Authorizes and submits a job for either plane and answers `202` with
-/// the status URL of the plane it came from.
-async fn accept(
-    state: &AppState,
-    requester: &Requester,
-    headers: &HeaderMap,
-    spec: JobSpec,
-    status_url: impl FnOnce(&str) -> String,
-) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     let op = ApiError::op("job.submit");
     let idempotency_key = idempotency_key(headers)?;
-    let job = state.jobs.authorize(requester, spec).await.map_err(&op)?;
+    let job = state
+        .jobs
+        .authorize(&caller.requester(), spec)
+        .await
+        .map_err(&op)?;
     let record = state
         .jobs
         .submit(job, idempotency_key.as_deref())
         .await
         .map_err(op)?;
-    let url = status_url(&record.id);
+    let url = caller.job_url(&record.id);
     Ok((StatusCode::ACCEPTED, Json(JobAccepted::new(&record, url))))
 }

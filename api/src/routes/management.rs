@@ -2,6 +2,7 @@
 //! and tenant information, the connection pool, eviction policy, memory
 //! analysis reports, compression and the performance report.
 
+use cache_shared::api_keys::Role;
 use std::time::Duration;
 
 use axum::Json;
@@ -11,7 +12,6 @@ use cache_jobs::compress::CompressParams;
 use cache_jobs::memory_analysis::AnalysisParams;
 use cache_jobs::queue::JobSpec;
 use cache_shared::Error;
-use cache_shared::api_keys::Role;
 use cache_shared::cache::Compressed;
 use cache_shared::db::{admin_actions, reports};
 use cache_shared::memory_report::{
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody, PathParam};
 use crate::routes::jobs::start_job;
@@ -46,9 +47,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(performance))
 }
 
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[
+    INFO_ROLE,
+    MEMORY_ROLE,
+    CONNECTIONS_ROLE,
+    CONNECTIONS_CONFIG_ROLE,
+    EVICTION_POLICY_ROLE,
+    LATEST_ANALYSIS_ROLE,
+    START_ANALYSIS_ROLE,
+    COMPRESS_PATTERN_ROLE,
+    COMPRESS_KEY_ROLE,
+    PERFORMANCE_ROLE,
+];
+
 fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Option<u64> {
     map.get(field).and_then(|v| v.parse().ok())
 }
+
+/// `GET /api/v1/cache/info` needs at least this role.
+const INFO_ROLE: Rule = ("GET", "/api/v1/cache/info", Role::Reader);
 
 /// The operator sees the whole parsed `INFO`; a tenant sees its own key count
 /// and memory estimate plus the server's version and uptime.
@@ -64,7 +83,7 @@ fn number(map: &std::collections::HashMap<String, String>, field: &str) -> Optio
 async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let op = ApiError::op("info");
     let redis = state.cache.redis();
-    if caller.role == Role::Operator {
+    if caller.role() == Role::Operator {
         let all = redis.info("everything").await.map_err(&op)?;
         return Ok(Json(json!({ "scope": "server", "info": all })));
     }
@@ -86,6 +105,9 @@ async fn info(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
         "uptimeSeconds": number(&server, "uptime_in_seconds"),
     })))
 }
+
+/// `GET /api/v1/cache/memory` needs at least this role.
+const MEMORY_ROLE: Rule = ("GET", "/api/v1/cache/memory", Role::Reader);
 
 #[utoipa::path(
     get,
@@ -113,7 +135,7 @@ async fn memory(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
         keys: usage.keys,
         bytes: usage.bytes,
     };
-    if caller.role == Role::Operator {
+    if caller.role() == Role::Operator {
         let details = state.cache.redis().info("memory").await.map_err(&op)?;
         return Ok(Json(
             json!({ "scope": "server", "server": server, "info": details, "quota": quota }),
@@ -142,6 +164,9 @@ struct QuotaView {
     bytes: u64,
 }
 
+/// `GET /api/v1/cache/connections` needs at least this role.
+const CONNECTIONS_ROLE: Rule = ("GET", "/api/v1/cache/connections", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/cache/connections",
@@ -159,6 +184,9 @@ struct PoolConfig {
     max_size: Option<usize>,
     command_timeout_ms: Option<u64>,
 }
+
+/// `PUT /api/v1/cache/connections/config` needs at least this role.
+const CONNECTIONS_CONFIG_ROLE: Rule = ("PUT", "/api/v1/cache/connections/config", Role::Operator);
 
 #[utoipa::path(
     put,
@@ -208,7 +236,7 @@ async fn on_record<T>(
 ) -> Result<T, Error> {
     let id = admin_actions::record_held(
         &state.db,
-        &caller.key_id,
+        &caller.label(),
         caller.tenant.as_str(),
         action,
         details,
@@ -252,6 +280,9 @@ struct PolicyView {
     policy: String,
     previous: Option<String>,
 }
+
+/// `POST /api/v1/cache/eviction/policy` needs at least this role.
+const EVICTION_POLICY_ROLE: Rule = ("POST", "/api/v1/cache/eviction/policy", Role::Operator);
 
 #[utoipa::path(
     post,
@@ -298,6 +329,9 @@ struct ReportView {
     report: MemoryReport,
 }
 
+/// `GET /api/v1/cache/memory/analyze` needs at least this role.
+const LATEST_ANALYSIS_ROLE: Rule = ("GET", "/api/v1/cache/memory/analyze", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/cache/memory/analyze",
@@ -328,6 +362,9 @@ async fn latest_analysis(
     }))
 }
 
+/// `POST /api/v1/cache/memory/analyze` needs at least this role.
+const START_ANALYSIS_ROLE: Rule = ("POST", "/api/v1/cache/memory/analyze", Role::Admin);
+
 #[utoipa::path(
     post,
     path = "/api/v1/cache/memory/analyze",
@@ -345,6 +382,9 @@ async fn start_analysis(
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     start_job(&state, &caller, &headers, JobSpec::MemoryAnalysis(params)).await
 }
+
+/// `POST /api/v1/cache/compress/{pattern}` needs at least this role.
+const COMPRESS_PATTERN_ROLE: Rule = ("POST", "/api/v1/cache/compress/{pattern}", Role::Admin);
 
 #[utoipa::path(
     post,
@@ -377,6 +417,9 @@ struct CompressedView {
     outcome: Compressed,
 }
 
+/// `POST /api/v1/cache/keys/{key}/compress` needs at least this role.
+const COMPRESS_KEY_ROLE: Rule = ("POST", "/api/v1/cache/keys/{key}/compress", Role::Writer);
+
 #[utoipa::path(
     post,
     path = "/api/v1/cache/keys/{key}/compress",
@@ -400,6 +443,9 @@ async fn compress_key(
 
 /// Operations slower than this at p99 are listed as slow.
 const SLOW_P99_MS: f64 = 10.0;
+
+/// `GET /api/v1/cache/performance` needs at least this role.
+const PERFORMANCE_ROLE: Rule = ("GET", "/api/v1/cache/performance", Role::Reader);
 
 #[utoipa::path(
     get,

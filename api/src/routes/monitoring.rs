@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cache_shared::api_keys::Role;
 use cache_shared::db::{hotkeys as hotkey_rows, statistics};
 use cache_shared::stats::histogram::{Latency, hit_rate};
 use cache_shared::stats::hot_keys::HotKey;
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{QueryParams, bounded_param};
 use crate::state::AppState;
@@ -26,6 +28,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(throughput))
         .routes(routes!(hotkeys))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[
+    STATS_ROLE,
+    METRICS_ROLE,
+    LATENCY_ROLE,
+    THROUGHPUT_ROLE,
+    HOTKEYS_ROLE,
+];
 
 fn parse_time(text: &str, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(text)
@@ -93,6 +105,9 @@ fn live(state: &AppState, caller: &Caller) -> LiveView {
     }
 }
 
+/// `GET /api/v1/cache/stats` needs at least this role.
+const STATS_ROLE: Rule = ("GET", "/api/v1/cache/stats", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/cache/stats",
@@ -142,6 +157,9 @@ struct MetricsView {
     errors: u64,
     calls: u64,
 }
+
+/// `GET /api/v1/cache/metrics` needs at least this role.
+const METRICS_ROLE: Rule = ("GET", "/api/v1/cache/metrics", Role::Reader);
 
 #[utoipa::path(
     get,
@@ -200,6 +218,9 @@ struct LatencyQuery {
     )]
     tenant: Option<String>,
 }
+
+/// `GET /api/v1/cache/latency` needs at least this role.
+const LATENCY_ROLE: Rule = ("GET", "/api/v1/cache/latency", Role::Reader);
 
 #[utoipa::path(
     get,
@@ -260,6 +281,9 @@ struct ThroughputView {
     operations: Vec<OpRates>,
     total: OpRates,
 }
+
+/// `GET /api/v1/cache/throughput` needs at least this role.
+const THROUGHPUT_ROLE: Rule = ("GET", "/api/v1/cache/throughput", Role::Reader);
 
 #[utoipa::path(
     get,
@@ -330,6 +354,9 @@ struct HotkeysView {
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<hotkey_rows::HotKeyRow>>,
 }
+
+/// `GET /api/v1/cache/hotkeys` needs at least this role.
+const HOTKEYS_ROLE: Rule = ("GET", "/api/v1/cache/hotkeys", Role::Reader);
 
 #[utoipa::path(
     get,

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::namespaces;
 use cache_shared::namespaces::{Namespace, NamespaceFields, NamespaceSet, validate_prefix};
 use serde::Serialize;
@@ -14,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -24,6 +26,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one, put_one, delete_one))
         .routes(routes!(stats))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[
+    LIST_ROLE,
+    CREATE_ROLE,
+    GET_ONE_ROLE,
+    PUT_ONE_ROLE,
+    DELETE_ONE_ROLE,
+    STATS_ROLE,
+];
 
 /// A namespace's figures: keys and bytes now (kept exact by the writes,
 /// recounted after changes), and this instance's hits and misses.
@@ -74,7 +87,7 @@ async fn change<T: Serialize>(
     let (outcome, set) = namespaces::change(
         &state.db,
         caller.tenant.as_str(),
-        &caller.key_id,
+        &caller.label(),
         book.defaults(),
         change,
     )
@@ -92,6 +105,9 @@ fn not_found(prefix: &str) -> Error {
         what: format!("namespace '{prefix}'"),
     }
 }
+
+/// `GET /api/v1/cache/namespaces` needs at least this role.
+const LIST_ROLE: Rule = ("GET", "/api/v1/cache/namespaces", Role::Reader);
 
 #[utoipa::path(
     get,
@@ -112,6 +128,9 @@ async fn list(
         namespaces: set.listed(),
     }))
 }
+
+/// `POST /api/v1/cache/namespaces` needs at least this role.
+const CREATE_ROLE: Rule = ("POST", "/api/v1/cache/namespaces", Role::Admin);
 
 #[utoipa::path(
     post,
@@ -152,6 +171,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// `GET /api/v1/cache/namespaces/{prefix}` needs at least this role.
+const GET_ONE_ROLE: Rule = ("GET", "/api/v1/cache/namespaces/{prefix}", Role::Reader);
+
 #[utoipa::path(
     get,
     path = "/api/v1/cache/namespaces/{prefix}",
@@ -174,6 +196,9 @@ async fn get_one(
         .map_err(&op)?;
     Ok(Json((**found).clone()))
 }
+
+/// `PUT /api/v1/cache/namespaces/{prefix}` needs at least this role.
+const PUT_ONE_ROLE: Rule = ("PUT", "/api/v1/cache/namespaces/{prefix}", Role::Admin);
 
 #[utoipa::path(
     put,
@@ -207,6 +232,9 @@ async fn put_one(
     Ok(Json(changed))
 }
 
+/// `DELETE /api/v1/cache/namespaces/{prefix}` needs at least this role.
+const DELETE_ONE_ROLE: Rule = ("DELETE", "/api/v1/cache/namespaces/{prefix}", Role::Admin);
+
 #[utoipa::path(
     delete,
     path = "/api/v1/cache/namespaces/{prefix}",
@@ -238,6 +266,13 @@ async fn delete_one(
         deleted: true,
     }))
 }
+
+/// `GET /api/v1/cache/namespaces/{prefix}/stats` needs at least this role.
+const STATS_ROLE: Rule = (
+    "GET",
+    "/api/v1/cache/namespaces/{prefix}/stats",
+    Role::Reader,
+);
 
 #[utoipa::path(
     get,

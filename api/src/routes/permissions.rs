@@ -9,7 +9,7 @@ use cache_shared::ttl::Expiry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::InternalCaller;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
 use crate::state::AppState;
@@ -46,7 +46,7 @@ struct SetBody {
 )]
 async fn set_permission(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     JsonBody(body): JsonBody<SetBody>,
 ) -> Result<Json<KeyTtl>, ApiError> {
     let op = ApiError::op("permission.set");
@@ -93,7 +93,7 @@ struct PermissionView {
 )]
 async fn get_permission(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     QueryParams(lookup): QueryParams<Lookup>,
 ) -> Result<Json<PermissionView>, ApiError> {
     let op = ApiError::op("permission.get");
@@ -152,7 +152,7 @@ struct Invalidated {
 )]
 async fn invalidate(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     QueryParams(query): QueryParams<InvalidateQuery>,
 ) -> Result<Json<Invalidated>, ApiError> {
     let op = ApiError::op("permission.invalidate");
@@ -195,7 +195,7 @@ async fn invalidate(
 )]
 async fn set_permission_alias(
     state: State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     body: JsonBody<SetBody>,
 ) -> Result<Json<KeyTtl>, ApiError> {
     set_permission(state, caller, body).await

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use cache_jobs::schedule::{CronSpec, check_name, job_spec};
 use cache_shared::Error;
+use cache_shared::api_keys::Role;
 use cache_shared::db::schedules::{self, ScheduleFields, ScheduleRecord};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -23,6 +25,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(get_one, replace, remove))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[
+    CREATE_ROLE,
+    LIST_ROLE,
+    GET_ONE_ROLE,
+    REPLACE_ROLE,
+    REMOVE_ROLE,
+];
 
 /// A schedule as callers send it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -98,7 +110,7 @@ async fn fields(
     check_name(body.name.as_deref())?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
     let cron = CronSpec::parse(&body.cron, &timezone)?;
-    cron.check_rate(caller.role)?;
+    cron.check_rate(caller.role())?;
     let params = body.params.unwrap_or_else(|| serde_json::json!({}));
     let spec = job_spec(&body.job_type, &params)?;
     state.jobs.authorize(&caller.requester(), spec).await?;
@@ -119,6 +131,9 @@ fn not_found(id: &str) -> Error {
         what: format!("schedule '{id}'"),
     }
 }
+
+/// `POST /api/v1/schedules` needs at least this role.
+const CREATE_ROLE: Rule = ("POST", "/api/v1/schedules", Role::Admin);
 
 #[utoipa::path(
     post,
@@ -141,12 +156,15 @@ async fn create(
         &id,
         caller.tenant.as_str(),
         &fields,
-        &caller.key_id,
+        &caller.label(),
     )
     .await
     .map_err(&op)?;
     Ok((StatusCode::CREATED, Json(record.into())))
 }
+
+/// `GET /api/v1/schedules` needs at least this role.
+const LIST_ROLE: Rule = ("GET", "/api/v1/schedules", Role::Admin);
 
 #[utoipa::path(
     get,
@@ -166,6 +184,9 @@ async fn list(
         schedules: rows.into_iter().map(ScheduleView::from).collect(),
     }))
 }
+
+/// `GET /api/v1/schedules/{id}` needs at least this role.
+const GET_ONE_ROLE: Rule = ("GET", "/api/v1/schedules/{id}", Role::Admin);
 
 #[utoipa::path(
     get,
@@ -189,6 +210,9 @@ async fn get_one(
     Ok(Json(row.into()))
 }
 
+/// `PUT /api/v1/schedules/{id}` needs at least this role.
+const REPLACE_ROLE: Rule = ("PUT", "/api/v1/schedules/{id}", Role::Admin);
+
 #[utoipa::path(
     put,
     path = "/api/v1/schedules/{id}",
@@ -211,7 +235,7 @@ async fn replace(
         &id,
         caller.tenant.as_str(),
         &fields,
-        &caller.key_id,
+        &caller.label(),
     )
     .await
     .map_err(&op)?
@@ -224,6 +248,9 @@ async fn replace(
 struct Removed {
     deleted: bool,
 }
+
+/// `DELETE /api/v1/schedules/{id}` needs at least this role.
+const REMOVE_ROLE: Rule = ("DELETE", "/api/v1/schedules/{id}", Role::Admin);
 
 #[utoipa::path(
     delete,

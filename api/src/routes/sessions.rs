@@ -9,7 +9,7 @@ use cache_shared::ttl::Expiry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::InternalCaller;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -80,7 +80,7 @@ impl TryFrom<Session> for SessionView {
 )]
 async fn set_session(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     JsonBody(body): JsonBody<SetSessionBody>,
 ) -> Result<Json<SessionView>, ApiError> {
     let new = NewSession {
@@ -116,7 +116,7 @@ struct GetQuery {
 )]
 async fn get_session(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     PathParam(id): PathParam,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
@@ -145,7 +145,7 @@ struct DeletedView {
 )]
 async fn delete_session(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: Caller,
     PathParam(id): PathParam,
 ) -> Result<Json<DeletedView>, ApiError> {
     let deleted = sessions::delete(&state.cache, &id)
@@ -165,7 +165,7 @@ async fn delete_session(
 )]
 async fn set_session_alias(
     state: State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     body: JsonBody<SetSessionBody>,
 ) -> Result<Json<SessionView>, ApiError> {
     set_session(state, caller, body).await
@@ -182,7 +182,7 @@ async fn set_session_alias(
 )]
 async fn get_session_alias(
     state: State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     id: PathParam,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
@@ -200,7 +200,7 @@ async fn get_session_alias(
 )]
 async fn delete_session_alias(
     state: State<AppState>,
-    caller: InternalCaller,
+    caller: Caller,
     id: PathParam,
 ) -> Result<Json<DeletedView>, ApiError> {
     delete_session(state, caller, id).await

@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cache_shared::api_keys::Role;
 use cache_shared::db::tenant_limits;
 use cache_shared::keys::TenantId;
 use cache_shared::limits::{LimitPatch, TenantLimits};
@@ -12,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
+use crate::auth::policy::Rule;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::state::AppState;
@@ -19,6 +21,10 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_limits, put_limits))
 }
+
+/// The minimum role of each public route above, declared next to its
+/// handler; collected into [`crate::routes::policy::ROUTES`].
+pub const ROLES: &[Rule] = &[GET_LIMITS_ROLE, PUT_LIMITS_ROLE];
 
 /// A tenant's effective limits (`0`: unlimited).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -28,6 +34,13 @@ struct LimitsView {
     #[serde(flatten)]
     limits: TenantLimits,
 }
+
+/// `GET /api/v1/admin/tenants/{tenant}/limits` needs at least this role.
+const GET_LIMITS_ROLE: Rule = (
+    "GET",
+    "/api/v1/admin/tenants/{tenant}/limits",
+    Role::Operator,
+);
 
 #[utoipa::path(
     get,
@@ -54,6 +67,13 @@ async fn get_limits(
     }))
 }
 
+/// `PUT /api/v1/admin/tenants/{tenant}/limits` needs at least this role.
+const PUT_LIMITS_ROLE: Rule = (
+    "PUT",
+    "/api/v1/admin/tenants/{tenant}/limits",
+    Role::Operator,
+);
+
 #[utoipa::path(
     put,
     path = "/api/v1/admin/tenants/{tenant}/limits",
@@ -71,7 +91,7 @@ async fn put_limits(
     JsonBody(patch): JsonBody<LimitPatch>,
 ) -> Result<Json<LimitsView>, ApiError> {
     let tenant = TenantId::parse(&tenant, "tenant")?;
-    let overrides = tenant_limits::change(&state.db, tenant.as_str(), &patch, &operator.key_id)
+    let overrides = tenant_limits::change(&state.db, tenant.as_str(), &patch, &operator.label())
         .await
         .map_err(ApiError::op("limits.put"))?;
     // This instance at once; the others at their next refresh.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cache_api::auth::policy;
+use cache_api::routes::policy;
 use cache_shared::api_keys::Role;
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! The public plane: API keys, roles, tenant scoping and the key routes.
 
-use cache_api::auth::policy;
+use cache_api::routes::policy;
 use cache_shared::api_keys::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
