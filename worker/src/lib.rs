@@ -375,7 +375,14 @@ pub async fn run(
             tracing::warn!(worker = worker.name(), restarts = worker.restarts(), %err, ?delay, "queue worker stopped; restarting");
             // The monitor asks synchronously; waiting here (off the async
             // threads' work) keeps a dead Redis from a tight restart loop.
-            tokio::task::block_in_place(|| std::thread::sleep(delay));
+            // A single-threaded runtime (a worker run inside a test) cannot
+            // lend its thread to a blocking wait: a short pause only.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| std::thread::sleep(delay));
+                }
+                _ => std::thread::sleep(delay.min(Duration::from_millis(50))),
+            }
             true
         })
         .shutdown_timeout(Duration::from_millis(settings.worker_shutdown_timeout_ms));

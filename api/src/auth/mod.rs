@@ -44,6 +44,9 @@ pub struct Caller {
 }
 
 /// The credential behind a request, which also says its plane.
+/// The label prefix of a platform user (`user:<id>`); API key ids never have it.
+pub const PLATFORM_USER_PREFIX: &str = "user:";
+
 #[derive(Debug, Clone)]
 pub enum Principal {
     /// The public plane: an API key, or a platform user, with its role.
@@ -90,6 +93,12 @@ impl Caller {
     }
 
     /// What records name as the actor: a key id, `user:<id>` or `service:<name>`.
+    /// Whether the caller came with a platform token (not an API key of
+    /// ours): what it may do is known only while its token is presented.
+    pub fn is_platform_user(&self) -> bool {
+        matches!(&self.principal, Principal::Member { label, .. } if label.starts_with(PLATFORM_USER_PREFIX))
+    }
+
     pub fn label(&self) -> String {
         match &self.principal {
             Principal::Member { label, .. } => label.clone(),

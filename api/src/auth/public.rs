@@ -46,15 +46,16 @@ pub async fn authorize(
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
     let required = policy::required_role(roles, req.method(), route);
-    let other_tenant = requested_tenant(req.uri())?;
-    // A platform token's role is asked for what the request needs.
-    let needed = if other_tenant.is_some() {
+    // A platform token's role is asked for what the request needs; the
+    // query itself is read once the caller is known (401 before 400).
+    let needed = if names_tenant(req.uri()) {
         Role::Operator
     } else {
         required
     };
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     let credential = credential(&state, req.headers(), client, needed).await?;
+    let other_tenant = requested_tenant(req.uri())?;
     cache_shared::oplog::set_actor(&credential.label);
     let role = credential.role;
     if !role.allows(required) {
@@ -93,6 +94,15 @@ async fn credential(
         }
         _ => key_principal(state, secret, client).await,
     }
+}
+
+/// Whether the query string has a `tenant` parameter (not yet checked).
+fn names_tenant(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("tenant"))
+    })
 }
 
 /// The tenant the request acts on: an operator's `?tenant=`, else the
@@ -183,7 +193,7 @@ async fn platform_principal(
             })
         })?;
     Ok(Credential {
-        label: format!("user:{}", user.user_id),
+        label: format!("{}{}", super::PLATFORM_USER_PREFIX, user.user_id),
         role,
         tenant: user.tenant.clone(),
     })

@@ -107,6 +107,15 @@ async fn fields(
     caller: &Caller,
     body: ScheduleBody,
 ) -> Result<ScheduleFields, Error> {
+    if caller.is_platform_user() {
+        // A schedule fires as its creator's API key, checked again at every
+        // firing; a platform token is checked only while it is presented.
+        return Err(Error::Forbidden(
+            "schedules are created with an API key (they fire as their creator's key, checked \
+             at every firing); a platform token cannot own one"
+                .into(),
+        ));
+    }
     check_name(body.name.as_deref())?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
     let cron = CronSpec::parse(&body.cron, &timezone)?;

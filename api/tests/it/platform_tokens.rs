@@ -249,6 +249,26 @@ async fn a_platform_token_acts_for_its_user_and_tenant_with_its_best_role() {
     )
     .await;
 
+    // A schedule fires as its creator's API key: a platform token cannot own one.
+    let admin = unique("tok");
+    platform.grant_token(&admin, "ada", &app.tenant, &["admin"]);
+    let schedule = app
+        .public(Method::POST, "/api/v1/schedules", &admin)
+        .json(&json!({"cron": "0 3 * * *", "type": "memory_analysis"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(schedule, 403, "FORBIDDEN").await;
+
+    // Credentials come first: a bad ?tenant= without any is 401, not 400.
+    let anonymous = app
+        .client
+        .get(app.url("/api/v1/cache/keys/k?tenant=not%20a%20tenant"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(anonymous, 401, "UNAUTHORIZED").await;
+
     // API keys keep working beside platform tokens.
     let key = app.key(Role::Reader).await;
     assert_eq!(status(get(&app, &key, "profile")).await, 200);
