@@ -131,6 +131,13 @@ impl Error {
     }
 }
 
+/// Whether `err` says Redis refused this client's credentials: `WRONGPASS`
+/// on `AUTH`, or `NOAUTH` on a command sent without a password.
+pub fn refuses_credentials(err: &deadpool_redis::redis::RedisError) -> bool {
+    err.kind() == deadpool_redis::redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 impl From<deadpool_redis::redis::RedisError> for Error {
     fn from(err: deadpool_redis::redis::RedisError) -> Self {
         // Connection-level failures, timeouts and a server that is loading,
@@ -149,7 +156,7 @@ impl From<deadpool_redis::redis::RedisError> for Error {
             || err.is_unrecoverable_error()
             // A password refused (changed under a running service) makes
             // the cache unavailable, like an outage; it is no bug of ours.
-            || crate::redis::refuses_credentials(&err)
+            || refuses_credentials(&err)
             || transient_reply
         {
             Self::CacheUnavailable(Box::new(err))

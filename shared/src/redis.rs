@@ -541,13 +541,6 @@ pub enum StartupRefusal {
     PlainTextOnly { addr: String },
 }
 
-/// Whether `err` says Redis refused this client's credentials: `WRONGPASS`
-/// on `AUTH`, or `NOAUTH` on a command sent without a password.
-pub fn refuses_credentials(err: &redis::RedisError) -> bool {
-    err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
-}
-
 /// The TLS failure behind `err`, if a TLS handshake or record failed.
 fn tls_failure(err: &redis::RedisError) -> Option<String> {
     let mut found = None;
@@ -613,7 +606,7 @@ pub async fn check_credentials(settings: &RedisSettings) -> Result<bool, Startup
     };
     match answer {
         Ok(_) => Ok(true),
-        Err(err) if refuses_credentials(&err) => Err(StartupRefusal::Credentials {
+        Err(err) if crate::error::refuses_credentials(&err) => Err(StartupRefusal::Credentials {
             addr,
             reason: match err.code() {
                 Some("NOAUTH") => format!("no password given, Redis requires one: {err}"),
