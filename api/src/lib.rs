@@ -194,6 +194,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         cache,
         db,
         jobs,
+        queue_has_own_redis: args.queue.has_own_redis(),
         key_cache: key_cache::KeyCache::new(key_cache::KeyCacheSettings {
             ttl: args.http.api_key_cache(),
             stale: Duration::from_secs(args.http.api_key_stale_seconds),

@@ -25,6 +25,8 @@ pub struct Shared {
     pub cache: Cache,
     pub db: PgPool,
     pub jobs: JobQueue,
+    /// Whether the queues have a Redis of their own (`QUEUE_REDIS_URL`), checked by `/health`.
+    pub queue_has_own_redis: bool,
     pub key_cache: KeyCache,
     /// Platform tokens (`AUTH_SERVICE_URL`); `None`: only API keys.
     pub platform_auth: Option<crate::platform_auth::PlatformAuth>,

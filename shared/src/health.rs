@@ -73,6 +73,9 @@ pub struct Checks {
     pub redis: Check,
     pub postgres: Check,
     pub worker: Check,
+    /// The job queues' own Redis (`QUEUE_REDIS_URL`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_redis: Option<Check>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +86,20 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
+    /// Adds the queues' own Redis: when it does not answer, jobs cannot
+    /// start or finish, so the service is degraded.
+    pub fn with_queue_redis(mut self, answered: Result<Duration, &Error>) -> Self {
+        let check = match answered {
+            Ok(latency) => Check::up(latency),
+            Err(err) => Check::down(err),
+        };
+        if check.status != "up" && self.status == Status::Ok {
+            self.status = Status::Degraded;
+        }
+        self.checks.queue_redis = Some(check);
+        self
+    }
+
     pub fn redis_up(&self) -> bool {
         self.checks.redis.status == "up"
     }
@@ -135,6 +152,7 @@ pub async fn probe(redis: &RedisStore, db: &PgPool) -> HealthReport {
             redis: redis_check,
             postgres,
             worker,
+            queue_redis: None,
         },
     }
 }

@@ -62,8 +62,13 @@ struct HealthView {
     responses((status = 200, description = "Success", body = Object), (status = "default", description = "Error envelope (API.md §3)", body = crate::error::Envelope))
 )]
 async fn health_open(State(state): State<AppState>) -> Response {
-    let report = health::probe(state.cache.redis(), &state.db).await;
-    let queue = if report.redis_up() {
+    let mut report = health::probe(state.cache.redis(), &state.db).await;
+    let queue = if state.queue_has_own_redis {
+        let started = std::time::Instant::now();
+        let depth = state.jobs.depth().await;
+        report = report.with_queue_redis(depth.as_ref().map(|_| started.elapsed()));
+        depth.ok()
+    } else if report.redis_up() {
         state.jobs.depth().await.ok()
     } else {
         None

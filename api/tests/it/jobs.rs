@@ -793,7 +793,7 @@ async fn jobs_backups_and_reports_past_retention_are_swept_and_nothing_else() {
 
 #[tokio::test]
 async fn jobs_can_run_on_a_queue_redis_of_their_own() {
-    let queue = crate::helpers::PrivateRedis::start().await;
+    let mut queue = crate::helpers::PrivateRedis::start().await;
     let queue_url = queue.url();
     let app = crate::helpers::spawn_app_with(crate::helpers::settings(&[
         "--queue-redis-url",
@@ -827,4 +827,15 @@ async fn jobs_can_run_on_a_queue_redis_of_their_own() {
     };
     assert!(count(&queue_url).await > 0);
     assert_eq!(count(&app.redis_url).await, 0, "{pattern}");
+
+    // /health reports the queues' Redis, and is degraded without it.
+    let health = |app: &crate::helpers::TestApp| app.client.get(app.url("/health")).send();
+    let up: Value = health(&app).await.unwrap().json().await.unwrap();
+    assert_eq!(up["checks"]["queueRedis"]["status"], "up", "{up}");
+    queue.stop().await;
+    let answer = health(&app).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let down: Value = answer.json().await.unwrap();
+    assert_eq!(down["status"], "degraded", "{down}");
+    assert_eq!(down["checks"]["queueRedis"]["status"], "down", "{down}");
 }
