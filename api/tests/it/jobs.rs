@@ -829,7 +829,7 @@ async fn jobs_can_run_on_a_queue_redis_of_their_own() {
     assert_eq!(count(&app.redis_url).await, 0, "{pattern}");
 
     // /health reports the queues' Redis, and is degraded without it.
-    let health = |app: &crate::helpers::TestApp| app.client.get(app.url("/health")).send();
+    let health = |app: &TestApp| app.client.get(app.url("/health")).send();
     let up: Value = health(&app).await.unwrap().json().await.unwrap();
     assert_eq!(up["checks"]["queueRedis"]["status"], "up", "{up}");
     queue.stop().await;
