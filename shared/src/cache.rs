@@ -993,17 +993,7 @@ pub async fn compress_stored(
     if !crate::codec::is_compressed(&packed) || packed.len() >= envelope.len() {
         return Ok(unchanged);
     }
-    // The expiry header stays as it was: the swap happens only if the
-    // value, header included, is unchanged, and it keeps the key's TTL.
-    let header = &stored[..stored.len() - envelope.len()];
-    let replacement = [header, &packed].concat();
-    let replaced = redis_store
-        .timed_for(deadline, async {
-            let mut conn = redis_store.conn().await?;
-            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
-        })
-        .await?;
-    if replaced {
+    if swap_envelope(redis_store, (redis_key, prefix), stored, &packed, deadline).await? {
         Ok(Compressed {
             bytes_before: envelope.len(),
             bytes_after: packed.len(),
@@ -1012,6 +1002,30 @@ pub async fn compress_stored(
     } else {
         Ok(unchanged)
     }
+}
+
+/// Replaces the envelope of the tenant value `stored` at `redis_key` (of
+/// namespace `prefix`) with `envelope`, only if the key still holds
+/// `stored`: headers and TTL kept, the size change accounted. Returns
+/// whether it was replaced (a newer write stands otherwise).
+///
+/// # Errors
+///
+/// [`Error::CacheUnavailable`].
+pub(crate) async fn swap_envelope(
+    redis_store: &RedisStore,
+    (redis_key, prefix): (&str, Option<&str>),
+    stored: &[u8],
+    envelope: &[u8],
+    deadline: std::time::Duration,
+) -> Result<bool, Error> {
+    let replacement = crate::codec::with_envelope(stored, envelope);
+    redis_store
+        .timed_for(deadline, async {
+            let mut conn = redis_store.conn().await?;
+            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
+        })
+        .await
 }
 
 /// The prefix of a key's namespace, as the accounting scripts name it.

@@ -130,6 +130,14 @@ pub fn split_headers(stored: &[u8]) -> (StoredExpiry, Option<u32>, &[u8]) {
     }
 }
 
+/// `stored` with its envelope replaced by `envelope`, its headers (expiry,
+/// compute block) kept: how a value is rewritten in place (compression,
+/// resealing) without touching its expiry.
+pub fn with_envelope(stored: &[u8], envelope: &[u8]) -> Vec<u8> {
+    let headers = stored.len() - split_expiry(stored).1.len();
+    [&stored[..headers], envelope].concat()
+}
+
 /// The block that records how long a value took to compute (refresh-ahead,
 /// API.md §10): `D` and the milliseconds, 4 bytes BE. It goes before the
 /// envelope, after the expiry header the scripts add; quotas count it as
@@ -612,6 +620,14 @@ mod tests {
         assert!(is_compressed(&[&with(1)[..9], &big].concat()));
         // A header with nothing behind it is no value.
         assert!(Stored::new(with(1)[..9].to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_new_envelope_keeps_the_headers_it_replaces_behind() {
+        let headers = [&[b'T'][..], &7u64.to_be_bytes(), &compute_block(40)].concat();
+        let rewritten = with_envelope(&[&headers[..], b"Jold"].concat(), b"Bnew");
+        assert_eq!(rewritten, [&headers[..], b"Bnew"].concat());
+        assert_eq!(with_envelope(b"Jlegacy", b"Bnew"), b"Bnew");
     }
 
     fn json(text: &str) -> Value {

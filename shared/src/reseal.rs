@@ -11,7 +11,6 @@ use deadpool_redis::redis::Script;
 
 use crate::codec::{NEGATIVE_ENVELOPE, split_expiry};
 use crate::error::Error;
-use crate::quota;
 use crate::redis::RedisStore;
 use crate::sealing::{Keyring, is_sealed, key_id_of};
 
@@ -69,14 +68,8 @@ pub async fn tenant_value(
     let Some((next, outcome)) = next_envelope(keys, envelope, should_seal)? else {
         return Ok(Resealed::Unchanged);
     };
-    let header = &stored[..stored.len() - envelope.len()];
-    let replacement = [header, &next].concat();
-    let replaced = redis_store
-        .timed_for(deadline, async {
-            let mut conn = redis_store.conn().await?;
-            quota::compare_and_set(&mut conn, redis_key, prefix, stored, &replacement).await
-        })
-        .await?;
+    let at = (redis_key, prefix);
+    let replaced = crate::cache::swap_envelope(redis_store, at, stored, &next, deadline).await?;
     Ok(if replaced {
         outcome
     } else {
@@ -135,8 +128,7 @@ pub async fn platform_value(
     let Some((next, outcome)) = next_envelope(keys, envelope, should_seal)? else {
         return Ok(Resealed::Unchanged);
     };
-    let header = &stored[..stored.len() - envelope.len()];
-    let replacement = [header, &next].concat();
+    let replacement = crate::codec::with_envelope(stored, &next);
     let replaced: i64 = redis_store
         .timed_for(deadline, async {
             let mut conn = redis_store.conn().await?;
