@@ -134,6 +134,16 @@ async fn keys_rotate_and_reencrypt_retires_the_old_key() {
         );
     }
     let tenant = old.tenant.clone();
+    // Another tenant's value under the old key: no job of this tenant touches it.
+    let neighbour = app_with_keys(&[("k1", 1)], None, &[]).await;
+    encrypted_namespace(&neighbour, "pii:").await;
+    assert_eq!(
+        neighbour
+            .set("pii:n", json!({"ssn": SECRET}))
+            .await
+            .status(),
+        200
+    );
 
     // The new key seals; the old one still opens.
     let rotated = app_with_keys(&[("k2", 2), ("k1", 1)], Some(&tenant), &[]).await;
@@ -176,6 +186,10 @@ async fn keys_rotate_and_reencrypt_retires_the_old_key() {
         assert!(contains(&stored, "k2") && !contains(&stored, SECRET));
         assert_eq!(value_of(&new_only, &format!("pii:{n}")).await["n"], n);
     }
+    assert!(
+        contains(&raw(&neighbour, "pii:n").await, "k1"),
+        "another tenant's value is left as it was"
+    );
     // TTLs were kept.
     let ttl = value_of_ttl(&new_only, "pii:0").await;
     assert!(ttl > 0, "{ttl}");
