@@ -162,24 +162,27 @@ impl PlatformAuth {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Whether the answer for this token is already remembered (a known
-    /// token is not held to the failed-authentication budget).
-    pub fn knows(&self, token: &str) -> bool {
-        self.tokens
-            .as_ref()
-            .is_some_and(|c| c.contains_key(&cache_shared::api_keys::digest(token)))
+    /// Whether the answer for the token of `digest` (`api_keys::digest`, taken
+    /// once per request) is already remembered (a known token is not held
+    /// to the failed-authentication budget).
+    pub fn knows(&self, digest: &[u8; 32]) -> bool {
+        self.tokens.as_ref().is_some_and(|c| c.contains_key(digest))
     }
 
-    /// The user behind `token`.
+    /// The user behind `token`, whose `digest` keys the remembered answers.
     ///
     /// # Errors
     ///
     /// [`PlatformError::Invalid`] for a token the auth service refuses,
     /// [`PlatformError::Unavailable`] when it gives no usable answer.
-    pub async fn verify(&self, token: &str) -> Result<Arc<PlatformUser>, PlatformError> {
+    pub async fn verify(
+        &self,
+        digest: [u8; 32],
+        token: &str,
+    ) -> Result<Arc<PlatformUser>, PlatformError> {
         let verdict = match &self.tokens {
             Some(cache) => cache
-                .try_get_with(cache_shared::api_keys::digest(token), self.ask_auth(token))
+                .try_get_with(digest, self.ask_auth(token))
                 .await
                 .map_err(|err| (*err).clone())?,
             None => self.ask_auth(token).await?,

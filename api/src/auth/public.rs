@@ -170,12 +170,13 @@ async fn platform_principal(
     client: Option<IpAddr>,
     needed: Role,
 ) -> Result<Credential, ApiError> {
-    if !platform.knows(secret)
+    let digest = api_keys::digest(secret);
+    if !platform.knows(&digest)
         && let Some(wait) = state.key_cache.budget_wait(client)
     {
         return Err(over_budget(wait));
     }
-    let user = platform.verify(secret).await.map_err(|err| {
+    let user = platform.verify(digest, secret).await.map_err(|err| {
         if let PlatformError::Invalid = err {
             state.key_cache.count_failure(client);
         }
