@@ -172,8 +172,12 @@ impl Cache {
     ///
     /// [`Error::Sealing`] (cannot happen: the setting needs a key).
     pub(crate) fn encode_platform(&self, value: &Value) -> Result<Vec<u8>, Error> {
-        let envelope = self.codec.encode(value);
-        if self.seal_platform {
+        self.sealed_if(self.seal_platform, self.codec.encode(value))
+    }
+
+    /// `envelope` sealed under the current key when `seal`, else as it is.
+    fn sealed_if(&self, seal: bool, envelope: Vec<u8>) -> Result<Vec<u8>, Error> {
+        if seal {
             self.keys.seal(&envelope)
         } else {
             Ok(envelope)
@@ -277,12 +281,7 @@ impl Cache {
     /// `value`'s envelope as `placed` stores it: compressed when that pays,
     /// then sealed in an encrypted namespace.
     fn encode(&self, placed: &Placement, value: &Value) -> Result<Vec<u8>, Error> {
-        let envelope = placed.codec.encode(value);
-        if placed.sealed {
-            self.keys.seal(&envelope)
-        } else {
-            Ok(envelope)
-        }
+        self.sealed_if(placed.sealed, placed.codec.encode(value))
     }
 
     /// Every tenant's limits, as writes check them.
