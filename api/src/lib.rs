@@ -81,7 +81,10 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("Redis does not answer yet: cache requests answer 503 until it does");
     }
     if args.queue.has_own_redis()
-        && !cache_shared::redis::check_credentials(&args.queue.redis(&args.redis)).await?
+        && !cache_shared::redis::check_credentials(
+            &args.queue.redis(&args.redis).map_err(anyhow::Error::msg)?,
+        )
+        .await?
     {
         tracing::warn!(
             "the queues' Redis does not answer yet: starting jobs answers 503 until it does"
@@ -164,7 +167,7 @@ pub fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let limits = CacheLimits::from_settings(&args.cache);
     let (instruments, stats) =
         Instruments::new(&args.observability).context("defining the Prometheus metrics")?;
-    let queue_redis = args.queue.redis(&args.redis);
+    let queue_redis = args.queue.redis(&args.redis).map_err(anyhow::Error::msg)?;
     let queue_conn =
         cache_shared::redis::dedicated_connection(&queue_redis, args.redis.command_timeout())
             .context("parsing QUEUE_REDIS_URL")?;

@@ -17,12 +17,27 @@ pub enum RedisClientMode {
     Pool,
 }
 
+/// Whether the data plane is one Redis or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    /// One Redis server (with replicas behind it, if any).
+    Standalone,
+    /// A Redis Cluster: `REDIS_URL` lists seed nodes, the client follows
+    /// the slot map (MOVED/ASK) and walks each primary or slot.
+    Cluster,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    /// Redis server URL (`redis://` or `rediss://` for TLS; `:password@` before the host).
+    /// Redis server URL (`redis://` or `rediss://` for TLS; `:password@` before the host);
+    /// with `REDIS_MODE=cluster`, seed nodes as comma-separated URLs.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
-          value_parser = Redacted(parse_redis_url), hide_env_values = true)]
+          value_parser = Redacted(parse_redis_urls), hide_env_values = true)]
     pub redis_url: String,
+
+    /// `standalone` (one Redis) or `cluster` (Redis Cluster; needs `QUEUE_REDIS_URL`).
+    #[arg(long, env = "REDIS_MODE", value_enum, default_value = "standalone")]
+    pub redis_mode: RedisMode,
 
     /// How requests share connections: `multiplexed` or `pool`.
     #[arg(long, env = "REDIS_CLIENT", value_enum, default_value = "multiplexed")]
@@ -55,6 +70,28 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// The URLs of `REDIS_URL`: one in standalone mode, the seed nodes in cluster mode.
+    pub fn urls(&self) -> Vec<&str> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The URL connections of their own use (subscriptions, tracking, start-up
+    /// checks): `REDIS_URL`, or its first seed node in cluster mode.
+    pub fn first_url(&self) -> &str {
+        self.urls()
+            .first()
+            .copied()
+            .unwrap_or(self.redis_url.as_str())
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.redis_mode == RedisMode::Cluster
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_connect_timeout_ms)
     }
@@ -182,13 +219,25 @@ pub struct QueueArgs {
 impl QueueArgs {
     /// The settings of the queues' Redis: `redis` with `QUEUE_REDIS_URL`
     /// when one is given (timeouts and client mode are the data plane's).
-    pub fn redis(&self, redis: &RedisSettings) -> RedisSettings {
+    /// The queues always use one standalone Redis: apalis-redis's scripts
+    /// touch several keys of a queue, which a cluster allows in one slot only.
+    ///
+    /// # Errors
+    ///
+    /// In cluster mode without `QUEUE_REDIS_URL`, naming the setting.
+    pub fn redis(&self, redis: &RedisSettings) -> Result<RedisSettings, String> {
         match &self.queue_redis_url {
-            Some(url) => RedisSettings {
+            Some(url) => Ok(RedisSettings {
                 redis_url: url.clone(),
+                redis_mode: RedisMode::Standalone,
                 ..redis.clone()
-            },
-            None => redis.clone(),
+            }),
+            None if redis.is_cluster() => Err(
+                "REDIS_MODE=cluster needs QUEUE_REDIS_URL: the job queues run on a standalone \
+                 Redis of their own"
+                    .into(),
+            ),
+            None => Ok(redis.clone()),
         }
     }
 
@@ -403,6 +452,14 @@ fn parse_redis_url(value: &str) -> Result<String, String> {
     deadpool_redis::redis::Client::open(value)
         .map(|_| value.to_owned())
         .map_err(|e| format!("not a Redis URL: {e}"))
+}
+
+/// One URL, or the comma-separated seed nodes of a cluster.
+fn parse_redis_urls(value: &str) -> Result<String, String> {
+    for url in value.split(',').map(str::trim) {
+        parse_redis_url(url)?;
+    }
+    Ok(value.to_owned())
 }
 
 fn parse_database_url(value: &str) -> Result<String, String> {

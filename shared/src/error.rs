@@ -157,6 +157,10 @@ impl From<deadpool_redis::redis::RedisError> for Error {
             // A password refused (changed under a running service) makes
             // the cache unavailable, like an outage; it is no bug of ours.
             || refuses_credentials(&err)
+            // A cluster changing hands (MOVED/ASK past the client's
+            // retries, TRYAGAIN, CLUSTERDOWN, a node it cannot reach).
+            || err.is_cluster_error()
+            || err.kind() == deadpool_redis::redis::ErrorKind::ClusterConnectionNotFound
             || transient_reply
         {
             Self::CacheUnavailable(Box::new(err))
@@ -181,7 +185,7 @@ fn is_transient_sqlstate(code: &str) -> bool {
 fn is_transient_code(code: &str) -> bool {
     matches!(
         code,
-        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "READONLY"
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "READONLY" | "CLUSTERDOWN"
     )
 }
 

@@ -39,6 +39,43 @@ pub struct Check {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_workers: Option<u64>,
+    /// Each node of a Redis Cluster (`REDIS_MODE=cluster`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeCheck>>,
+}
+
+/// One node of a Redis Cluster as `/health` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCheck {
+    /// `host:port`.
+    pub address: String,
+    /// `primary` or `replica`.
+    pub role: &'static str,
+    /// Slots it serves (primaries).
+    pub slots: u32,
+    /// `up`, or `down` when the cluster holds it as failing or (a primary)
+    /// it did not answer.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+}
+
+impl NodeCheck {
+    fn of(probe: crate::redis::NodeProbe) -> Self {
+        let answered = probe.latency.is_some() || !probe.node.is_primary();
+        let up = answered && !probe.node.failing;
+        Self {
+            address: probe.node.address,
+            role: probe.node.role,
+            slots: probe.node.slots,
+            status: if up { "up" } else { "down" },
+            latency_ms: probe.latency.map(|l| l.as_secs_f64() * 1000.0),
+            keys: probe.keys,
+        }
+    }
 }
 
 impl Check {
@@ -48,6 +85,7 @@ impl Check {
             latency_ms: Some(latency.as_secs_f64() * 1000.0),
             error: None,
             live_workers: None,
+            nodes: None,
         }
     }
 
@@ -63,6 +101,7 @@ impl Check {
                 _ => "unexpected error".into(),
             }),
             live_workers: None,
+            nodes: None,
         }
     }
 }
@@ -111,12 +150,18 @@ impl HealthReport {
 
 /// Checks Redis, PostgreSQL and worker heartbeats concurrently.
 pub async fn probe(redis: &RedisStore, db: &PgPool) -> HealthReport {
-    let (redis_result, pg_result) =
-        tokio::join!(redis.ping(), crate::db::ping(db, redis.command_timeout()));
-    let redis_check = match &redis_result {
+    let (redis_result, pg_result, nodes) = tokio::join!(
+        redis.ping(),
+        crate::db::ping(db, redis.command_timeout()),
+        redis.probe_nodes()
+    );
+    let mut redis_check = match &redis_result {
         Ok(latency) => Check::up(*latency),
         Err(e) => Check::down(e),
     };
+    if let Ok(Some(nodes)) = nodes {
+        redis_check.nodes = Some(nodes.into_iter().map(NodeCheck::of).collect());
+    }
     let postgres = match &pg_result {
         Ok(latency) => Check::up(*latency),
         Err(e) => Check::down(e),
@@ -129,6 +174,7 @@ pub async fn probe(redis: &RedisStore, db: &PgPool) -> HealthReport {
                 latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
                 error: Some("no worker heartbeat".into()),
                 live_workers: Some(0),
+                nodes: None,
             },
             Ok(n) => Check {
                 live_workers: Some(n),

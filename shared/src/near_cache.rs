@@ -9,6 +9,11 @@
 //! the cache is emptied and bypassed until tracking is on again. Entries
 //! also end with their key's TTL (the value's expiry header).
 //!
+//! On a Redis Cluster the tracking connection is a cluster client of its
+//! own with tracking on at every primary; a node's connection dropping
+//! (a failover) or the set of primaries changing (a node added) empties
+//! the cache and starts tracking again on the primaries there are now.
+//!
 //! A read that misses fills the cache only if no invalidation of its key's
 //! shard arrived while it read Redis: a push racing the read can never
 //! leave the older value behind.
@@ -20,7 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, PushInfo, PushKind};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster::ClusterClient;
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, PushInfo, PushKind};
 use tokio::sync::{Notify, watch};
 
 use crate::codec::{StoredExpiry, split_expiry, unix_now_ms};
@@ -222,23 +233,11 @@ impl NearCache {
         name: &str,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), crate::Error> {
-        let client = redis::Client::open(resp3_url(&settings.redis_url).as_str())?;
-        let near = Arc::clone(self);
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout()))
-            .set_response_timeout(Some(settings.command_timeout()))
-            .set_push_sender(move |push: PushInfo| {
-                near.on_push(push);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let () = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(name)
-            .query_async(&mut conn)
-            .await?;
+        let mut conn = Tracker::open(settings, Arc::clone(self)).await?;
+        let mut setname = redis::cmd("CLIENT");
+        setname.arg("SETNAME").arg(name);
+        conn.everywhere(setname).await?;
+        let primaries = conn.primaries().await?;
         loop {
             let wanted = prefixes(namespaces);
             let current = self
@@ -248,18 +247,16 @@ impl NearCache {
                 .clone();
             if wanted != current || !self.is_healthy() {
                 self.healthy.store(false, Ordering::Release);
-                let () = redis::cmd("CLIENT")
-                    .arg("TRACKING")
-                    .arg("OFF")
-                    .query_async(&mut conn)
-                    .await?;
+                let mut off = redis::cmd("CLIENT");
+                off.arg("TRACKING").arg("OFF");
+                conn.everywhere(off).await?;
                 if !wanted.is_empty() {
                     let mut on = redis::cmd("CLIENT");
                     on.arg("TRACKING").arg("ON").arg("BCAST");
                     for prefix in &wanted {
                         on.arg("PREFIX").arg(prefix);
                     }
-                    let () = on.query_async(&mut conn).await?;
+                    conn.everywhere(on).await?;
                 }
                 // Emptied only now that tracking is on: a read that began
                 // before could hold a value written while nothing was
@@ -272,11 +269,81 @@ impl NearCache {
             }
             tokio::select! {
                 () = tokio::time::sleep(CHECK_EVERY) => {
-                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                    conn.everywhere(redis::cmd("PING")).await?;
+                    if conn.primaries().await? != primaries {
+                        // A primary no tracking was asked of may hold keys now.
+                        return Ok(());
+                    }
                 }
                 () = self.dropped.notified() => return Ok(()),
                 _ = stop.changed() => return Ok(()),
             }
+        }
+    }
+}
+
+/// The tracking connection: to the one Redis, or a cluster client whose
+/// tracking commands go to every primary.
+enum Tracker {
+    One(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Tracker {
+    /// Connects in RESP3, invalidation pushes going to `near`.
+    async fn open(settings: &RedisSettings, near: Arc<NearCache>) -> Result<Self, crate::Error> {
+        let push = move |push: PushInfo| {
+            near.on_push(push);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        if settings.is_cluster() {
+            let client = ClusterClient::builder(settings.urls())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push)
+                .connection_timeout(settings.connect_timeout())
+                .response_timeout(settings.command_timeout())
+                .build()?;
+            return Ok(Self::Cluster(client.get_async_connection().await?));
+        }
+        let client = redis::Client::open(resp3_url(&settings.redis_url).as_str())?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout()))
+            .set_response_timeout(Some(settings.command_timeout()))
+            .set_push_sender(push);
+        Ok(Self::One(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
+    }
+
+    /// Sends `cmd` to the Redis, or to every primary of the cluster.
+    async fn everywhere(&mut self, cmd: Cmd) -> Result<(), crate::Error> {
+        match self {
+            Self::One(conn) => {
+                conn.req_packed_command(&cmd).await?;
+            }
+            Self::Cluster(conn) => {
+                let every = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                conn.route_command(cmd, every).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The primaries serving slots (none for one Redis).
+    async fn primaries(&mut self) -> Result<Vec<String>, crate::Error> {
+        match self {
+            Self::One(_) => Ok(Vec::new()),
+            Self::Cluster(conn) => Ok(crate::redis::cluster::nodes(conn)
+                .await?
+                .into_iter()
+                .filter(|n| n.is_primary() && n.slots > 0)
+                .map(|n| n.address)
+                .collect()),
         }
     }
 }

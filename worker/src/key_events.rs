@@ -112,11 +112,17 @@ async fn hold_and_forward(
         return Ok(());
     }
     enable_notifications(store).await?;
-    let client = redis::Client::open(settings.redis_url.as_str())?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.psubscribe("__keyevent@*__:expired").await?;
-    pubsub.psubscribe("__keyevent@*__:evicted").await?;
-    let mut messages = pubsub.on_message();
+    // Each server announces its own keys only: on a cluster, every primary.
+    let shards = store.timed(store.shards()).await?;
+    let mut streams = Vec::with_capacity(shards.len());
+    for shard in &shards {
+        let client = cache_shared::redis::client_of(settings, shard)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.psubscribe("__keyevent@*__:expired").await?;
+        pubsub.psubscribe("__keyevent@*__:evicted").await?;
+        streams.push(pubsub.into_on_message());
+    }
+    let mut messages = futures::stream::select_all(streams);
     let mut renew = tokio::time::interval(RENEW_EVERY);
     renew.tick().await;
     tracing::info!("forwarding expirations and evictions as key events");
@@ -136,6 +142,10 @@ async fn hold_and_forward(
             }
             _ = renew.tick() => {
                 if !lock(store, owner).await? {
+                    return Ok(());
+                }
+                // A failover or a new primary: subscribe to the primaries there are now.
+                if store.timed(store.shards()).await? != shards {
                     return Ok(());
                 }
             }

@@ -283,7 +283,10 @@ pub async fn run(
     // A refused password or a TLS mismatch is a configuration error: stop now, not after
     // the start-up deadline of an outage.
     cache_shared::redis::check_credentials(&settings.redis).await?;
-    let queue_redis = settings.queue.redis(&settings.redis);
+    let queue_redis = settings
+        .queue
+        .redis(&settings.redis)
+        .map_err(anyhow::Error::msg)?;
     if settings.queue.has_own_redis() {
         cache_shared::redis::check_credentials(&queue_redis).await?;
     }

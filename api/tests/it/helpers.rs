@@ -24,6 +24,9 @@ pub struct TestApp {
     /// A tenant id unique to this test.
     pub tenant: String,
     pub redis_url: String,
+    /// `--redis-mode cluster --queue-redis-url …` when the app runs on a
+    /// cluster: its workers get them too.
+    cluster_args: Vec<String>,
     /// The queue prefix of this test's jobs (also given to its workers).
     pub queue_prefix: String,
     pub database_url: String,
@@ -88,6 +91,15 @@ pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
         args.database.database_url = test_database(&args.database.database_url).await;
     }
     let redis_url = args.redis.redis_url.clone();
+    let cluster_args = match (&args.redis.redis_mode, &args.queue.queue_redis_url) {
+        (cache_shared::config::RedisMode::Cluster, Some(queue)) => vec![
+            "--redis-mode".to_owned(),
+            "cluster".to_owned(),
+            "--queue-redis-url".to_owned(),
+            queue.clone(),
+        ],
+        _ => Vec::new(),
+    };
     let queue_prefix = args.queue.queue_prefix.clone();
     let database_url = args.database.database_url.clone();
     let state = cache_api::build_state(&args).expect("state builds");
@@ -110,6 +122,7 @@ pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
         client: reqwest::Client::new(),
         tenant: unique("t"),
         redis_url,
+        cluster_args,
         queue_prefix,
         database_url,
         state,
@@ -260,6 +273,7 @@ impl TestApp {
             "--worker-name",
             "test",
         ];
+        argv.extend(self.cluster_args.iter().map(String::as_str));
         if !extra.contains(&"--database-url") {
             argv.extend(["--database-url", &self.database_url]);
         }
@@ -604,4 +618,185 @@ pub fn sample(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+/// A Redis Cluster of this test's own on 127.0.0.1: `primaries` primaries
+/// with `replicas` replicas each, on consecutive free ports, the nodes
+/// children of the test (killed on drop), joined by `scripts/redis-cluster
+/// join` as developers' clusters are.
+pub struct TestCluster {
+    pub base: u16,
+    pub primaries: u16,
+    dir: std::path::PathBuf,
+    nodes: Vec<(u16, Option<tokio::process::Child>)>,
+}
+
+impl TestCluster {
+    pub async fn start(primaries: u16, replicas: u16) -> Self {
+        let total = primaries * (1 + replicas);
+        let base = free_port_run(total);
+        let dir = std::env::temp_dir().join(unique("redis-cluster"));
+        let mut cluster = Self {
+            base,
+            primaries,
+            dir,
+            nodes: (0..total).map(|i| (base + i, None)).collect(),
+        };
+        for i in 0..usize::from(total) {
+            cluster.spawn(i);
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis-cluster");
+        let joined = tokio::process::Command::new(script)
+            .args(["join", &base.to_string()])
+            .args([primaries.to_string(), replicas.to_string()])
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .expect("scripts/redis-cluster runs");
+        assert!(joined.status.success(), "the cluster formed");
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let port = self.nodes[i].0;
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("node directory");
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed");
+        self.nodes[i].1 = Some(child);
+    }
+
+    /// The seed nodes, as `REDIS_URL` takes them in cluster mode.
+    pub fn seeds(&self) -> String {
+        (0..self.primaries)
+            .map(|i| format!("redis://127.0.0.1:{}", self.base + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Ports of every node.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// A connection to one node (commands to keys of other nodes get MOVED).
+    pub async fn node(&self, port: u16) -> MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the node")
+    }
+
+    /// The port of the primary serving `key`'s slot.
+    pub async fn owner_of(&self, key: &str) -> u16 {
+        let slot = cache_shared::redis::cluster::key_slot(key.as_bytes());
+        let mut conn = self.node(self.base).await;
+        let nodes = cache_shared::redis::cluster::nodes(&mut conn)
+            .await
+            .unwrap();
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if !fields[2].contains("master") {
+                continue;
+            }
+            for range in &fields[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                    && (a..=b).contains(&slot)
+                {
+                    let address = fields[1].split('@').next().unwrap();
+                    assert!(nodes.iter().any(|n| n.address == address));
+                    return address.rsplit_once(':').unwrap().1.parse().unwrap();
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+
+    /// Every key on every primary matching `pattern` (a full `SCAN` of each).
+    pub async fn scan(&self, pattern: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        for i in 0..self.primaries {
+            let mut conn = self.node(self.base + i).await;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                all.extend(keys);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// Kills the node on `port` at once (no shutdown: as if its machine died).
+    pub async fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
+        if let Some(mut child) = node.1.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `count` consecutive free ports whose cluster bus ports (+10 000) are free too.
+fn free_port_run(count: u16) -> u16 {
+    loop {
+        let base = 20_000 + (free_port() % 20_000);
+        let free = (0..count).all(|i| {
+            [base + i, base + i + 10_000]
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        });
+        if free {
+            return base;
+        }
+    }
+}
+
+/// Settings of an api on `cluster`, its queues on the standard Redis.
+pub fn cluster_settings(cluster: &TestCluster, extra: &[&str]) -> ServeArgs {
+    let seeds = cluster.seeds();
+    let queue = settings(&[]).redis.redis_url;
+    let mut argv = vec![
+        "--redis-mode",
+        "cluster",
+        "--redis-url",
+        &seeds,
+        "--queue-redis-url",
+        &queue,
+    ];
+    argv.extend_from_slice(extra);
+    settings(&argv)
 }

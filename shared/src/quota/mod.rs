@@ -146,11 +146,16 @@ static READ: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/read.l
 /// of any other command queued behind the step, however sparse the
 /// pattern's keys are in the keyspace (a sparse tenant costs many pages per
 /// key found); `most` bounds it where `TIME` does not move inside a script.
-/// Returns the next cursor, the keys removed and the keys examined. A
-/// tenant's pattern stays inside its hash tag, so under Redis Cluster the
-/// step touches one slot.
+/// Returns the next cursor, the keys removed and the keys examined. Runs
+/// on one server (a cluster primary: its own keys, of many slots).
 pub static SCAN_UNLINK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/scan_unlink.lua")));
+
+/// KEYS: keys of one slot (a page of a tenant's keys from the slot's index).
+/// Removes them, each tenant value taken out of its tenant's accounting as
+/// [`SCAN_UNLINK`] does; returns the keys removed.
+pub static UNLINK_KEYS: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("lua/unlink_keys.lua")));
 
 /// Length of `c:{tenant}:`.
 fn prefix_len(tenant: &TenantId) -> usize {

@@ -37,8 +37,12 @@ async fn run(
     let mut pages = KeyPages::new(ctx, &pattern);
     while let Some(values) = pages
         .next(async |conn, keys| {
-            let stored: Vec<Option<Vec<u8>>> =
-                redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+            // Single-key commands: a walk's page may span slots (see ScanPages).
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.get(key);
+            }
+            let stored: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
             Ok(keys.into_iter().zip(stored).collect::<Vec<_>>())
         })
         .await?

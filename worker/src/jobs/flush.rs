@@ -1,5 +1,6 @@
 //! `flush`: deletes a tenant's keys (all, a namespace, or a glob pattern)
-//! with `SCAN` + `UNLINK` in paced batches. Never `KEYS`; `FLUSHDB` never at
+//! with `SCAN` + `UNLINK` in paced batches (on a cluster: from the tenant
+//! slot's key index, or `SCAN` on every primary for a whole-server flush). Never `KEYS`; `FLUSHDB` never at
 //! all: even the operator's whole-server flush only removes tenants' cached
 //! values, so queues, sessions and permission entries survive it.
 //! Idempotent: a re-run deletes whatever still matches.
@@ -8,7 +9,9 @@ use cache_jobs::flush::FlushParams;
 use cache_jobs::payload::Payload;
 use cache_shared::Error;
 use cache_shared::keys::TenantId;
-use cache_shared::quota::SCAN_UNLINK;
+use cache_shared::quota::{SCAN_UNLINK, UNLINK_KEYS};
+use cache_shared::redis::ScanPages;
+use cache_shared::redis::cluster::pinned_slot;
 use serde_json::json;
 use std::time::Duration;
 
@@ -60,47 +63,107 @@ async fn run(
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
     let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
-    let budget_us = u64::try_from(ctx.pacing.flush_step_budget.as_micros()).unwrap_or(u64::MAX);
-    // A step never examines more than a hundredth of a second of the rate
-    // cap, so the cap stays smooth even where `TIME` stands still.
-    let most = (ctx.pacing.flush_keys_per_second / 100).max(ctx.pacing.flush_batch as u64);
-    let mut examined: i64 = 0;
-    let mut cursor: u64 = 0;
-    loop {
-        let (deleted, seen) = redis
-            .timed_for(ctx.pacing.batch_timeout, async {
-                let mut conn = redis.conn().await?;
-                let (next, deleted, seen): (String, i64, i64) = SCAN_UNLINK
-                    .prepare_invoke()
-                    .arg(cursor)
-                    .arg(&pattern)
-                    .arg(ctx.pacing.flush_batch)
-                    .arg(budget_us)
-                    .arg(most)
-                    .invoke_async(&mut conn)
-                    .await?;
-                cursor = next
-                    .parse()
-                    .map_err(|_| Error::internal(format!("SCAN answered cursor {next}")))?;
-                Ok((deleted, seen))
-            })
-            .await?;
-        if progress.advance(deleted).await? == Next::Stop {
-            return Ok(Outcome::Cancelled(json!({ "deleted": progress.done() })));
-        }
-        if cursor == 0 {
-            break;
-        }
-        // The rate cap is the flush's throttle, counted in keys examined (a
-        // page that finds nothing to delete still costs Redis a SCAN).
-        examined += seen;
-        pacer.wait(examined).await;
+    let indexed = redis.is_cluster() && pinned_slot(&pattern).is_some();
+    let next = if indexed {
+        unlink_indexed(ctx, &pattern, &mut progress, &pacer).await?
+    } else {
+        unlink_scanned(ctx, &pattern, &mut progress, &pacer).await?
+    };
+    if next == Next::Stop {
+        return Ok(Outcome::Cancelled(json!({ "deleted": progress.done() })));
     }
     settle_namespaces(ctx, tenant, params).await?;
     let deleted = progress.done();
     progress.set_total(deleted);
     progress.report().await?;
     Ok(Outcome::Succeeded(json!({ "deleted": deleted })))
+}
+
+/// Deletes the keys matching `pattern` with [`SCAN_UNLINK`] steps on each
+/// shard in turn (the one Redis, or every primary of a cluster).
+async fn unlink_scanned(
+    ctx: &JobContext,
+    pattern: &str,
+    progress: &mut Progress<'_>,
+    pacer: &Pacer,
+) -> Result<Next, JobError> {
+    let redis = ctx.cache.redis();
+    let budget_us = u64::try_from(ctx.pacing.flush_step_budget.as_micros()).unwrap_or(u64::MAX);
+    // A step never examines more than a hundredth of a second of the rate
+    // cap, so the cap stays smooth even where `TIME` stands still.
+    let most = (ctx.pacing.flush_keys_per_second / 100).max(ctx.pacing.flush_batch as u64);
+    let shards = redis
+        .timed_for(ctx.pacing.batch_timeout, redis.shards())
+        .await?;
+    let mut examined: i64 = 0;
+    for shard in &shards {
+        let mut cursor: u64 = 0;
+        loop {
+            let (deleted, seen) = redis
+                .timed_for(ctx.pacing.batch_timeout, async {
+                    let mut conn = redis.conn_on(shard).await?;
+                    let (next, deleted, seen): (String, i64, i64) = SCAN_UNLINK
+                        .prepare_invoke()
+                        .arg(cursor)
+                        .arg(pattern)
+                        .arg(ctx.pacing.flush_batch)
+                        .arg(budget_us)
+                        .arg(most)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    cursor = next
+                        .parse()
+                        .map_err(|_| Error::internal(format!("SCAN answered cursor {next}")))?;
+                    Ok((deleted, seen))
+                })
+                .await?;
+            if progress.advance(deleted).await? == Next::Stop {
+                return Ok(Next::Stop);
+            }
+            if cursor == 0 {
+                break;
+            }
+            // The rate cap is the flush's throttle, counted in keys examined
+            // (a page that finds nothing to delete still costs a SCAN).
+            examined += seen;
+            pacer.wait(examined).await;
+        }
+    }
+    Ok(Next::Continue)
+}
+
+/// Deletes the keys matching `pattern`, which pins one slot of a cluster,
+/// from that slot's key index: the flush costs the tenant's keys, not the
+/// whole keyspace.
+async fn unlink_indexed(
+    ctx: &JobContext,
+    pattern: &str,
+    progress: &mut Progress<'_>,
+    pacer: &Pacer,
+) -> Result<Next, JobError> {
+    let redis = ctx.cache.redis();
+    let mut pages = ScanPages::new(
+        redis,
+        pattern,
+        ctx.pacing.flush_batch,
+        ctx.pacing.batch_timeout,
+    );
+    let mut examined: i64 = 0;
+    while let Some(page) = pages
+        .next(async |conn, keys| {
+            let deleted: i64 = UNLINK_KEYS.key(keys.as_slice()).invoke_async(conn).await?;
+            Ok(vec![(deleted, keys.len() as i64)])
+        })
+        .await?
+    {
+        let (deleted, seen) = page.first().copied().unwrap_or((0, 0));
+        if progress.advance(deleted).await? == Next::Stop {
+            return Ok(Next::Stop);
+        }
+        examined += seen;
+        pacer.wait(examined).await;
+    }
+    Ok(Next::Continue)
 }
 
 /// After a flush: its `flush` event for listeners, and the namespaces'

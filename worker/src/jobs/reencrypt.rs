@@ -97,7 +97,12 @@ impl Values<'_> {
             }
             return Ok(pipe.query_async(conn).await?);
         }
-        Ok(redis::cmd("MGET").arg(keys).query_async(conn).await?)
+        // Single-key commands: a walk's page may span slots (see ScanPages).
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.get(key);
+        }
+        Ok(pipe.query_async(conn).await?)
     }
 
     async fn reseal(&self, ctx: &JobContext, key: &str, stored: &[u8]) -> Result<Resealed, Error> {

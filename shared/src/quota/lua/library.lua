@@ -87,3 +87,53 @@ local function count_change(u, dk, db, changed)
   if changed then redis.call('HINCRBY', u, 'w', 1) end
   return keys
 end
+-- Removes `key`, noting in `changes` what its tenant's accounting loses
+-- when it is a tenant's value (`c:{t}:…`); returns 1 when it was there.
+-- One key per UNLINK: a page's keys may hash to several slots, which a
+-- cluster node refuses in one command.
+local function unlink_counted(changes, key)
+  local tenant = string.match(key, '^c:{([^}]*)}:')
+  if tenant then
+    local old = value_len(key)
+    if old > 0 then
+      local c = changes[tenant]
+      if not c then
+        c = {0, 0, {}}
+        changes[tenant] = c
+      end
+      local size = #key - #tenant - 5 + old
+      c[1] = c[1] + 1
+      c[2] = c[2] + size
+      local at = redis.call('PEXPIRETIME', key)
+      if at > 0 then
+        local b = bucket_of(at)
+        local e = c[3][b]
+        if not e then
+          e = {0, 0}
+          c[3][b] = e
+        end
+        e[1] = e[1] + 1
+        e[2] = e[2] + size
+      end
+    end
+  end
+  return redis.call('UNLINK', key)
+end
+-- Takes what unlink_counted noted out of each tenant's accounting, once
+-- per tenant rather than once per key.
+local function settle_unlinks(changes)
+  for tenant, c in pairs(changes) do
+    local u, x, xz = 'q:{' .. tenant .. '}:usage', 'q:{' .. tenant .. '}:exp', 'q:{' .. tenant .. '}:expz'
+    redis.call('HINCRBY', u, 'k', -c[1])
+    redis.call('HINCRBY', u, 'b', -c[2])
+    redis.call('HINCRBY', u, 'w', 1)
+    for b, e in pairs(c[3]) do
+      local left = redis.call('HINCRBY', x, b .. ':k', -e[1])
+      redis.call('HINCRBY', x, b .. ':b', -e[2])
+      if left <= 0 then
+        redis.call('HDEL', x, b .. ':k', b .. ':b')
+        redis.call('ZREM', xz, b)
+      end
+    end
+  end
+end

@@ -1,8 +1,14 @@
-//! The Redis client of both binaries, in one of two modes (see
-//! [`RedisClientMode`]), with one rule for every caller: a request's Redis work
-//! either finishes within the command timeout or fails as
-//! [`Error::CacheUnavailable`]. Connections that die are replaced on the next
-//! use, so the service recovers by itself when Redis comes back.
+//! The Redis client of both binaries — one Redis shared in one of two ways
+//! (see [`RedisClientMode`]), or a Redis Cluster (see [`RedisMode`]) — with
+//! one rule for every caller: a request's Redis work either finishes within
+//! the command timeout or fails as [`Error::CacheUnavailable`]. Connections
+//! that die are replaced on the next use, so the service recovers by itself
+//! when Redis comes back.
+
+pub mod cluster;
+mod walk;
+
+pub use walk::ScanPages;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,10 +16,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterConfig};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, Pipeline, RedisFuture};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 
-use crate::config::{RedisClientMode, RedisSettings};
+use crate::config::{RedisClientMode, RedisMode, RedisSettings};
 use crate::error::Error;
 
 /// How long Redis must have been failing for its recovery to count as a failover.
@@ -44,6 +53,8 @@ enum Backend {
         next: AtomicUsize,
     },
     Pool(Pool),
+    /// One multiplexed connection per node behind a slot-routing client.
+    Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -125,8 +136,34 @@ impl RedisStore {
     ///
     /// When the URL cannot be parsed.
     pub fn with_pinned(settings: &RedisSettings, pinned: usize) -> Result<Self, redis::RedisError> {
-        let backend = match settings.redis_client {
-            RedisClientMode::Multiplexed => {
+        let urls = settings.urls();
+        let backend = match (settings.redis_mode, settings.redis_client) {
+            (RedisMode::Standalone, _) if urls.len() != 1 => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "REDIS_URL lists several URLs",
+                    "give one URL, or REDIS_MODE=cluster for the seed nodes of a cluster".into(),
+                )));
+            }
+            (RedisMode::Cluster, _) => {
+                let client = ClusterClient::builder(urls)
+                    .connection_timeout(settings.connect_timeout())
+                    .response_timeout(settings.command_timeout())
+                    .retries(4)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .build()?;
+                // Connects in the background: the api starts while the
+                // cluster is down, and requests answer 503 until it is up.
+                Backend::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        ClusterConfig::new()
+                            .set_connection_timeout(settings.connect_timeout())
+                            .set_response_timeout(settings.command_timeout()),
+                    ),
+                )
+            }
+            (RedisMode::Standalone, RedisClientMode::Multiplexed) => {
                 let client = redis::Client::open(settings.redis_url.as_str())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.connect_timeout()))
@@ -146,7 +183,7 @@ impl RedisStore {
                     next: AtomicUsize::new(0),
                 }
             }
-            RedisClientMode::Pool => {
+            (RedisMode::Standalone, RedisClientMode::Pool) => {
                 let connection = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(settings.connect_timeout()))
                     .set_response_timeout(Some(settings.command_timeout()));
@@ -184,6 +221,149 @@ impl RedisStore {
         match self.inner.backend {
             Backend::Multiplexed { .. } => "multiplexed",
             Backend::Pool(_) => "pool",
+            Backend::Cluster(_) => "cluster",
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.backend, Backend::Cluster(_))
+    }
+
+    /// The nodes of the cluster (`None` on a standalone Redis).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when no node answers in time.
+    pub async fn cluster_nodes(&self) -> Result<Option<Vec<cluster::ClusterNode>>, Error> {
+        if !self.is_cluster() {
+            return Ok(None);
+        }
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            cluster::nodes(&mut conn).await.map(Some)
+        })
+        .await
+    }
+
+    /// Each node of the cluster with what it answers now (`None` on a
+    /// standalone Redis): for `/health` and per-node metrics. Primaries are
+    /// asked concurrently, each within the command timeout; replicas, to
+    /// which the client keeps no connection (reads go to primaries), are
+    /// reported as the cluster sees them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when no node says what the cluster is.
+    pub async fn probe_nodes(&self) -> Result<Option<Vec<NodeProbe>>, Error> {
+        let (Backend::Cluster(cluster), Some(nodes)) =
+            (&self.inner.backend, self.cluster_nodes().await?)
+        else {
+            return Ok(None);
+        };
+        let deadline = self.command_timeout();
+        let mut asks = tokio::task::JoinSet::new();
+        for (index, node) in nodes.iter().enumerate() {
+            let Some((host, port)) = node.host_port().filter(|_| node.is_primary()) else {
+                continue;
+            };
+            let mut conn = Conn::Routed {
+                cluster: cluster.clone(),
+                route: SingleNodeRoutingInfo::ByAddress { host, port },
+            };
+            asks.spawn(async move {
+                let started = std::time::Instant::now();
+                let answer = tokio::time::timeout(
+                    deadline,
+                    redis::cmd("INFO")
+                        .arg("memory")
+                        .arg("keyspace")
+                        .query_async::<String>(&mut conn),
+                )
+                .await;
+                (index, answer.ok().and_then(Result::ok), started.elapsed())
+            });
+        }
+        let mut probes: Vec<NodeProbe> = nodes
+            .into_iter()
+            .map(|node| NodeProbe {
+                node,
+                latency: None,
+                used_memory_bytes: None,
+                keys: None,
+            })
+            .collect();
+        while let Some(Ok((index, text, took))) = asks.join_next().await {
+            let (Some(probe), Some(text)) = (probes.get_mut(index), text) else {
+                continue;
+            };
+            probe.latency = Some(took);
+            for line in text.lines() {
+                if let Some(bytes) = line.strip_prefix("used_memory:") {
+                    probe.used_memory_bytes = bytes.trim().parse().ok();
+                } else if let Some(db) = line.strip_prefix("db0:") {
+                    probe.keys = db
+                        .split(',')
+                        .next()
+                        .and_then(|k| k.strip_prefix("keys="))
+                        .and_then(|k| k.parse().ok());
+                }
+            }
+            probe.keys = probe.keys.or(Some(0));
+        }
+        Ok(Some(probes))
+    }
+
+    /// The parts of the keyspace a walk over every key goes through: the
+    /// one Redis, or each primary of the cluster that serves slots.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn shards(&self) -> Result<Vec<Shard>, Error> {
+        let Some(nodes) = self.cluster_nodes().await? else {
+            return Ok(vec![Shard::Whole]);
+        };
+        Ok(nodes
+            .iter()
+            .filter(|n| n.is_primary() && n.slots > 0 && !n.failing)
+            .filter_map(|n| {
+                let (host, port) = n.host_port()?;
+                Some(Shard::Node { host, port })
+            })
+            .collect())
+    }
+
+    /// A connection whose commands all go to `shard`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when no connection can be had.
+    pub async fn conn_on(&self, shard: &Shard) -> Result<Conn, Error> {
+        match (shard, &self.inner.backend) {
+            (Shard::Node { host, port }, Backend::Cluster(cluster)) => Ok(Conn::Routed {
+                cluster: cluster.clone(),
+                route: SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                },
+            }),
+            _ => self.conn().await,
+        }
+    }
+
+    /// A connection to the primary owning `slot` (cluster mode; the one
+    /// Redis otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`] when no connection can be had.
+    pub async fn conn_on_slot(&self, slot: u16) -> Result<Conn, Error> {
+        match &self.inner.backend {
+            Backend::Cluster(cluster) => Ok(Conn::Routed {
+                cluster: cluster.clone(),
+                route: SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+            }),
+            _ => self.conn().await,
         }
     }
 
@@ -297,6 +477,7 @@ impl RedisStore {
                 .await
                 .map(Conn::Pooled)
                 .map_err(pool_error),
+            Backend::Cluster(connection) => Ok(Conn::Cluster(connection.clone())),
         }
     }
 
@@ -410,7 +591,9 @@ impl RedisStore {
         Ok(started.elapsed())
     }
 
-    /// One section of `INFO` as field/value pairs.
+    /// One section of `INFO` as field/value pairs. On a cluster, the
+    /// primaries' answers merged: counters summed, anything else (versions,
+    /// ratios) as the first primary says.
     ///
     /// # Errors
     ///
@@ -419,47 +602,80 @@ impl RedisStore {
         &self,
         section: &str,
     ) -> Result<std::collections::HashMap<String, String>, Error> {
-        let text: String = self
-            .timed(async {
-                let mut conn = self.conn().await?;
+        let mut merged = std::collections::HashMap::new();
+        for (index, answer) in self.info_per_shard(section).await?.into_iter().enumerate() {
+            for (field, value) in answer {
+                match merged.entry(field) {
+                    std::collections::hash_map::Entry::Vacant(slot) if index == 0 => {
+                        slot.insert(value);
+                    }
+                    std::collections::hash_map::Entry::Vacant(_) => {}
+                    std::collections::hash_map::Entry::Occupied(mut slot) => {
+                        if let (Ok(a), Ok(b)) = (slot.get().parse::<u64>(), value.parse::<u64>()) {
+                            slot.insert((a + b).to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// One section of `INFO` from each shard (the one Redis, or every primary).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheUnavailable`].
+    pub async fn info_per_shard(
+        &self,
+        section: &str,
+    ) -> Result<Vec<std::collections::HashMap<String, String>>, Error> {
+        self.timed(async {
+            let mut answers = Vec::new();
+            for shard in self.shards().await? {
+                let mut conn = self.conn_on(&shard).await?;
                 let text: String = redis::cmd("INFO")
                     .arg(section)
                     .query_async(&mut conn)
                     .await?;
-                Ok(text)
-            })
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect())
+                answers.push(
+                    text.lines()
+                        .filter(|line| !line.starts_with('#'))
+                        .filter_map(|line| line.split_once(':'))
+                        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                        .collect(),
+                );
+            }
+            Ok(answers)
+        })
+        .await
     }
 
-    /// The server-wide figures reports need, from `INFO`.
+    /// The server-wide figures reports need, from `INFO` (on a cluster, the
+    /// primaries' figures added up).
     ///
     /// # Errors
     ///
     /// [`Error::CacheUnavailable`].
     pub async fn server_figures(&self) -> Result<ServerFigures, Error> {
         let (memory, stats, clients, keyspace) = tokio::try_join!(
-            self.info("memory"),
-            self.info("stats"),
-            self.info("clients"),
-            self.info("keyspace"),
+            self.info_per_shard("memory"),
+            self.info_per_shard("stats"),
+            self.info_per_shard("clients"),
+            self.info_per_shard("keyspace"),
         )?;
-        let number = |map: &std::collections::HashMap<String, String>, field: &str| {
-            map.get(field)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+        let number = |maps: &[std::collections::HashMap<String, String>], field: &str| {
+            maps.iter()
+                .filter_map(|map| map.get(field)?.parse::<u64>().ok())
+                .sum::<u64>()
         };
         Ok(ServerFigures {
             used_memory_bytes: number(&memory, "used_memory"),
             max_memory_bytes: number(&memory, "maxmemory"),
             // Keyspace lines look like `db0:keys=12,expires=3,avg_ttl=0`.
             total_keys: keyspace
-                .values()
+                .iter()
+                .flat_map(|map| map.values())
                 .filter_map(|v| {
                     v.split(',')
                         .next()?
@@ -490,6 +706,16 @@ impl RedisStore {
                 size: connections.len() + pinned.len(),
                 max_size: connections.len() + pinned.len(),
                 idle: connections.len() + pinned.len(),
+                in_use: 0,
+                waiting: 0,
+                timeouts,
+                failovers,
+            },
+            Backend::Cluster(_) => ConnectionStats {
+                mode: "cluster",
+                size: 1,
+                max_size: 1,
+                idle: 1,
                 in_use: 0,
                 waiting: 0,
                 timeouts,
@@ -673,6 +899,39 @@ async fn listens(addr: &str, settings: &RedisSettings) -> bool {
     .is_ok_and(|connected| connected.is_ok())
 }
 
+/// A client of one server of `settings`: the one Redis, or the cluster node
+/// `shard` names, with the seed URL's password and TLS (a subscription to
+/// what a node announces of its own keys: keyspace notifications).
+///
+/// # Errors
+///
+/// When the URL cannot be parsed.
+pub fn client_of(
+    settings: &RedisSettings,
+    shard: &Shard,
+) -> Result<redis::Client, redis::RedisError> {
+    use redis::IntoConnectionInfo;
+    let seed = settings.first_url().into_connection_info()?;
+    let Shard::Node { host, port } = shard else {
+        return redis::Client::open(seed);
+    };
+    let (host, port) = (host.clone(), *port);
+    let addr = match seed.addr().clone() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            tls_params,
+        },
+        _ => redis::ConnectionAddr::Tcp(host, port),
+    };
+    redis::Client::open(seed.set_addr(addr))
+}
+
 /// A connection of its own (for the job queues), reconnecting by itself, with
 /// a response timeout suited to its callers; connects on first use.
 ///
@@ -699,19 +958,59 @@ fn pool_error(err: PoolError) -> Error {
     }
 }
 
+/// One cluster node and what it answered (nothing: it did not answer in time).
+#[derive(Debug, Clone)]
+pub struct NodeProbe {
+    pub node: cluster::ClusterNode,
+    pub latency: Option<Duration>,
+    pub used_memory_bytes: Option<u64>,
+    /// Keys the node holds (a replica: its copy of its primary's).
+    pub keys: Option<u64>,
+}
+
+/// A part of the keyspace held by one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shard {
+    /// A standalone Redis: every key.
+    Whole,
+    /// A cluster primary: the keys of its slots.
+    Node { host: String, port: u16 },
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole => f.write_str("redis"),
+            Self::Node { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// One connection lent to a unit of work: a clone of a shared multiplexed
-/// connection or a pooled one returned to the pool on drop.
+/// connection, a pooled one returned to the pool on drop, or the cluster
+/// client — routing each command by its key's slot, or bound to one node.
 pub enum Conn {
     Shared(ConnectionManager),
     Pooled(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
+    /// Every command and pipeline goes to one node: the one at an address
+    /// (a walk over one primary reads its keys where they are, keys of many
+    /// slots in one pipeline: a node checks multi-key commands across slots,
+    /// not pipelines) or the primary owning a slot (its key index).
+    Routed {
+        cluster: ClusterConnection,
+        route: SingleNodeRoutingInfo,
+    },
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Shared(_) => "Conn::Shared",
-            Self::Pooled(_) => "Conn::Pooled",
-        })
+        match self {
+            Self::Shared(_) => f.write_str("Conn::Shared"),
+            Self::Pooled(_) => f.write_str("Conn::Pooled"),
+            Self::Cluster(_) => f.write_str("Conn::Cluster"),
+            Self::Routed { route, .. } => write!(f, "Conn::Routed({route:?})"),
+        }
     }
 }
 
@@ -720,6 +1019,10 @@ impl ConnectionLike for Conn {
         match self {
             Self::Shared(c) => c.req_packed_command(cmd),
             Self::Pooled(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Routed { cluster, route } => {
+                Box::pin(cluster.route_command(cmd.clone(), RoutingInfo::SingleNode(route.clone())))
+            }
         }
     }
 
@@ -732,6 +1035,10 @@ impl ConnectionLike for Conn {
         match self {
             Self::Shared(c) => c.req_packed_commands(cmd, offset, count),
             Self::Pooled(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Routed { cluster, route } => {
+                Box::pin(cluster.route_pipeline(cmd.clone(), offset, count, route.clone()))
+            }
         }
     }
 
@@ -739,80 +1046,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Shared(c) => c.get_db(),
             Self::Pooled(c) => c.get_db(),
+            Self::Cluster(c) | Self::Routed { cluster: c, .. } => c.get_db(),
         }
-    }
-}
-
-/// A walk over the keys matching a pattern, one `SCAN` page at a time (never
-/// `KEYS`), each page read on one connection under a deadline: the loop
-/// every job and upkeep pass that walks keys shares.
-#[derive(Debug)]
-pub struct ScanPages<'a> {
-    redis: &'a RedisStore,
-    pattern: &'a str,
-    count: usize,
-    deadline: Duration,
-    cursor: u64,
-    done: bool,
-}
-
-impl<'a> ScanPages<'a> {
-    /// A walk over the keys matching `pattern`, about `count` keys a page,
-    /// each page's Redis work bounded by `deadline`.
-    pub fn new(redis: &'a RedisStore, pattern: &'a str, count: usize, deadline: Duration) -> Self {
-        Self {
-            redis,
-            pattern,
-            count,
-            deadline,
-            cursor: 0,
-            done: false,
-        }
-    }
-
-    /// Whether the last page was read: every key was seen.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    /// The next page, its keys read by `read` on the same connection (not
-    /// called for a page with no keys: the page comes back empty, so a
-    /// caller still gets its turn on a sparse walk); `None` once the walk
-    /// is done.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::CacheUnavailable`] when Redis does not answer within the
-    /// deadline, and `read`'s errors.
-    pub async fn next<T>(
-        &mut self,
-        read: impl AsyncFnOnce(&mut Conn, Vec<String>) -> Result<Vec<T>, Error>,
-    ) -> Result<Option<Vec<T>>, Error> {
-        if self.done {
-            return Ok(None);
-        }
-        let (redis, cursor, pattern, count) = (self.redis, self.cursor, self.pattern, self.count);
-        let (next, page) = redis
-            .timed_for(self.deadline, async {
-                let mut conn = redis.conn().await?;
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn)
-                    .await?;
-                let page = if keys.is_empty() {
-                    Vec::new()
-                } else {
-                    read(&mut conn, keys).await?
-                };
-                Ok((next, page))
-            })
-            .await?;
-        self.cursor = next;
-        self.done = next == 0;
-        Ok(Some(page))
     }
 }

@@ -1,0 +1,334 @@
+//! The service on a Redis Cluster (`REDIS_MODE=cluster`): a loopback
+//! cluster of 3 primaries and 3 replicas per test, tenants chosen so their
+//! keys live on different primaries, and what is stored read back from the
+//! nodes themselves.
+
+use std::time::Duration;
+
+use cache_shared::api_keys::Role;
+use deadpool_redis::redis::{self, AsyncCommands};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Tenant ids whose keys live on `count` different primaries of `cluster`.
+async fn tenants_on_every_primary(cluster: &TestCluster, count: usize) -> Vec<(String, u16)> {
+    let mut found: Vec<(String, u16)> = Vec::new();
+    while found.len() < count {
+        let tenant = unique("t");
+        let owner = cluster.owner_of(&format!("c:{{{tenant}}}:x")).await;
+        if !found.iter().any(|(_, port)| *port == owner) {
+            found.push((tenant, owner));
+        }
+    }
+    found
+}
+
+fn internal(app: &TestApp, tenant: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+    app.client
+        .request(method, app.url(path))
+        .header("X-Service-Token", TOKEN_A)
+        .header("X-Tenant-Id", tenant)
+}
+
+async fn ok_json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let body: Value = response.json().await.expect("JSON");
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn the_internal_plane_works_across_the_primaries_of_a_cluster() {
+    let cluster = TestCluster::start(3, 1).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let tenants = tenants_on_every_primary(&cluster, 3).await;
+    for (tenant, owner) in &tenants {
+        let set = ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/set")
+                .json(&json!({"key": "user:1", "value": {"tenant": tenant}, "ttl": 60})),
+        )
+        .await;
+        assert_eq!(set["ttl"], 60);
+        // Stored on the primary owning the tenant's slot, nowhere else.
+        let mut node = cluster.node(*owner).await;
+        let exists: bool = node.exists(format!("c:{{{tenant}}}:user:1")).await.unwrap();
+        assert!(exists, "on its primary {owner}");
+        let got = ok_json(internal(
+            &app,
+            tenant,
+            Method::GET,
+            "/internal/cache/get/user:1",
+        ))
+        .await;
+        assert_eq!(got["value"]["tenant"], tenant.as_str());
+        assert!(got["ttl"].as_i64().unwrap() > 50);
+
+        let items: Vec<Value> = (0..20)
+            .map(|i| json!({"key": format!("k{i}"), "value": i}))
+            .collect();
+        let stored = ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/mset")
+                .json(&json!({ "items": items })),
+        )
+        .await;
+        assert_eq!(stored["stored"], 20);
+        let keys: Vec<String> = (0..21).map(|i| format!("k{i}")).collect();
+        let read = ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/mget")
+                .json(&json!({ "keys": keys })),
+        )
+        .await;
+        let items = read["items"].as_array().unwrap();
+        assert_eq!(items.len(), 21);
+        assert_eq!(items[7]["value"], 7);
+        assert_eq!(items[20]["found"], false);
+        let exists = ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/exists")
+                .json(&json!({"keys": ["k1", "nope"]})),
+        )
+        .await;
+        assert_eq!(exists["count"], 1);
+        let expire = ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/expire")
+                .json(&json!({"key": "k1", "ttl": 5})),
+        )
+        .await;
+        assert_eq!(expire["updated"], true);
+        let deleted = ok_json(internal(
+            &app,
+            tenant,
+            Method::DELETE,
+            "/internal/cache/delete/k2",
+        ))
+        .await;
+        assert_eq!(deleted["deleted"], true);
+    }
+    // Sessions and permissions (the platform namespace, one slot).
+    let (tenant, _) = &tenants[0];
+    let sid = unique("sid");
+    ok_json(
+        internal(&app, tenant, Method::POST, "/internal/cache/session/set")
+            .json(&json!({"sessionId": sid, "userId": "alice", "tenantId": tenant})),
+    )
+    .await;
+    let session = ok_json(internal(
+        &app,
+        tenant,
+        Method::GET,
+        &format!("/internal/cache/session/{sid}"),
+    ))
+    .await;
+    assert_eq!(session["userId"], "alice");
+    ok_json(
+        internal(&app, tenant, Method::POST, "/internal/cache/permission/set")
+            .json(&json!({"key": format!("permission:alice:{tenant}:doc:read"), "result": true})),
+    )
+    .await;
+    let invalidated = ok_json(internal(
+        &app,
+        tenant,
+        Method::DELETE,
+        &format!("/internal/cache/permission/invalidate?userId=alice&tenantId={tenant}"),
+    ))
+    .await;
+    assert_eq!(invalidated["invalidated"], 1);
+    // The per-tenant usage the quota keeps is right on every primary.
+    for (tenant, _) in &tenants {
+        let key = app.key_for(tenant, Role::Admin).await;
+        let memory = ok_json(app.public(Method::GET, "/api/v1/cache/memory", &key)).await;
+        assert_eq!(memory["quota"]["keys"], 20, "{memory}");
+    }
+}
+
+#[tokio::test]
+async fn health_reports_every_node_of_the_cluster() {
+    let cluster = TestCluster::start(3, 1).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let _worker = app.spawn_worker();
+    // Replicas announce themselves a moment after the cluster forms.
+    let replicas = |health: &Value| {
+        health["checks"]["redis"]["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["role"] == "replica").count())
+    };
+    wait_until(Duration::from_secs(10), || async {
+        let health = json_of(app.client.get(app.url("/health"))).await;
+        replicas(&health) == 3 && health["status"] == "ok"
+    })
+    .await;
+    let health = json_of(app.client.get(app.url("/health"))).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let nodes = health["checks"]["redis"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6, "{health}");
+    let primaries: Vec<&Value> = nodes.iter().filter(|n| n["role"] == "primary").collect();
+    assert_eq!(primaries.len(), 3);
+    assert_eq!(
+        primaries
+            .iter()
+            .map(|n| n["slots"].as_u64().unwrap())
+            .sum::<u64>(),
+        16_384
+    );
+    for port in cluster.ports() {
+        assert!(
+            nodes
+                .iter()
+                .any(|n| n["address"] == format!("127.0.0.1:{port}") && n["status"] == "up"),
+            "{port} in {health}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn jobs_walk_the_primary_of_a_tenant_or_every_primary() {
+    let cluster = TestCluster::start(3, 1).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let _worker = app.spawn_worker();
+    let tenants = tenants_on_every_primary(&cluster, 3).await;
+    for (tenant, _) in &tenants {
+        let items: Vec<Value> = (0..50)
+            .map(|i| json!({"key": format!("user:{i}"), "value": {"n": i, "pad": "x".repeat(300)}}))
+            .collect();
+        ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/mset")
+                .json(&json!({ "items": items })),
+        )
+        .await;
+    }
+    let (first, _) = &tenants[0];
+    let admin = app.key_for(first, Role::Admin).await;
+    let run = async |request: reqwest::RequestBuilder| -> Value {
+        let accepted = ok_json(request).await;
+        let url = accepted["statusUrl"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = ok_json(app.public(Method::GET, &url, &admin)).await;
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+                return job;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Memory analysis, compression and backup see the tenant's 50 keys.
+    let analysis = run(app
+        .public(Method::POST, "/api/v1/cache/memory/analyze", &admin)
+        .json(&json!({})))
+    .await;
+    assert_eq!(analysis["status"], "succeeded", "{analysis}");
+    let report = ok_json(app.public(Method::GET, "/api/v1/cache/memory/analyze", &admin)).await;
+    assert_eq!(report["report"]["keysAnalysed"], 50, "{report}");
+    let compressed = run(app
+        .public(Method::POST, "/api/v1/cache/compress/user:*", &admin)
+        .json(&json!({})))
+    .await;
+    assert_eq!(compressed["result"]["compressed"], 50, "{compressed}");
+    let backup = run(app
+        .public(Method::POST, "/api/v1/jobs", &admin)
+        .json(&json!({"type": "backup", "params": {}})))
+    .await;
+    assert_eq!(backup["result"]["keys"], 50, "{backup}");
+
+    // A tenant's flush removes its keys only.
+    let flushed = run(app
+        .public(Method::POST, "/api/v1/cache/flush", &admin)
+        .json(&json!({})))
+    .await;
+    assert_eq!(flushed["result"]["deleted"], 50, "{flushed}");
+    assert!(cluster.scan(&format!("c:{{{first}}}:*")).await.is_empty());
+    for (tenant, _) in &tenants[1..] {
+        assert_eq!(cluster.scan(&format!("c:{{{tenant}}}:*")).await.len(), 50);
+    }
+    // ...and a restore brings them back, readable.
+    let restored = run(app
+        .public(Method::POST, "/api/v1/jobs", &admin)
+        .json(&json!({"type": "restore", "params": {"backupId": backup["result"]["backupId"]}})))
+    .await;
+    assert_eq!(restored["status"], "succeeded", "{restored}");
+    let got = ok_json(internal(
+        &app,
+        first,
+        Method::GET,
+        "/internal/cache/get/user:7",
+    ))
+    .await;
+    assert_eq!(got["value"]["n"], 7);
+
+    // The operator's whole-server flush reaches every primary.
+    let operator = app.key_for(first, Role::Operator).await;
+    let accepted = ok_json(
+        app.public(Method::POST, "/api/v1/cache/flush", &operator)
+            .json(&json!({"wholeServer": true})),
+    )
+    .await;
+    let url = accepted["statusUrl"].as_str().unwrap().to_owned();
+    let job = app.wait_public_job(&operator, &url).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(cluster.scan("c:{*}:*").await.is_empty());
+    for (tenant, _) in &tenants {
+        let key = app.key_for(tenant, Role::Admin).await;
+        let memory = ok_json(app.public(Method::GET, "/api/v1/cache/memory", &key)).await;
+        assert_eq!(memory["quota"]["keys"], 0, "{memory}");
+    }
+}
+
+#[tokio::test]
+async fn a_single_node_cluster_answers_with_raw_connections_too() {
+    let cluster = TestCluster::start(1, 0).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    assert_eq!(app.set("a", json!(1)).await.status(), 200);
+    let mut node = cluster.node(cluster.base).await;
+    let stored: Option<Vec<u8>> = node.get(format!("c:{{{}}}:a", app.tenant)).await.unwrap();
+    assert!(stored.is_some());
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    assert!(info.contains("cluster_state:ok"));
+}
+
+#[tokio::test]
+async fn losing_a_primary_gives_503s_until_its_replica_takes_over_then_recovers() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let owner = cluster.owner_of(&format!("c:{{{}}}:x", app.tenant)).await;
+    assert_eq!(app.set("kept", json!("before")).await.status(), 200);
+    // Acknowledged by the replica before its primary goes.
+    let primary = cluster.node(owner).await;
+    wait_until(Duration::from_secs(10), || {
+        let mut primary = primary.clone();
+        async move {
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(200)
+                .query_async(&mut primary)
+                .await
+                .unwrap();
+            acked == 1
+        }
+    })
+    .await;
+    cluster.kill(owner).await;
+
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    wait_until(Duration::from_secs(20), || async {
+        let status = app.get("kept").await.status().as_u16();
+        *statuses.lock().unwrap().entry(status).or_default() += 1;
+        status == 200
+    })
+    .await;
+    let statuses = statuses.into_inner().unwrap();
+    // Nothing but 503 (retryable) while the slot had no primary.
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    let got: Value = app.get("kept").await.json().await.unwrap();
+    assert_eq!(got["value"], "before");
+    assert_eq!(app.set("after", json!(1)).await.status(), 200);
+}
