@@ -332,3 +332,205 @@ async fn losing_a_primary_gives_503s_until_its_replica_takes_over_then_recovers(
     assert_eq!(got["value"], "before");
     assert_eq!(app.set("after", json!(1)).await.status(), 200);
 }
+
+/// A tenant id whose keys hash to `slot`.
+fn tenant_in_slot(slot: u16) -> String {
+    loop {
+        let tenant = unique("t");
+        if cache_shared::redis::cluster::key_slot(format!("c:{{{tenant}}}:x").as_bytes()) == slot {
+            return tenant;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_slot_moving_under_load_loses_no_acknowledged_write() {
+    let cluster = TestCluster::start(3, 0).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    // Slot 0 is the first the first primary holds: what `reshard` moves first.
+    let tenant = tenant_in_slot(0);
+    let (from, to) = (cluster.base, cluster.base + 1);
+    assert_eq!(cluster.owner_of(&format!("c:{{{tenant}}}:x")).await, from);
+    for batch in 0..6 {
+        let items: Vec<Value> = (0..500)
+            .map(|i| json!({"key": format!("old:{}", batch * 500 + i), "value": i}))
+            .collect();
+        ok_json(
+            internal(&app, &tenant, Method::POST, "/internal/cache/mset")
+                .json(&json!({ "items": items })),
+        )
+        .await;
+    }
+
+    // Steady writes and reads; a 503 is retried as clients do (it is retryable).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let (mut acked, mut retried, mut failed) = (Vec::new(), 0u32, Vec::new());
+        let mut i = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut attempts = 0;
+            loop {
+                let response = internal(&app, &tenant, Method::POST, "/internal/cache/set")
+                    .json(&json!({"key": format!("w:{i}"), "value": i}))
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    200 => {
+                        acked.push(i);
+                        break;
+                    }
+                    503 if attempts < 20 => {
+                        attempts += 1;
+                        retried += 1;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    status => {
+                        failed.push((i, status, response.text().await.unwrap_or_default()));
+                        break;
+                    }
+                }
+            }
+            let read = internal(&app, &tenant, Method::GET, "/internal/cache/get/old:7")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if read != 200 && read != 503 {
+                failed.push((i, read.as_u16(), "read of old:7".into()));
+            }
+            i += 1;
+        }
+        (acked, retried, failed)
+    };
+    let reshard = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = async |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut cluster.node(port).await)
+                .await
+                .unwrap()
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let moved = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(moved.success(), "reshard ran");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((acked, retried, failed), ()) = tokio::join!(load, reshard);
+
+    assert_eq!(cluster.owner_of(&format!("c:{{{tenant}}}:x")).await, to);
+    assert!(failed.is_empty(), "failed beyond retries: {failed:?}");
+    assert!(acked.len() > 10, "the load ran: {} writes", acked.len());
+    // Every acknowledged write is there, on the new owner, with its value.
+    for i in &acked {
+        let got = ok_json(internal(
+            &app,
+            &tenant,
+            Method::GET,
+            &format!("/internal/cache/get/w:{i}"),
+        ))
+        .await;
+        assert_eq!(got["value"], *i);
+    }
+    let on_new_owner = cluster.scan(&format!("c:{{{tenant}}}:*")).await.len();
+    assert_eq!(on_new_owner, 3000 + acked.len(), "retried {retried}");
+}
+
+#[tokio::test]
+async fn two_instances_and_two_workers_share_a_cluster_near_caches_stay_coherent_and_ticks_fire_once()
+ {
+    let cluster = TestCluster::start(3, 0).await;
+    let writer = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let mut reader = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    // Tenants on two different primaries, both near-caching `hot:`.
+    let tenants = tenants_on_every_primary(&cluster, 2).await;
+    for (tenant, _) in &tenants {
+        let admin = writer.key_for(tenant, Role::Admin).await;
+        let created = writer
+            .public(Method::POST, "/api/v1/cache/namespaces", &admin)
+            .json(&json!({"prefix": "hot:", "nearCache": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    cache_api::limits_refresh::refresh(&reader.state, "test-instances").await;
+    let near = reader.state.cache.near_cache().unwrap().clone();
+    wait_until(Duration::from_secs(5), || {
+        let near = near.clone();
+        async move { near.is_healthy() }
+    })
+    .await;
+    for (tenant, _) in &tenants {
+        reader.tenant = tenant.clone();
+        let value = async |app: &TestApp| -> Value {
+            ok_json(internal(
+                app,
+                tenant,
+                Method::GET,
+                "/internal/cache/get/hot:1",
+            ))
+            .await["value"]
+                .clone()
+        };
+        ok_json(
+            internal(&writer, tenant, Method::POST, "/internal/cache/set")
+                .json(&json!({"key": "hot:1", "value": 1})),
+        )
+        .await;
+        assert_eq!(value(&reader).await, 1);
+        let hits = near.figures().hits;
+        assert_eq!(value(&reader).await, 1);
+        assert_eq!(near.figures().hits, hits + 1, "served from memory");
+        // A write through the other instance reaches this one's memory,
+        // whichever primary holds the key.
+        ok_json(
+            internal(&writer, tenant, Method::POST, "/internal/cache/set")
+                .json(&json!({"key": "hot:1", "value": 2})),
+        )
+        .await;
+        wait_until(Duration::from_secs(2), || async {
+            value(&reader).await == 2
+        })
+        .await;
+        for _ in 0..10 {
+            assert_eq!(value(&reader).await, 2);
+        }
+    }
+
+    // Two workers on the cluster: each tick of a schedule fires once.
+    let _first = writer.spawn_worker();
+    let _second = writer.spawn_worker();
+    let operator = writer.key(Role::Operator).await;
+    let schedule = ok_json(
+        writer
+            .public(Method::POST, "/api/v1/schedules", &operator)
+            .json(&json!({"cron": "* * * * * *", "type": "collect_stats"})),
+    )
+    .await;
+    let pattern = format!("schedule:{}@%", schedule["id"].as_str().unwrap());
+    let ticks = std::sync::Mutex::new(Vec::<String>::new());
+    wait_until(Duration::from_secs(20), || async {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("select created_by from jobs where created_by like $1")
+                .bind(&pattern)
+                .fetch_all(&writer.state.db)
+                .await
+                .unwrap();
+        *ticks.lock().unwrap() = rows.into_iter().map(|(t,)| t).collect();
+        ticks.lock().unwrap().len() >= 3
+    })
+    .await;
+    let ticks = ticks.into_inner().unwrap();
+    let distinct: std::collections::BTreeSet<&String> = ticks.iter().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+}
