@@ -65,8 +65,7 @@ pub struct NodeCheck {
 
 impl NodeCheck {
     fn of(probe: crate::redis::NodeProbe) -> Self {
-        let answered = probe.latency.is_some() || !probe.node.is_primary();
-        let up = answered && !probe.node.failing;
+        let up = probe.is_up();
         Self {
             address: probe.node.address,
             role: probe.node.role,

@@ -41,6 +41,10 @@ pub struct ApiMetrics {
     pool_waiting: IntGauge,
     queue_depth: IntGaugeVec,
     queue_dead: IntGaugeVec,
+    /// Per Redis Cluster node, labelled by address (cluster mode only).
+    node_up: IntGaugeVec,
+    node_memory: IntGaugeVec,
+    node_keys: IntGaugeVec,
     /// Internal-plane calls by service: the configured names and `service`
     /// (the anonymous tokens), a closed set.
     service_calls: IntCounterVec,
@@ -150,6 +154,21 @@ impl ApiMetrics {
                 "Jobs the queue gave up on, per queue.",
                 &["type"],
             )?,
+            node_up: m.gauge_vec(
+                "cache_redis_node_up",
+                "1 when a Redis Cluster node is up (a primary: it answered this scrape).",
+                &["node", "role"],
+            )?,
+            node_memory: m.gauge_vec(
+                "cache_redis_node_memory_bytes",
+                "used_memory of each Redis Cluster primary.",
+                &["node"],
+            )?,
+            node_keys: m.gauge_vec(
+                "cache_redis_node_keys",
+                "Keys held by each Redis Cluster primary.",
+                &["node"],
+            )?,
             service_calls: m.counter_vec(
                 "cache_internal_calls_total",
                 "Calls of the internal plane by calling service.",
@@ -188,7 +207,11 @@ impl ApiMetrics {
     ) -> String {
         // Redis and the queues first, outside the lock: a slow Redis never
         // lines scrapes up behind one another.
-        let (figures, depth) = tokio::join!(cache.redis().server_figures(), jobs.depth());
+        let (figures, depth, nodes) = tokio::join!(
+            cache.redis().server_figures(),
+            jobs.depth(),
+            cache.redis().probe_nodes()
+        );
         // One at a time from here: mirrored counters add the difference.
         let _one_at_a_time = self.scrape.lock().await;
         let stats = cache.stats();
@@ -241,6 +264,28 @@ impl ApiMetrics {
             self.active_connections
                 .set(saturating_i64(f.connected_clients));
             self.total_keys.set(saturating_i64(f.total_keys));
+        }
+        if let Ok(Some(nodes)) = nodes {
+            // Nodes that left the cluster leave the metrics too.
+            self.node_up.reset();
+            self.node_memory.reset();
+            self.node_keys.reset();
+            for probe in nodes {
+                let address = probe.node.address.as_str();
+                self.node_up
+                    .with_label_values(&[address, probe.node.role])
+                    .set(i64::from(probe.is_up()));
+                if let Some(bytes) = probe.used_memory_bytes {
+                    self.node_memory
+                        .with_label_values(&[address])
+                        .set(saturating_i64(bytes));
+                }
+                if let Some(keys) = probe.keys.filter(|_| probe.node.is_primary()) {
+                    self.node_keys
+                        .with_label_values(&[address])
+                        .set(saturating_i64(keys));
+                }
+            }
         }
         if let Ok(depth) = depth {
             for q in depth.queues {

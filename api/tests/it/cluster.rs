@@ -180,6 +180,19 @@ async fn health_reports_every_node_of_the_cluster() {
             "{port} in {health}"
         );
     }
+    // Metrics label each node by its address.
+    assert_eq!(app.set("k", json!(1)).await.status(), 200);
+    let owner = cluster.owner_of(&format!("c:{{{}}}:k", app.tenant)).await;
+    let metrics = scrape(&app).await;
+    for primary in &primaries {
+        let address = primary["address"].as_str().unwrap();
+        let up = format!("cache_redis_node_up{{node=\"{address}\",role=\"primary\"}}");
+        assert_eq!(sample(&metrics, &up), 1.0);
+        let memory = format!("cache_redis_node_memory_bytes{{node=\"{address}\"}}");
+        assert!(sample(&metrics, &memory) > 0.0);
+    }
+    let keys = format!("cache_redis_node_keys{{node=\"127.0.0.1:{owner}\"}}");
+    assert!(sample(&metrics, &keys) >= 1.0, "{metrics}");
 }
 
 #[tokio::test]

@@ -968,6 +968,14 @@ pub struct NodeProbe {
     pub keys: Option<u64>,
 }
 
+impl NodeProbe {
+    /// Up: the cluster does not hold it as failing and, a primary, it
+    /// answered (a replica is taken on the cluster's word).
+    pub fn is_up(&self) -> bool {
+        (self.latency.is_some() || !self.node.is_primary()) && !self.node.failing
+    }
+}
+
 /// A part of the keyspace held by one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shard {
