@@ -44,18 +44,20 @@ pub struct Check {
     pub nodes: Option<Vec<NodeCheck>>,
 }
 
-/// One node of a Redis Cluster as `/health` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One node of a Redis Cluster as `/health` and `/ready` show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeCheck {
     /// `host:port`.
     pub address: String,
     /// `primary` or `replica`.
+    #[schema(value_type = String)]
     pub role: &'static str,
     /// Slots it serves (primaries).
     pub slots: u32,
     /// `up`, or `down` when the cluster holds it as failing or (a primary)
     /// it did not answer.
+    #[schema(value_type = String)]
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,

@@ -113,6 +113,9 @@ async fn health_internal(state: State<AppState>, _caller: Caller) -> Response {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Ready {
     status: &'static str,
+    /// Each node of a Redis Cluster (`REDIS_MODE=cluster` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<health::NodeCheck>>,
 }
 
 #[utoipa::path(
@@ -130,7 +133,10 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if !report.postgres_up() {
         return Err(Error::StoreUnavailable("postgres is not answering".into()).into());
     }
-    Ok(Json(Ready { status: "ready" }))
+    Ok(Json(Ready {
+        status: "ready",
+        nodes: report.checks.redis.nodes,
+    }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

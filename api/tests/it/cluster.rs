@@ -180,6 +180,9 @@ async fn health_reports_every_node_of_the_cluster() {
             "{port} in {health}"
         );
     }
+    let ready = json_of(app.client.get(app.url("/ready"))).await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["nodes"].as_array().map(Vec::len), Some(6), "{ready}");
     // Metrics label each node by its address.
     assert_eq!(app.set("k", json!(1)).await.status(), 200);
     let owner = cluster.owner_of(&format!("c:{{{}}}:k", app.tenant)).await;
