@@ -85,9 +85,13 @@ def load_others(ports, count, cluster):
     value = b"T" + b"\x00" * 8 + b'J"' + b"x" * 90 + b'"'
     owners = slot_owners(ports[0]) if cluster else {}
     files = {}
+    port_of = {}
+    for t in range(1000):
+        tenant = f"bulk-{t}"
+        port_of[tenant] = owners[crc16(tenant.encode()) % 16384] if cluster else ports[0]
     for i in range(count):
         tenant = f"bulk-{i % 1000}"
-        port = owners.get(crc16(tenant.encode()) % 16384, ports[0]) if cluster else ports[0]
+        port = port_of[tenant]
         f = files.get(port)
         if f is None:
             f = files[port] = tempfile.NamedTemporaryFile(delete=False)

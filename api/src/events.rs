@@ -83,7 +83,7 @@ impl EventHub {
         tx: broadcast::Sender<Arc<Event>>,
     ) {
         let timeout = Duration::from_millis(BLOCK_MS) + self.redis.command_timeout();
-        let mut conn = match cache_shared::redis::dedicated_connection(&self.redis, timeout) {
+        let mut conn = match cache_shared::redis::dedicated_data_connection(&self.redis, timeout) {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(%err, "no event reader connection");

@@ -550,3 +550,31 @@ async fn two_instances_and_two_workers_share_a_cluster_near_caches_stay_coherent
     let distinct: std::collections::BTreeSet<&String> = ticks.iter().collect();
     assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
 }
+
+#[tokio::test]
+async fn each_tenants_events_arrive_from_its_own_primary_expirations_included() {
+    use crate::events::{Events, internal_events, pair};
+    let cluster = TestCluster::start(3, 0).await;
+    let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
+    let _worker = app.spawn_worker();
+    let tenants = tenants_on_every_primary(&cluster, 3).await;
+    let mut streams = Vec::new();
+    for (tenant, _) in &tenants {
+        streams.push(Events::open(internal_events(&app, tenant)).await);
+    }
+    for (tenant, _) in &tenants {
+        ok_json(
+            internal(&app, tenant, Method::POST, "/internal/cache/set")
+                .json(&json!({"key": "brief", "value": 1, "ttl": 1})),
+        )
+        .await;
+    }
+    // The set through the api, then Redis's own expiry, forwarded by the
+    // worker from the primary that holds the key.
+    for stream in &mut streams {
+        assert_eq!(
+            stream.take(2).await,
+            vec![pair("set", "brief"), pair("expired", "brief")]
+        );
+    }
+}

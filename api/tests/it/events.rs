@@ -21,13 +21,13 @@ struct Seen {
 }
 
 /// An open event stream and what it has read so far.
-struct Events {
+pub(crate) struct Events {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buffer: String,
 }
 
 impl Events {
-    async fn open(request: reqwest::RequestBuilder) -> Self {
+    pub(crate) async fn open(request: reqwest::RequestBuilder) -> Self {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
@@ -74,7 +74,7 @@ impl Events {
     }
 
     /// The next `n` events as (op, key).
-    async fn take(&mut self, n: usize) -> Vec<(String, String)> {
+    pub(crate) async fn take(&mut self, n: usize) -> Vec<(String, String)> {
         let mut seen = Vec::new();
         for _ in 0..n {
             let event = self.next().await;
@@ -84,14 +84,14 @@ impl Events {
     }
 }
 
-fn internal_events(app: &TestApp, tenant: &str) -> reqwest::RequestBuilder {
+pub(crate) fn internal_events(app: &TestApp, tenant: &str) -> reqwest::RequestBuilder {
     app.client
         .get(app.url("/internal/cache/events"))
         .header("X-Service-Token", TOKEN_A)
         .header("X-Tenant-Id", tenant)
 }
 
-fn pair(op: &str, key: &str) -> (String, String) {
+pub(crate) fn pair(op: &str, key: &str) -> (String, String) {
     (op.to_owned(), key.to_owned())
 }
 

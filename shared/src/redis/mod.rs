@@ -811,7 +811,7 @@ fn walk_causes(
 /// [`StartupRefusal`] when Redis refuses the password, a TLS handshake
 /// fails, or a plain-text connection is closed unanswered (a TLS-only port).
 pub async fn check_credentials(settings: &RedisSettings) -> Result<bool, StartupRefusal> {
-    let Ok(client) = redis::Client::open(settings.redis_url.as_str()) else {
+    let Ok(client) = redis::Client::open(settings.first_url()) else {
         // The settings parser already accepted the URL.
         return Ok(false);
     };
@@ -949,6 +949,34 @@ pub fn dedicated_connection(
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// A data-plane connection of its own, for a command that blocks (a
+/// stream read waiting for events) and must not hold up the shared
+/// connections' other commands: to the one Redis, or a cluster client of
+/// its own that routes the command to the node owning its key.
+///
+/// # Errors
+///
+/// When the URLs cannot be parsed.
+pub fn dedicated_data_connection(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<Conn, redis::RedisError> {
+    if !settings.is_cluster() {
+        return dedicated_connection(settings, response_timeout).map(Conn::Shared);
+    }
+    let client = ClusterClient::builder(settings.urls())
+        .connection_timeout(settings.connect_timeout())
+        .response_timeout(response_timeout)
+        .build()?;
+    Ok(Conn::Cluster(
+        client.get_pending_async_connection_with_config(
+            ClusterConfig::new()
+                .set_connection_timeout(settings.connect_timeout())
+                .set_response_timeout(response_timeout),
+        ),
+    ))
 }
 
 fn pool_error(err: PoolError) -> Error {
