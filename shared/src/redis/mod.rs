@@ -54,7 +54,17 @@ enum Backend {
     },
     Pool(Pool),
     /// One multiplexed connection per node behind a slot-routing client.
-    Cluster(ClusterConnection),
+    Cluster(Box<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    /// For background work and threads without a pinned connection.
+    shared: ClusterConnection,
+    client: ClusterClient,
+    config: ClusterConfig,
+    /// One per serving thread, opened on first use from that thread, so
+    /// its driver task runs on that thread's runtime (as [`Backend::Multiplexed`]'s).
+    pinned: Vec<std::sync::OnceLock<ClusterConnection>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -153,15 +163,17 @@ impl RedisStore {
                     .min_retry_wait(10)
                     .max_retry_wait(200)
                     .build()?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(settings.connect_timeout())
+                    .set_response_timeout(settings.command_timeout());
                 // Connects in the background: the api starts while the
                 // cluster is down, and requests answer 503 until it is up.
-                Backend::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        ClusterConfig::new()
-                            .set_connection_timeout(settings.connect_timeout())
-                            .set_response_timeout(settings.command_timeout()),
-                    ),
-                )
+                Backend::Cluster(Box::new(ClusterBackend {
+                    shared: client.get_pending_async_connection_with_config(config.clone()),
+                    client,
+                    config,
+                    pinned: (0..pinned).map(|_| std::sync::OnceLock::new()).collect(),
+                }))
             }
             (RedisMode::Standalone, RedisClientMode::Multiplexed) => {
                 let client = redis::Client::open(settings.redis_url.as_str())?;
@@ -255,11 +267,12 @@ impl RedisStore {
     ///
     /// [`Error::CacheUnavailable`] when no node says what the cluster is.
     pub async fn probe_nodes(&self) -> Result<Option<Vec<NodeProbe>>, Error> {
-        let (Backend::Cluster(cluster), Some(nodes)) =
+        let (Backend::Cluster(backend), Some(nodes)) =
             (&self.inner.backend, self.cluster_nodes().await?)
         else {
             return Ok(None);
         };
+        let cluster = &backend.shared;
         let deadline = self.command_timeout();
         let mut asks = tokio::task::JoinSet::new();
         for (index, node) in nodes.iter().enumerate() {
@@ -341,7 +354,7 @@ impl RedisStore {
     pub async fn conn_on(&self, shard: &Shard) -> Result<Conn, Error> {
         match (shard, &self.inner.backend) {
             (Shard::Node { host, port }, Backend::Cluster(cluster)) => Ok(Conn::Routed {
-                cluster: cluster.clone(),
+                cluster: cluster.shared.clone(),
                 route: SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
                     port: *port,
@@ -360,7 +373,7 @@ impl RedisStore {
     pub async fn conn_on_slot(&self, slot: u16) -> Result<Conn, Error> {
         match &self.inner.backend {
             Backend::Cluster(cluster) => Ok(Conn::Routed {
-                cluster: cluster.clone(),
+                cluster: cluster.shared.clone(),
                 route: SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
             }),
             _ => self.conn().await,
@@ -477,7 +490,19 @@ impl RedisStore {
                 .await
                 .map(Conn::Pooled)
                 .map_err(pool_error),
-            Backend::Cluster(connection) => Ok(Conn::Cluster(connection.clone())),
+            Backend::Cluster(cluster) => {
+                let connection = match PINNED_SLOT.with(std::cell::Cell::get) {
+                    Some(slot) if !cluster.pinned.is_empty() => {
+                        cluster.pinned[slot % cluster.pinned.len()].get_or_init(|| {
+                            cluster
+                                .client
+                                .get_pending_async_connection_with_config(cluster.config.clone())
+                        })
+                    }
+                    _ => &cluster.shared,
+                };
+                Ok(Conn::Cluster(connection.clone()))
+            }
         }
     }
 
@@ -711,16 +736,21 @@ impl RedisStore {
                 timeouts,
                 failovers,
             },
-            Backend::Cluster(_) => ConnectionStats {
-                mode: "cluster",
-                size: 1,
-                max_size: 1,
-                idle: 1,
-                in_use: 0,
-                waiting: 0,
-                timeouts,
-                failovers,
-            },
+            Backend::Cluster(cluster) => {
+                // Cluster clients (each one connection per node): the shared
+                // one and the serving threads' opened so far.
+                let open = 1 + cluster.pinned.iter().filter(|c| c.get().is_some()).count();
+                ConnectionStats {
+                    mode: "cluster",
+                    size: open,
+                    max_size: 1 + cluster.pinned.len(),
+                    idle: open,
+                    in_use: 0,
+                    waiting: 0,
+                    timeouts,
+                    failovers,
+                }
+            }
             Backend::Pool(pool) => {
                 let status = pool.status();
                 ConnectionStats {
