@@ -209,8 +209,10 @@ pub async fn get(cache: &Cache, key: &PermissionKey) -> Result<Permission, Error
 pub async fn invalidate(cache: &Cache, selector: &Selector) -> Result<u64, Error> {
     let started = std::time::Instant::now();
     let mut invocation = PERMISSION_INVALIDATE.prepare_invoke();
+    // Every call names a key of the platform slot, which routes it to the
+    // primary holding that slot on a cluster.
     match selector {
-        Selector::Key(_) => &mut invocation,
+        Selector::Key(key) => invocation.key(PermissionKeys::entry(key.as_str())),
         Selector::User(user) => invocation.key(PermissionKeys::user_index(user)),
         Selector::Tenant(tenant) => invocation.key(PermissionKeys::tenant_index(tenant)),
         Selector::UserInTenant { user_id, tenant_id } => invocation

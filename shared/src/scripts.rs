@@ -108,15 +108,15 @@ return 1
     ))
 });
 
-/// KEYS: one index (all its entries) or two (entries in both).
-/// ARGV: entry prefix, user index prefix, tenant index prefix, then, when
-/// KEYS is empty, the single permission key to drop.
+/// KEYS: one index (all its entries), two (entries in both), or the one
+/// entry to drop. ARGV: entry prefix, user index prefix, tenant index
+/// prefix, then, for one entry, its permission key.
 /// Returns how many entries existed and were deleted.
 pub static PERMISSION_INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local members
-if #KEYS == 0 then
+if ARGV[4] then
   members = {ARGV[4]}
 elseif #KEYS == 1 then
   members = redis.call('SMEMBERS', KEYS[1])

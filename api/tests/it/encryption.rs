@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use cache_shared::api_keys::Role;
-use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -352,7 +352,7 @@ async fn platform_data_is_sealed_and_rotated_by_an_operators_reencrypt() {
         .await;
     assert_eq!(set.status(), 200);
     let mut raw = plain.raw_redis().await;
-    let dump = async |raw: &mut redis::aio::MultiplexedConnection| {
+    let dump = async |raw: &mut crate::helpers::RawRedis| {
         let data: Vec<u8> = raw
             .hget(format!("s:{{_platform}}:{sid}"), "d")
             .await

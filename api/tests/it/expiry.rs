@@ -3,7 +3,7 @@
 //! values written before the header still read with their TTL.
 
 use cache_shared::api_keys::Role;
-use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use deadpool_redis::redis;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ fn header_of(stored: &[u8]) -> Option<i64> {
 /// Asserts that each key of `tenant` carries a header naming exactly the
 /// expiry Redis holds for it.
 async fn assert_headers_match(
-    conn: &mut MultiplexedConnection,
+    conn: &mut crate::helpers::RawRedis,
     tenant: &str,
     keys: &[&str],
     step: &str,
@@ -157,7 +157,7 @@ async fn every_write_path_keeps_the_expiry_header_equal_to_the_keys_expiry() {
 }
 
 /// `calls` of one command in `INFO commandstats` (0 when never called).
-async fn calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+async fn calls(conn: &mut crate::helpers::RawRedis, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)

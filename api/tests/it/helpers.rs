@@ -14,6 +14,48 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A test's own connection to the app's Redis: one server, or a cluster
+/// client routing each command by its key.
+#[derive(Clone)]
+pub enum RawRedis {
+    One(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawRedis {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::One(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::One(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::One(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis every test uses unless it starts its own (`REDIS_URL`'s default).
+pub const STANDARD_REDIS: &str = "redis://127.0.0.1:6379";
+
 /// Both accepted internal tokens (rotation).
 pub const TOKEN_A: &str = "test-token-a";
 pub const TOKEN_B: &str = "test-token-b";
@@ -24,9 +66,9 @@ pub struct TestApp {
     /// A tenant id unique to this test.
     pub tenant: String,
     pub redis_url: String,
-    /// `--redis-mode cluster --queue-redis-url …` when the app runs on a
-    /// cluster: its workers get them too.
-    cluster_args: Vec<String>,
+    /// The Redis of the job queues (`redis_url` unless they have their own).
+    pub queue_redis_url: String,
+    redis_settings: cache_shared::config::RedisSettings,
     /// The queue prefix of this test's jobs (also given to its workers).
     pub queue_prefix: String,
     pub database_url: String,
@@ -61,6 +103,15 @@ pub fn settings(extra: &[&str]) -> ServeArgs {
     if !extra.contains(&"--internal-service-token") {
         argv.extend(["--internal-service-token", &tokens]);
     }
+    // TEST_REDIS_CLUSTER=<seed URLs> runs the tests that take the default
+    // Redis on that cluster instead (its queues on the standalone Redis).
+    let cluster = std::env::var("TEST_REDIS_CLUSTER").unwrap_or_default();
+    if !cluster.is_empty() && !extra.contains(&"--redis-url") {
+        argv.extend(["--redis-mode", "cluster", "--redis-url", &cluster]);
+        if !extra.contains(&"--queue-redis-url") {
+            argv.extend(["--queue-redis-url", STANDARD_REDIS]);
+        }
+    }
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv)
         .expect("test settings parse")
@@ -91,15 +142,6 @@ pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
         args.database.database_url = test_database(&args.database.database_url).await;
     }
     let redis_url = args.redis.redis_url.clone();
-    let cluster_args = match (&args.redis.redis_mode, &args.queue.queue_redis_url) {
-        (cache_shared::config::RedisMode::Cluster, Some(queue)) => vec![
-            "--redis-mode".to_owned(),
-            "cluster".to_owned(),
-            "--queue-redis-url".to_owned(),
-            queue.clone(),
-        ],
-        _ => Vec::new(),
-    };
     let queue_prefix = args.queue.queue_prefix.clone();
     let database_url = args.database.database_url.clone();
     let state = cache_api::build_state(&args).expect("state builds");
@@ -121,8 +163,13 @@ pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
         addr,
         client: reqwest::Client::new(),
         tenant: unique("t"),
+        queue_redis_url: args
+            .queue
+            .queue_redis_url
+            .clone()
+            .unwrap_or_else(|| redis_url.clone()),
         redis_url,
-        cluster_args,
+        redis_settings: args.redis.clone(),
         queue_prefix,
         database_url,
         state,
@@ -170,13 +217,59 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// A plain connection to the Redis the app uses, for asserting what is stored.
-    pub async fn raw_redis(&self) -> MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .expect("redis url")
+    /// A plain connection to the Redis the app uses (on a cluster, routing
+    /// each command by its key), for asserting what is stored.
+    pub async fn raw_redis(&self) -> RawRedis {
+        if self.redis_settings.is_cluster() {
+            let client =
+                redis::cluster::ClusterClient::new(self.redis_settings.urls()).expect("seed urls");
+            return RawRedis::Cluster(client.get_async_connection().await.expect("connect"));
+        }
+        RawRedis::One(
+            redis::Client::open(self.redis_url.as_str())
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis"),
+        )
+    }
+
+    /// Every data-plane key matching `pattern`: a full `SCAN` of the Redis,
+    /// or of each primary of a cluster.
+    pub async fn scan_keys(&self, pattern: &str) -> Vec<String> {
+        let urls = match self.state.cache.redis().cluster_nodes().await.unwrap() {
+            Some(nodes) => nodes
+                .iter()
+                .filter(|n| n.is_primary() && n.slots > 0)
+                .map(|n| format!("redis://{}", n.address))
+                .collect(),
+            None => vec![self.redis_url.clone()],
+        };
+        let mut found = Vec::new();
+        for url in urls {
+            found.extend(scan_url(&url, pattern).await);
+        }
+        found
+    }
+
+    /// The environment that puts a `cache-api` or `cache-worker` process on
+    /// this app's Redis (and its queues').
+    pub fn redis_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("REDIS_URL", self.redis_url.clone())];
+        if self.redis_settings.is_cluster() {
+            env.push(("REDIS_MODE", "cluster".to_owned()));
+            env.push(("QUEUE_REDIS_URL", self.queue_redis_url.clone()));
+        }
+        env
+    }
+
+    /// A connection to the job queues' Redis.
+    pub async fn queue_redis(&self) -> MultiplexedConnection {
+        redis::Client::open(self.queue_redis_url.as_str())
+            .expect("queue redis url")
             .get_multiplexed_async_connection()
             .await
-            .expect("connect to redis")
+            .expect("connect to the queues' redis")
     }
 
     /// Stops the server the way SIGTERM does and waits for it to finish.
@@ -273,7 +366,13 @@ impl TestApp {
             "--worker-name",
             "test",
         ];
-        argv.extend(self.cluster_args.iter().map(String::as_str));
+        // The app's Redis mode and queues, unless the test names its own.
+        if self.redis_settings.is_cluster() {
+            argv.extend(["--redis-mode", "cluster"]);
+        }
+        if self.queue_redis_url != self.redis_url && !extra.contains(&"--queue-redis-url") {
+            argv.extend(["--queue-redis-url", &self.queue_redis_url]);
+        }
         if !extra.contains(&"--database-url") {
             argv.extend(["--database-url", &self.database_url]);
         }
@@ -523,6 +622,32 @@ impl PrivateRedis {
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("kill redis-server");
+        }
+    }
+}
+
+/// Every key matching `pattern` on the one Redis at `url`, by `SCAN`.
+pub async fn scan_url(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let (mut cursor, mut found) = (0u64, Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            return found;
         }
     }
 }
@@ -788,14 +913,13 @@ fn free_port_run(count: u16) -> u16 {
 /// Settings of an api on `cluster`, its queues on the standard Redis.
 pub fn cluster_settings(cluster: &TestCluster, extra: &[&str]) -> ServeArgs {
     let seeds = cluster.seeds();
-    let queue = settings(&[]).redis.redis_url;
     let mut argv = vec![
         "--redis-mode",
         "cluster",
         "--redis-url",
         &seeds,
         "--queue-redis-url",
-        &queue,
+        STANDARD_REDIS,
     ];
     argv.extend_from_slice(extra);
     settings(&argv)

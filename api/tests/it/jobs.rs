@@ -174,14 +174,15 @@ async fn flush_of_one_tenant_leaves_other_tenants_byte_identical() {
     let worker = app.spawn_worker();
     let other = unique("t");
     let mut raw = app.raw_redis().await;
-    let mut pipe = redis::pipe();
-    for i in 0..2500 {
-        pipe.set(format!("c:{{{}}}:k{i}", app.tenant), format!("J{i}"))
-            .ignore();
-        pipe.set(format!("c:{{{other}}}:k{i}"), format!("J{i}"))
-            .ignore();
+    // One pipeline per tenant: each stays in its tenant's slot on a cluster.
+    for tenant in [&app.tenant, &other] {
+        let mut pipe = redis::pipe();
+        for i in 0..2500 {
+            pipe.set(format!("c:{{{tenant}}}:k{i}"), format!("J{i}"))
+                .ignore();
+        }
+        let () = pipe.query_async(&mut raw).await.unwrap();
     }
-    let () = pipe.query_async(&mut raw).await.unwrap();
     let before: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
         .arg(
             (0..2500)
@@ -251,7 +252,7 @@ async fn vacuuming_drops_finished_queue_data_but_keeps_the_history() {
 
     let config = apalis_redis::Config::default()
         .queue(cache_jobs::JobType::CollectStats.queue_name(&app.queue_prefix));
-    let mut raw = app.raw_redis().await;
+    let mut raw = app.queue_redis().await;
     let in_queue = |raw: &mut redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
         let (data, done) = (config.job_data_hash(), config.done_jobs_set());
@@ -398,26 +399,9 @@ async fn count_keys(app: &TestApp) -> i64 {
     scan(app, &format!("c:{{{}}}:*", app.tenant)).await.len() as i64
 }
 
-/// Every key matching `pattern`, by SCAN.
+/// Every data-plane key matching `pattern`, by SCAN.
 async fn scan(app: &TestApp, pattern: &str) -> Vec<String> {
-    let mut raw = app.raw_redis().await;
-    let (mut cursor, mut found) = (0u64, Vec::new());
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        found.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            return found;
-        }
-    }
+    app.scan_keys(pattern).await
 }
 
 /// Seeds `n` keys into the app's tenant straight into Redis.
@@ -682,9 +666,10 @@ async fn jobs_lost_from_their_queue_are_queued_again_from_their_records() {
         .unwrap();
 
     // Redis loses the queues' data, as a restart without persistence would.
-    let queue_keys = scan(&app, &format!("{}:*", app.queue_prefix)).await;
+    let queue_keys =
+        crate::helpers::scan_url(&app.queue_redis_url, &format!("{}:*", app.queue_prefix)).await;
     assert!(!queue_keys.is_empty(), "the jobs were queued");
-    let mut raw = app.raw_redis().await;
+    let mut raw = app.queue_redis().await;
     let _: i64 = redis::cmd("DEL")
         .arg(&queue_keys)
         .query_async(&mut raw)
@@ -826,7 +811,7 @@ async fn jobs_can_run_on_a_queue_redis_of_their_own() {
         keys.len()
     };
     assert!(count(&queue_url).await > 0);
-    assert_eq!(count(&app.redis_url).await, 0, "{pattern}");
+    assert_eq!(app.scan_keys(&pattern).await, Vec::<String>::new());
 
     // /health reports the queues' Redis, and is degraded without it.
     let health = |app: &TestApp| app.client.get(app.url("/health")).send();

@@ -226,7 +226,7 @@ async fn eviction_policy_and_pool_settings_are_validated() {
         .json()
         .await
         .unwrap();
-    assert_eq!(timeout["mode"], "multiplexed");
+    assert_eq!(timeout["mode"], app.state.cache.redis().mode());
     let connections = get(&app, &operator, "/api/v1/cache/connections").await;
     for field in ["size", "maxSize", "idle", "inUse", "waiting", "timeouts"] {
         assert!(connections[field].is_u64(), "{field} in {connections}");

@@ -379,7 +379,7 @@ async fn access_patterns_refuse_public_writes_or_reads_and_compression_follows_t
     set_internal(&app, json!({"key": "blob:1", "value": big})).await;
     set_internal(&app, json!({"key": "user:1", "value": big})).await;
     let mut redis = app.raw_redis().await;
-    let tag = async |redis: &mut deadpool_redis::redis::aio::MultiplexedConnection, key: &str| {
+    let tag = async |redis: &mut crate::helpers::RawRedis, key: &str| {
         let head: Vec<u8> = redis
             .getrange(format!("c:{{{}}}:{key}", app.tenant), 9, 9)
             .await

@@ -19,43 +19,28 @@ use crate::helpers::{
 async fn scanned(app: &TestApp, tenant: &str) -> (u64, u64) {
     let mut conn = app.raw_redis().await;
     let prefix = format!("c:{{{tenant}}}:");
-    let mut cursor: u64 = 0;
     let (mut keys, mut bytes) = (0, 0);
-    loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
+    for key in app.scan_keys(&format!("{prefix}*")).await {
+        let stored: u64 = redis::cmd("STRLEN")
+            .arg(&key)
             .query_async(&mut conn)
             .await
             .unwrap();
-        for key in page {
-            let stored: u64 = redis::cmd("STRLEN")
+        if stored > 0 {
+            let first: Vec<u8> = redis::cmd("GETRANGE")
                 .arg(&key)
+                .arg(0)
+                .arg(0)
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            if stored > 0 {
-                let first: Vec<u8> = redis::cmd("GETRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(0)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                // The expiry header is not counted (see the codec).
-                let header = if first == b"T" { 9 } else { 0 };
-                keys += 1;
-                bytes += (key.len() - prefix.len()) as u64 + stored - header;
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            return (keys, bytes);
+            // The expiry header is not counted (see the codec).
+            let header = if first == b"T" { 9 } else { 0 };
+            keys += 1;
+            bytes += (key.len() - prefix.len()) as u64 + stored - header;
         }
     }
+    (keys, bytes)
 }
 
 /// The tenant's usage and quota as `GET /api/v1/cache/memory` shows them.

@@ -112,7 +112,7 @@ async fn no_secret_reaches_the_logs_of_a_whole_run() {
             .env("RUST_LOG", "trace")
             .env("LOG_FORMAT", "human")
             .env("NO_COLOR", "1")
-            .env("REDIS_URL", &setup.redis_url)
+            .envs(setup.redis_env())
             .env("DATABASE_URL", &setup.database_url)
             .env("QUEUE_PREFIX", &queue_prefix)
             .env("LOG_READ_SAMPLE_RATE", "1")
