@@ -42,6 +42,7 @@ COUNTERS_AND_GAUGES = {
     "http_requests_total",
     "cache_pool_size", "cache_pool_in_use", "cache_pool_idle", "cache_pool_waiting",
     "cache_queue_depth", "cache_queue_dead",
+    "cache_redis_node_up", "cache_redis_node_memory_bytes", "cache_redis_node_keys",
     "cache_oplog_buffered", "cache_oplog_shipped_total", "cache_oplog_dropped_total",
     # cache-worker
     "cache_jobs_total", "cache_oplog_persisted_total", "cache_audit_events_delivered_total",

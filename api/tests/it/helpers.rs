@@ -788,7 +788,8 @@ impl TestCluster {
         std::fs::create_dir_all(&dir).expect("node directory");
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            // Long enough that a loaded test machine raises no false failover.
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "3000"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
