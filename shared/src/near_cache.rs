@@ -341,7 +341,7 @@ impl Tracker {
             Self::Cluster(conn) => Ok(crate::redis::cluster::nodes(conn)
                 .await?
                 .into_iter()
-                .filter(|n| n.is_primary() && n.slots > 0)
+                .filter(|n| n.serves_slots())
                 .map(|n| n.address)
                 .collect()),
         }

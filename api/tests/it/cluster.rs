@@ -148,18 +148,22 @@ async fn health_reports_every_node_of_the_cluster() {
     let cluster = TestCluster::start(3, 1).await;
     let app = spawn_app_with(cluster_settings(&cluster, &[])).await;
     let _worker = app.spawn_worker();
-    // Replicas announce themselves a moment after the cluster forms.
-    let replicas = |health: &Value| {
-        health["checks"]["redis"]["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["role"] == "replica").count())
-    };
-    wait_until(Duration::from_secs(10), || async {
+    // Replicas announce themselves a moment after the cluster forms, and
+    // each node learns of the others by gossip: wait for a view with all.
+    let seen = std::sync::Mutex::new(Value::Null);
+    wait_until(Duration::from_secs(15), || async {
         let health = json_of(app.client.get(app.url("/health"))).await;
-        replicas(&health) == 3 && health["status"] == "ok"
+        let nodes = health["checks"]["redis"]["nodes"].as_array().cloned();
+        let settled = health["status"] == "ok"
+            && nodes.is_some_and(|nodes| {
+                nodes.iter().filter(|n| n["role"] == "replica").count() == 3
+                    && nodes.iter().all(|n| n["status"] == "up")
+            });
+        *seen.lock().unwrap() = health;
+        settled
     })
     .await;
-    let health = json_of(app.client.get(app.url("/health"))).await;
+    let health = seen.into_inner().unwrap();
     assert_eq!(health["status"], "ok", "{health}");
     let nodes = health["checks"]["redis"]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 6, "{health}");

@@ -240,7 +240,7 @@ impl TestApp {
         let urls = match self.state.cache.redis().cluster_nodes().await.unwrap() {
             Some(nodes) => nodes
                 .iter()
-                .filter(|n| n.is_primary() && n.slots > 0)
+                .filter(|n| n.serves_slots())
                 .map(|n| format!("redis://{}", n.address))
                 .collect(),
             None => vec![self.redis_url.clone()],
@@ -858,24 +858,8 @@ impl TestCluster {
     pub async fn scan(&self, pattern: &str) -> Vec<String> {
         let mut all = Vec::new();
         for i in 0..self.primaries {
-            let mut conn = self.node(self.base + i).await;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                all.extend(keys);
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            let url = format!("redis://127.0.0.1:{}", self.base + i);
+            all.extend(scan_url(&url, pattern).await);
         }
         all.sort();
         all

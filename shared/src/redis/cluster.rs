@@ -93,6 +93,11 @@ impl ClusterNode {
     pub fn is_primary(&self) -> bool {
         self.role == "primary"
     }
+
+    /// A primary that owns slots: one the client routes commands to.
+    pub fn serves_slots(&self) -> bool {
+        self.is_primary() && self.slots > 0
+    }
 }
 
 /// The nodes of the cluster, from `CLUSTER NODES` asked of any node.

@@ -258,9 +258,10 @@ impl RedisStore {
     }
 
     /// Each node of the cluster with what it answers now (`None` on a
-    /// standalone Redis): for `/health` and per-node metrics. Primaries are
-    /// asked concurrently, each within the command timeout; replicas, to
-    /// which the client keeps no connection (reads go to primaries), are
+    /// standalone Redis): for `/health` and per-node metrics. Primaries
+    /// serving slots are asked concurrently, each within the command
+    /// timeout; other nodes (replicas, to which the client keeps no
+    /// connection since reads go to primaries, and empty primaries) are
     /// reported as the cluster sees them.
     ///
     /// # Errors
@@ -276,7 +277,7 @@ impl RedisStore {
         let deadline = self.command_timeout();
         let mut asks = tokio::task::JoinSet::new();
         for (index, node) in nodes.iter().enumerate() {
-            let Some((host, port)) = node.host_port().filter(|_| node.is_primary()) else {
+            let Some((host, port)) = node.host_port().filter(|_| node.serves_slots()) else {
                 continue;
             };
             let mut conn = Conn::Routed {
@@ -338,7 +339,7 @@ impl RedisStore {
         };
         Ok(nodes
             .iter()
-            .filter(|n| n.is_primary() && n.slots > 0 && !n.failing)
+            .filter(|n| n.serves_slots() && !n.failing)
             .filter_map(|n| {
                 let (host, port) = n.host_port()?;
                 Some(Shard::Node { host, port })
@@ -1027,10 +1028,10 @@ pub struct NodeProbe {
 }
 
 impl NodeProbe {
-    /// Up: the cluster does not hold it as failing and, a primary, it
-    /// answered (a replica is taken on the cluster's word).
+    /// Up: the cluster does not hold it as failing and, serving slots, it
+    /// answered (a replica or an empty primary is taken on the cluster's word).
     pub fn is_up(&self) -> bool {
-        (self.latency.is_some() || !self.node.is_primary()) && !self.node.failing
+        (self.latency.is_some() || !self.node.serves_slots()) && !self.node.failing
     }
 }
 

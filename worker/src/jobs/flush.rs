@@ -117,16 +117,14 @@ async fn unlink_scanned(
                     Ok((deleted, seen))
                 })
                 .await?;
-            if progress.advance(deleted).await? == Next::Stop {
+            let last = cursor == 0;
+            if step_done(progress, pacer, &mut examined, (deleted, seen), last).await? == Next::Stop
+            {
                 return Ok(Next::Stop);
             }
-            if cursor == 0 {
+            if last {
                 break;
             }
-            // The rate cap is the flush's throttle, counted in keys examined
-            // (a page that finds nothing to delete still costs a SCAN).
-            examined += seen;
-            pacer.wait(examined).await;
         }
     }
     Ok(Next::Continue)
@@ -156,12 +154,32 @@ async fn unlink_indexed(
         })
         .await?
     {
-        let (deleted, seen) = page.first().copied().unwrap_or((0, 0));
-        if progress.advance(deleted).await? == Next::Stop {
+        let step = page.first().copied().unwrap_or((0, 0));
+        if step_done(progress, pacer, &mut examined, step, pages.is_done()).await? == Next::Stop {
             return Ok(Next::Stop);
         }
-        examined += seen;
-        pacer.wait(examined).await;
+    }
+    Ok(Next::Continue)
+}
+
+/// After a step of a flush that deleted and examined `(deleted, seen)`
+/// keys: its progress recorded (and a cancellation seen), then, unless it
+/// was the `last`, a wait to keep to the rate cap, which is the flush's
+/// throttle counted in keys examined (a page that finds nothing to delete
+/// still costs Redis a look).
+async fn step_done(
+    progress: &mut Progress<'_>,
+    pacer: &Pacer,
+    examined: &mut i64,
+    (deleted, seen): (i64, i64),
+    last: bool,
+) -> Result<Next, JobError> {
+    if progress.advance(deleted).await? == Next::Stop {
+        return Ok(Next::Stop);
+    }
+    *examined += seen;
+    if !last {
+        pacer.wait(*examined).await;
     }
     Ok(Next::Continue)
 }
