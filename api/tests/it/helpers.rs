@@ -827,9 +827,6 @@ impl TestCluster {
     pub async fn owner_of(&self, key: &str) -> u16 {
         let slot = cache_shared::redis::cluster::key_slot(key.as_bytes());
         let mut conn = self.node(self.base).await;
-        let nodes = cache_shared::redis::cluster::nodes(&mut conn)
-            .await
-            .unwrap();
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -846,7 +843,6 @@ impl TestCluster {
                     && (a..=b).contains(&slot)
                 {
                     let address = fields[1].split('@').next().unwrap();
-                    assert!(nodes.iter().any(|n| n.address == address));
                     return address.rsplit_once(':').unwrap().1.parse().unwrap();
                 }
             }

@@ -254,11 +254,16 @@ impl RedisStore {
         if !self.is_cluster() {
             return Ok(None);
         }
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            cluster::nodes(&mut conn).await.map(Some)
-        })
-        .await
+        self.timed(self.nodes_untimed()).await
+    }
+
+    /// [`RedisStore::cluster_nodes`] for callers already inside [`RedisStore::timed`].
+    async fn nodes_untimed(&self) -> Result<Option<Vec<cluster::ClusterNode>>, Error> {
+        if !self.is_cluster() {
+            return Ok(None);
+        }
+        let mut conn = self.conn().await?;
+        cluster::nodes(&mut conn).await.map(Some)
     }
 
     /// Each node of the cluster with what it answers now (`None` on a
@@ -314,31 +319,23 @@ impl RedisStore {
             let (Some(probe), Some(text)) = (probes.get_mut(index), text) else {
                 continue;
             };
+            let info = parse_info(&text);
             probe.latency = Some(took);
-            for line in text.lines() {
-                if let Some(bytes) = line.strip_prefix("used_memory:") {
-                    probe.used_memory_bytes = bytes.trim().parse().ok();
-                } else if let Some(db) = line.strip_prefix("db0:") {
-                    probe.keys = db
-                        .split(',')
-                        .next()
-                        .and_then(|k| k.strip_prefix("keys="))
-                        .and_then(|k| k.parse().ok());
-                }
-            }
-            probe.keys = probe.keys.or(Some(0));
+            probe.used_memory_bytes = info.get("used_memory").and_then(|v| v.parse().ok());
+            probe.keys = Some(keyspace_keys(&info));
         }
         Ok(Some(probes))
     }
 
     /// The parts of the keyspace a walk over every key goes through: the
-    /// one Redis, or each primary of the cluster that serves slots.
+    /// one Redis, or each primary of the cluster that serves slots. Call it
+    /// inside [`RedisStore::timed`], as [`RedisStore::conn`].
     ///
     /// # Errors
     ///
     /// [`Error::CacheUnavailable`].
     pub async fn shards(&self) -> Result<Vec<Shard>, Error> {
-        let Some(nodes) = self.cluster_nodes().await? else {
+        let Some(nodes) = self.nodes_untimed().await? else {
             return Ok(vec![Shard::Whole]);
         };
         Ok(nodes
@@ -633,7 +630,12 @@ impl RedisStore {
         section: &str,
     ) -> Result<std::collections::HashMap<String, String>, Error> {
         let mut merged = std::collections::HashMap::new();
-        for (index, answer) in self.info_per_shard(section).await?.into_iter().enumerate() {
+        for (index, answer) in self
+            .info_per_shard(&[section])
+            .await?
+            .into_iter()
+            .enumerate()
+        {
             for (field, value) in answer {
                 match merged.entry(field) {
                     std::collections::hash_map::Entry::Vacant(slot) if index == 0 => {
@@ -651,30 +653,25 @@ impl RedisStore {
         Ok(merged)
     }
 
-    /// One section of `INFO` from each shard (the one Redis, or every primary).
+    /// `INFO` of `sections` from each shard (the one Redis, or every
+    /// primary), in one round trip a shard.
     ///
     /// # Errors
     ///
     /// [`Error::CacheUnavailable`].
     pub async fn info_per_shard(
         &self,
-        section: &str,
+        sections: &[&str],
     ) -> Result<Vec<std::collections::HashMap<String, String>>, Error> {
         self.timed(async {
             let mut answers = Vec::new();
             for shard in self.shards().await? {
                 let mut conn = self.conn_on(&shard).await?;
                 let text: String = redis::cmd("INFO")
-                    .arg(section)
+                    .arg(sections)
                     .query_async(&mut conn)
                     .await?;
-                answers.push(
-                    text.lines()
-                        .filter(|line| !line.starts_with('#'))
-                        .filter_map(|line| line.split_once(':'))
-                        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-                        .collect(),
-                );
+                answers.push(parse_info(&text));
             }
             Ok(answers)
         })
@@ -688,38 +685,25 @@ impl RedisStore {
     ///
     /// [`Error::CacheUnavailable`].
     pub async fn server_figures(&self) -> Result<ServerFigures, Error> {
-        let (memory, stats, clients, keyspace) = tokio::try_join!(
-            self.info_per_shard("memory"),
-            self.info_per_shard("stats"),
-            self.info_per_shard("clients"),
-            self.info_per_shard("keyspace"),
-        )?;
-        let number = |maps: &[std::collections::HashMap<String, String>], field: &str| {
-            maps.iter()
+        let shards = self
+            .info_per_shard(&["memory", "stats", "clients", "keyspace"])
+            .await?;
+        let number = |field: &str| {
+            shards
+                .iter()
                 .filter_map(|map| map.get(field)?.parse::<u64>().ok())
                 .sum::<u64>()
         };
         Ok(ServerFigures {
-            used_memory_bytes: number(&memory, "used_memory"),
-            max_memory_bytes: number(&memory, "maxmemory"),
-            // Keyspace lines look like `db0:keys=12,expires=3,avg_ttl=0`.
-            total_keys: keyspace
-                .iter()
-                .flat_map(|map| map.values())
-                .filter_map(|v| {
-                    v.split(',')
-                        .next()?
-                        .strip_prefix("keys=")?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum(),
-            keyspace_hits: number(&stats, "keyspace_hits"),
-            keyspace_misses: number(&stats, "keyspace_misses"),
-            connected_clients: number(&clients, "connected_clients"),
-            ops_per_second: number(&stats, "instantaneous_ops_per_sec"),
-            evicted_keys: number(&stats, "evicted_keys"),
-            expired_keys: number(&stats, "expired_keys"),
+            used_memory_bytes: number("used_memory"),
+            max_memory_bytes: number("maxmemory"),
+            total_keys: shards.iter().map(keyspace_keys).sum(),
+            keyspace_hits: number("keyspace_hits"),
+            keyspace_misses: number("keyspace_misses"),
+            connected_clients: number("connected_clients"),
+            ops_per_second: number("instantaneous_ops_per_sec"),
+            evicted_keys: number("evicted_keys"),
+            expired_keys: number("expired_keys"),
         })
     }
 
@@ -851,6 +835,30 @@ pub fn dedicated_data_connection(
                 .set_response_timeout(response_timeout),
         ),
     ))
+}
+
+/// The `field:value` lines of an `INFO` answer.
+fn parse_info(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Keys of every database in a parsed `INFO keyspace`, whose lines look
+/// like `db0:keys=12,expires=3,avg_ttl=0`.
+fn keyspace_keys(info: &std::collections::HashMap<String, String>) -> u64 {
+    info.iter()
+        .filter(|(field, _)| field.starts_with("db"))
+        .filter_map(|(_, v)| {
+            v.split(',')
+                .next()?
+                .strip_prefix("keys=")?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn pool_error(err: PoolError) -> Error {
