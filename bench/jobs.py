@@ -31,7 +31,7 @@ CPU N, with everything else (api, worker, load generator) kept off that CPU:
 Redis with a core to itself, as in a deployment, instead of four busy
 processes sharing every core. Without it the shared local Redis is used.
 REDIS_ARGS adds arguments to that redis-server's command line (e.g.
-"--activerehashing no").
+"--activerehashing no"). WORKER_NICE=N starts the worker under `nice -n N`.
 """
 
 import json
@@ -61,6 +61,7 @@ PARTS = os.environ.get("PARTS", "flush,preload,analysis").split(",")
 RUNS = int(os.environ.get("RUNS", "5"))
 REDIS_CORE = os.environ.get("REDIS_CORE")
 REDIS_ARGS = os.environ.get("REDIS_ARGS", "").split()
+WORKER_NICE = os.environ.get("WORKER_NICE")
 REDIS_PORT = 6379
 TOKEN = "bench-token"
 STAMP = time.strftime("%Y%m%d%H%M%S")
@@ -286,7 +287,8 @@ class Worker:
         self.binary, self.env, self.proc = binary, env, None
 
     def start(self):
-        self.proc = subprocess.Popen([str(self.binary)], env=self.env, stderr=subprocess.DEVNULL)
+        nice = ["nice", "-n", WORKER_NICE] if WORKER_NICE else []
+        self.proc = subprocess.Popen(nice + [str(self.binary)], env=self.env, stderr=subprocess.DEVNULL)
 
     def stop(self):
         if self.proc:

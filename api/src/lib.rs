@@ -483,9 +483,10 @@ async fn accept_loop(listener: TcpListener, state: AppState, shutdown: impl Futu
     // hyper a fresh 8 KiB read buffer per request: without it, hyper reads
     // while a handler waits on Redis (to notice a client leaving), and the
     // request's headers still hold the previous buffer. A vanished client's
-    // request ends at its deadline anyway.
+    // request ends at its deadline anyway. Vectored writes let a large
+    // value go out in the buffer it was read from Redis into (views.rs).
     builder
-        .writev(false)
+        .writev(true)
         .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);

@@ -305,19 +305,24 @@ impl Stored {
         }
     }
 
+    /// The value's bytes as read from Redis, shared rather than copied;
+    /// `None` when they are compressed (see [`Stored::append_payload`]).
+    pub fn stored_payload(&self) -> Option<Bytes> {
+        (!is_compressed(&self.envelope)).then(|| self.envelope.slice(1..))
+    }
+
     /// The value's bytes (JSON as compact text): no copy unless compressed.
     ///
     /// # Errors
     ///
     /// As [`Stored::append_payload`].
     pub fn into_payload(self) -> Result<Bytes, Error> {
-        if is_compressed(&self.envelope) {
-            let mut out = Vec::with_capacity(self.payload_len());
-            self.append_payload(&mut out)?;
-            Ok(Bytes::from(out))
-        } else {
-            Ok(self.envelope.slice(1..))
+        if let Some(payload) = self.stored_payload() {
+            return Ok(payload);
         }
+        let mut out = Vec::with_capacity(self.payload_len());
+        self.append_payload(&mut out)?;
+        Ok(Bytes::from(out))
     }
 
     /// The tag and the payload, without the expiry header.
