@@ -20,7 +20,6 @@ pub mod namespaces;
 pub mod near_cache;
 pub mod oplog;
 pub mod outbound;
-pub mod pace;
 pub mod permissions;
 pub mod quota;
 pub mod random;

@@ -25,9 +25,6 @@ pub struct Pacing {
     pub flush_step_budget: Duration,
     /// Most keys a flush examines (and so at most removes) per second.
     pub flush_keys_per_second: u64,
-    /// A flush slows down while the requests' p99 is above this many times
-    /// what it was when the flush began (`None`: it holds its cap).
-    pub flush_latency_limit: Option<f64>,
 }
 
 impl Default for Pacing {
@@ -39,7 +36,6 @@ impl Default for Pacing {
             flush_batch: 50,
             flush_step_budget: Duration::from_micros(250),
             flush_keys_per_second: 110_000,
-            flush_latency_limit: Some(1.3),
         }
     }
 }

@@ -10,7 +10,6 @@ pub mod error;
 pub mod jobs;
 mod key_events;
 pub mod namespace_trim;
-pub mod pacing;
 pub mod progress;
 pub mod recovery;
 pub mod runner;
@@ -137,14 +136,6 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub flush_max_keys_per_second: u64,
 
-    /// A flush slows down (to a tenth of its cap at most) while the p99 of
-    /// the api's cache calls is above this percentage of what it was when
-    /// the flush began, and speeds up again as it recovers; 0: a flush
-    /// holds its cap whatever requests see.
-    #[arg(long, env = "FLUSH_LATENCY_LIMIT_PERCENT", default_value_t = 130,
-          value_parser = parse_latency_limit)]
-    pub flush_latency_limit_percent: u64,
-
     /// Pause between a job's batches in milliseconds, leaving Redis to requests.
     #[arg(long, env = "JOB_BATCH_PAUSE_MS", default_value_t = 2)]
     pub job_batch_pause_ms: u64,
@@ -214,20 +205,8 @@ impl WorkerSettings {
             flush_batch: usize::try_from(self.flush_batch_size).unwrap_or(50),
             flush_step_budget: Duration::from_micros(self.flush_step_budget_us),
             flush_keys_per_second: self.flush_max_keys_per_second,
-            flush_latency_limit: (self.flush_latency_limit_percent > 0)
-                .then(|| self.flush_latency_limit_percent as f64 / 100.0),
             ..Pacing::default()
         }
-    }
-}
-
-/// `0` (off) or a percentage above 100: a limit at or under what requests
-/// saw at the start would stop every flush at its floor.
-fn parse_latency_limit(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(0) => Ok(0),
-        Ok(n) if (101..=10_000).contains(&n) => Ok(n),
-        _ => Err("0 (off) or a percentage from 101 to 10000".into()),
     }
 }
 

@@ -1,14 +1,13 @@
 //! The api instance's background tasks: shipping statistics rollups and
 //! operation-log batches to the queue, posting the metrics report to the
 //! monitoring service, keeping tenant limits current and the near cache
-//! coherent, publishing the latency requests see (so flushes yield to them).
+//! coherent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cache_jobs::upkeep::{LogPersistJob, StatsRollupJob, TenantFigures};
 use cache_shared::oplog::OpLog;
-use cache_shared::pace;
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::watch;
 
@@ -40,10 +39,6 @@ impl Background {
         }
         if state.cache.stats().is_enabled() {
             tasks.push(tokio::spawn(ship_rollups(state.clone(), stopped.clone())));
-            tasks.push(tokio::spawn(publish_latency(
-                state.clone(),
-                stopped.clone(),
-            )));
         }
         if let Some(oplog) = state.cache.stats().oplog().cloned() {
             tasks.push(tokio::spawn(ship_logs(
@@ -233,27 +228,6 @@ async fn report_metrics(state: AppState, mut stop: watch::Receiver<bool>) {
         };
         if let Err(err) = sent {
             tracing::warn!(%err, "metrics report not delivered; the next interval sends a fresh one");
-        }
-    }
-}
-
-/// Publishes the p99 of this instance's cache calls every
-/// [`pace::PUBLISH_EVERY`] in which it served enough of them to say
-/// (`cache_shared::pace`); a Redis that does not answer skips a round.
-async fn publish_latency(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut window = pace::Window::default();
-    let mut ticker = tokio::time::interval(pace::PUBLISH_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let Some(p99_us) = window.next(state.cache.stats().latency_buckets()) else {
-            continue;
-        };
-        if let Err(err) = pace::publish(state.cache.redis(), &state.instance_id, p99_us).await {
-            tracing::debug!(%err, "request latency not published; the next round will");
         }
     }
 }

@@ -595,20 +595,6 @@ impl LiveStats {
         totals.iter().map(|&t| t as f64 / lived as f64).collect()
     }
 
-    /// Every operation's latency bucket counts since start, all tenants
-    /// together: what [`crate::pace::Window`] turns into a recent p99.
-    pub fn latency_buckets(&self) -> Vec<u64> {
-        let mut counts = vec![0u64; BUCKETS];
-        for tenant in self.counted() {
-            for op in &tenant.ops {
-                for (total, n) in counts.iter_mut().zip(op.latency.totals().0) {
-                    *total += n;
-                }
-            }
-        }
-        counts
-    }
-
     /// `op`'s latency histogram over all tenants: bucket counts, sum and
     /// largest value, in microseconds.
     pub(crate) fn histogram(&self, op: Op) -> (Vec<u64>, u64, u64) {

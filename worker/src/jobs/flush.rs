@@ -10,16 +10,42 @@ use cache_jobs::payload::Payload;
 use cache_shared::Error;
 use cache_shared::keys::TenantId;
 use cache_shared::quota::{SCAN_UNLINK, UNLINK_KEYS};
+use cache_shared::redis::ScanPages;
 use cache_shared::redis::cluster::pinned_slot;
-use cache_shared::redis::{RedisStore, ScanPages};
 use serde_json::json;
+use std::time::Duration;
 
 use super::{Handler, tenant_of};
 use crate::Outcome;
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::pacing::{Governor, Pacer};
 use crate::progress::{Next, Progress};
+
+/// Keeps a job under a rate: waits whenever it is ahead of schedule (by at
+/// least a timer tick, so short waits are not rounded up into slowness).
+#[derive(Debug)]
+pub struct Pacer {
+    started: tokio::time::Instant,
+    per_second: u64,
+}
+
+impl Pacer {
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            per_second: per_second.max(1),
+        }
+    }
+
+    /// Waits until `done` units are due.
+    pub async fn wait(&self, done: i64) {
+        let due = Duration::from_secs_f64(done.max(0) as f64 / self.per_second as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= Duration::from_millis(2) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+}
 
 /// Runs a flush for `tenant`.
 ///
@@ -36,16 +62,12 @@ async fn run(
     let pattern = params.scan_pattern(tenant);
     let redis = ctx.cache.redis();
     let mut progress = Progress::new(&ctx.db, job_id);
-    let cap = ctx.pacing.flush_keys_per_second;
-    let mut pacer = Pacer::new(cap);
-    if let Some(limit) = ctx.pacing.flush_latency_limit {
-        pacer = pacer.governed(Governor::new(cap, limit));
-    }
+    let pacer = Pacer::new(ctx.pacing.flush_keys_per_second);
     let indexed = redis.is_cluster() && pinned_slot(&pattern).is_some();
     let next = if indexed {
-        unlink_indexed(ctx, &pattern, &mut progress, &mut pacer).await?
+        unlink_indexed(ctx, &pattern, &mut progress, &pacer).await?
     } else {
-        unlink_scanned(ctx, &pattern, &mut progress, &mut pacer).await?
+        unlink_scanned(ctx, &pattern, &mut progress, &pacer).await?
     };
     if next == Next::Stop {
         return Ok(Outcome::Cancelled(json!({ "deleted": progress.done() })));
@@ -63,7 +85,7 @@ async fn unlink_scanned(
     ctx: &JobContext,
     pattern: &str,
     progress: &mut Progress<'_>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
 ) -> Result<Next, JobError> {
     let redis = ctx.cache.redis();
     let budget_us = u64::try_from(ctx.pacing.flush_step_budget.as_micros()).unwrap_or(u64::MAX);
@@ -96,8 +118,7 @@ async fn unlink_scanned(
                 })
                 .await?;
             let last = cursor == 0;
-            if step_done(progress, pacer, redis, &mut examined, (deleted, seen), last).await?
-                == Next::Stop
+            if step_done(progress, pacer, &mut examined, (deleted, seen), last).await? == Next::Stop
             {
                 return Ok(Next::Stop);
             }
@@ -116,7 +137,7 @@ async fn unlink_indexed(
     ctx: &JobContext,
     pattern: &str,
     progress: &mut Progress<'_>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
 ) -> Result<Next, JobError> {
     let redis = ctx.cache.redis();
     let mut pages = ScanPages::new(
@@ -134,9 +155,7 @@ async fn unlink_indexed(
         .await?
     {
         let step = page.first().copied().unwrap_or((0, 0));
-        if step_done(progress, pacer, redis, &mut examined, step, pages.is_done()).await?
-            == Next::Stop
-        {
+        if step_done(progress, pacer, &mut examined, step, pages.is_done()).await? == Next::Stop {
             return Ok(Next::Stop);
         }
     }
@@ -145,13 +164,12 @@ async fn unlink_indexed(
 
 /// After a step of a flush that deleted and examined `(deleted, seen)`
 /// keys: its progress recorded (and a cancellation seen), then, unless it
-/// was the `last`, a wait to keep to the rate (the cap, lowered while
-/// requests are slower than when the flush began), counted in keys
-/// examined (a page that finds nothing to delete still costs Redis a look).
+/// was the `last`, a wait to keep to the rate cap, which is the flush's
+/// throttle counted in keys examined (a page that finds nothing to delete
+/// still costs Redis a look).
 async fn step_done(
     progress: &mut Progress<'_>,
-    pacer: &mut Pacer,
-    redis: &RedisStore,
+    pacer: &Pacer,
     examined: &mut i64,
     (deleted, seen): (i64, i64),
     last: bool,
@@ -161,7 +179,6 @@ async fn step_done(
     }
     *examined += seen;
     if !last {
-        pacer.govern(redis).await;
         pacer.wait(*examined).await;
     }
     Ok(Next::Continue)
