@@ -78,11 +78,9 @@ pub fn entry_answer(key: &str, entry: &Entry) -> Result<Response, Error> {
             write_head(&mut head, key, false)?;
             let mut tail = Vec::with_capacity(48);
             write_tail(&mut tail, entry)?;
-            json_response(Body::new(Spliced::new([
-                Bytes::from(head),
-                payload,
-                Bytes::from(tail),
-            ])))
+            json_response(Body::new(Spliced {
+                parts: [Bytes::from(head), payload, Bytes::from(tail)],
+            }))
         }
         _ => {
             let mut out = Vec::with_capacity(entry_capacity(key, entry) + 2);
@@ -101,20 +99,9 @@ pub fn entry_answer(key: &str, entry: &Entry) -> Result<Response, Error> {
 const SPLICE_BYTES: usize = 2048;
 
 /// A body of a few buffers written as they are, with an exact length (so
-/// the answer keeps its `Content-Length`).
+/// the answer keeps its `Content-Length`); a buffer sent is left empty.
 struct Spliced {
     parts: [Bytes; 3],
-    next: usize,
-}
-
-impl Spliced {
-    fn new(parts: [Bytes; 3]) -> Self {
-        Self { parts, next: 0 }
-    }
-
-    fn remaining(&self) -> &[Bytes] {
-        &self.parts[self.next.min(self.parts.len())..]
-    }
 }
 
 impl hyper::body::Body for Spliced {
@@ -125,22 +112,16 @@ impl hyper::body::Body for Spliced {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        while let Some(part) = this.parts.get_mut(this.next) {
-            this.next += 1;
-            if !part.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(part)))));
-            }
-        }
-        Poll::Ready(None)
+        let next = self.parts.iter_mut().find(|part| !part.is_empty());
+        Poll::Ready(next.map(|part| Ok(Frame::data(std::mem::take(part)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining().iter().all(Bytes::is_empty)
+        self.parts.iter().all(Bytes::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let len: usize = self.remaining().iter().map(Bytes::len).sum();
+        let len: usize = self.parts.iter().map(Bytes::len).sum();
         SizeHint::with_exact(len as u64)
     }
 }

@@ -167,9 +167,7 @@ impl RedisStore {
                     .min_retry_wait(10)
                     .max_retry_wait(200)
                     .build()?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(settings.connect_timeout())
-                    .set_response_timeout(settings.command_timeout());
+                let config = cluster_config(settings, settings.command_timeout());
                 // Connects in the background: the api starts while the
                 // cluster is down, and requests answer 503 until it is up.
                 Backend::Cluster(Box::new(ClusterBackend {
@@ -251,9 +249,6 @@ impl RedisStore {
     ///
     /// [`Error::CacheUnavailable`] when no node answers in time.
     pub async fn cluster_nodes(&self) -> Result<Option<Vec<cluster::ClusterNode>>, Error> {
-        if !self.is_cluster() {
-            return Ok(None);
-        }
         self.timed(self.nodes_untimed()).await
     }
 
@@ -829,12 +824,15 @@ pub fn dedicated_data_connection(
         .response_timeout(response_timeout)
         .build()?;
     Ok(Conn::Cluster(
-        client.get_pending_async_connection_with_config(
-            ClusterConfig::new()
-                .set_connection_timeout(settings.connect_timeout())
-                .set_response_timeout(response_timeout),
-        ),
+        client.get_pending_async_connection_with_config(cluster_config(settings, response_timeout)),
     ))
+}
+
+/// How a cluster connection connects and how long it waits for an answer.
+fn cluster_config(settings: &RedisSettings, response_timeout: Duration) -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(settings.connect_timeout())
+        .set_response_timeout(response_timeout)
 }
 
 /// The `field:value` lines of an `INFO` answer.
