@@ -297,6 +297,35 @@ async fn usage_equals_a_full_scan_after_writes_deletes_expiries_and_a_flush() {
     worker.stop().await;
 }
 
+/// A write settles only once its tenant's earliest expiry bucket is due (the
+/// usage hash's hint): a key expiring sooner than every key before it must
+/// lower that hint, or its expiry would never leave the usage. No worker
+/// runs here, so no recount can mend it.
+#[tokio::test]
+async fn an_expiry_sooner_than_every_earlier_one_still_leaves_the_usage() {
+    let app = spawn_app().await;
+    let reader = app.key(Role::Reader).await;
+    // No expiry (the first settle finds no bucket), then a late one, then
+    // an early one: the hint must come down twice.
+    for (key, ttl) in [("forever", 0), ("late", 600), ("early", 1)] {
+        let stored = app
+            .post_json(
+                "/internal/cache/set",
+                json!({"key": key, "value": key, "ttl": ttl}),
+            )
+            .await;
+        assert_eq!(stored.status(), 200);
+    }
+    assert_eq!(quota(&app, &reader).await["keys"], 3);
+    // The early key's bucket is settled a second after its 10-second end.
+    wait_until(Duration::from_secs(25), || async {
+        quota(&app, &reader).await["keys"] == 2
+    })
+    .await;
+    assert!(!exists(&app, "early").await);
+    assert_eq!(scanned(&app, &app.tenant).await.0, 2);
+}
+
 #[tokio::test]
 async fn keys_written_before_accounting_and_evicted_keys_are_recounted() {
     let own = PrivateRedis::start().await;

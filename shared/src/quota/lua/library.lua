@@ -1,6 +1,16 @@
 -- Functions every accounting script starts with (see `LIBRARY` in quota/mod.rs).
 local BUCKET = 10000
 local function bucket_of(at) return math.floor(at / BUCKET) end
+-- Field `d` of a usage hash: no bucket of its index lies below it. A new
+-- bucket lowers it, a settle sets it to the lowest bucket left (NO_BUCKET
+-- when none is), so a script settles only once a bucket is due instead of
+-- searching the index every time. Absent: unknown, the next settle finds it.
+local NO_BUCKET = '1000000000000000'
+local function lower_hint(x, b)
+  local u = string.sub(x, 1, -4) .. 'usage'
+  local d = tonumber(redis.call('HGET', u, 'd'))
+  if d and b < d then redis.call('HSET', u, 'd', b) end
+end
 local function add_to_bucket(x, xz, at, bytes, sign)
   if at <= 0 then return end
   local b = bucket_of(at)
@@ -11,6 +21,7 @@ local function add_to_bucket(x, xz, at, bytes, sign)
     redis.call('ZREM', xz, b)
   elseif sign > 0 and left == 1 then
     redis.call('ZADD', xz, b, b)
+    lower_hint(x, b)
   end
 end
 -- Moves a key of `old_bytes` expiring at `old_at` to `new_at` with
@@ -28,8 +39,11 @@ end
 -- Subtracts the buckets wholly past from the usage, a second after their
 -- end (the script's clock and the one Redis expires keys by may differ by
 -- the script's own run time, so a key Redis still holds is never settled).
-local function settle(u, x, xz, now)
-  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', bucket_of(now - 1000) - 1, 'LIMIT', 0, 256)
+-- `hint` is the hash's `d` (nil: unknown); returns whether it looked.
+local function settle_hinted(u, x, xz, now, hint)
+  local last = bucket_of(now - 1000) - 1
+  if hint and hint > last then return false end
+  local due = redis.call('ZRANGEBYSCORE', xz, '-inf', last, 'LIMIT', 0, 256)
   local dk, db = 0, 0
   for _, b in ipairs(due) do
     local f = redis.call('HMGET', x, b .. ':k', b .. ':b')
@@ -40,9 +54,23 @@ local function settle(u, x, xz, now)
   end
   if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
   if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
+  -- A full page may leave more due: the hint stays below them.
+  if #due < 256 then
+    redis.call('HSET', u, 'd', redis.call('ZRANGE', xz, 0, 0)[1] or NO_BUCKET)
+  end
+  return true
+end
+local function settle(u, x, xz, now)
+  settle_hinted(u, x, xz, now, tonumber(redis.call('HGET', u, 'd')))
 end
 local function usage(u)
   local f = redis.call('HMGET', u, 'k', 'b')
+  return tonumber(f[1]) or 0, tonumber(f[2]) or 0
+end
+-- Settles, then returns the usage: one read when no bucket is due.
+local function settled_usage(u, x, xz, now)
+  local f = redis.call('HMGET', u, 'k', 'b', 'd')
+  if settle_hinted(u, x, xz, now, tonumber(f[3])) then return usage(u) end
   return tonumber(f[1]) or 0, tonumber(f[2]) or 0
 end
 -- A tenant's event stream (see crate::events), from its usage key

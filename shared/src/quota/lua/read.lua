@@ -1,4 +1,3 @@
 -- READ of quota/mod.rs: its doc comment says what it takes and returns.
-settle(KEYS[1], KEYS[2], KEYS[3], now_ms())
-local k, b = usage(KEYS[1])
+local k, b = settled_usage(KEYS[1], KEYS[2], KEYS[3], now_ms())
 return {k, b}

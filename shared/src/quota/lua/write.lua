@@ -13,7 +13,7 @@ if lease ~= '' then
   end
 end
 local now = now_ms()
-settle(u, x, xz, now)
+local keys, bytes = settled_usage(u, x, xz, now)
 local events = events_of(u)
 -- Per namespace: its keys, its limit, and what the batch adds to it.
 local ns = open_namespaces(n, m, now)
@@ -38,7 +38,6 @@ for i = 1, n do
     ns[j].dk, ns[j].db = ns[j].dk + ddk, ns[j].db + ddb
   end
 end
-local keys, bytes = usage(u)
 if max_keys > 0 and dk > 0 and keys + dk > max_keys then
   return {'maxKeys', max_keys, keys}
 end
