@@ -297,17 +297,47 @@ async fn usage_equals_a_full_scan_after_writes_deletes_expiries_and_a_flush() {
     worker.stop().await;
 }
 
-/// A write settles only once its tenant's earliest expiry bucket is due (the
-/// usage hash's hint): a key expiring sooner than every key before it must
-/// lower that hint, or its expiry would never leave the usage. No worker
-/// runs here, so no recount can mend it.
+/// The tenant's settle hint (its usage hash's `d`) and the expiry bucket of
+/// its `key`.
+async fn hint_and_bucket(app: &TestApp, key: &str) -> (Option<i64>, i64) {
+    let mut raw = app.raw_redis().await;
+    let hint: Option<i64> = redis::cmd("HGET")
+        .arg(format!("q:{{{}}}:usage", app.tenant))
+        .arg("d")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(format!("c:{{{}}}:{key}", app.tenant))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    (hint, at.div_euclid(cache_shared::quota::BUCKET_MS))
+}
+
+/// Scripts settle only once the tenant's earliest expiry bucket is due (the
+/// usage hash's hint): a write or a re-time to an expiry sooner than every
+/// one before must lower the hint, or that expiry would never leave the
+/// usage.
 #[tokio::test]
 async fn an_expiry_sooner_than_every_earlier_one_still_leaves_the_usage() {
-    let app = spawn_app().await;
+    // Its own Redis: no other test's worker recounts (which resets the hint).
+    let own = PrivateRedis::start().await;
+    let app = spawn_app_with(settings(&["--redis-url", &own.url()])).await;
     let reader = app.key(Role::Reader).await;
+    // Reading the usage of a tenant that never wrote stores nothing.
+    assert_eq!(quota(&app, &reader).await["keys"], 0);
+    let none: Option<i64> = hint_and_bucket(&app, "forever").await.0;
+    assert_eq!(none, None);
+    let usage_keys: u64 = redis::cmd("EXISTS")
+        .arg(format!("q:{{{}}}:usage", app.tenant))
+        .query_async(&mut app.raw_redis().await)
+        .await
+        .unwrap();
+    assert_eq!(usage_keys, 0);
     // No expiry (the first settle finds no bucket), then a late one, then
-    // an early one: the hint must come down twice.
-    for (key, ttl) in [("forever", 0), ("late", 600), ("early", 1)] {
+    // an early one: the hint comes down twice.
+    for (key, ttl) in [("forever", 0), ("late", 600), ("early", 3)] {
         let stored = app
             .post_json(
                 "/internal/cache/set",
@@ -316,14 +346,31 @@ async fn an_expiry_sooner_than_every_earlier_one_still_leaves_the_usage() {
             .await;
         assert_eq!(stored.status(), 200);
     }
+    let (hint, early) = hint_and_bucket(&app, "early").await;
+    assert_eq!(hint, Some(early));
     assert_eq!(quota(&app, &reader).await["keys"], 3);
-    // The early key's bucket is settled a second after its 10-second end.
+    // A bucket is settled a second after its 10-second end.
     wait_until(Duration::from_secs(25), || async {
         quota(&app, &reader).await["keys"] == 2
     })
     .await;
     assert!(!exists(&app, "early").await);
-    assert_eq!(scanned(&app, &app.tenant).await.0, 2);
+    let (hint, late) = hint_and_bucket(&app, "late").await;
+    assert_eq!(hint, Some(late), "a settle leaves the lowest bucket left");
+
+    // A re-time to sooner than every bucket left lowers it too.
+    let retimed = app
+        .post_json("/internal/cache/expire", json!({"key": "late", "ttl": 3}))
+        .await;
+    assert_eq!(retimed.status(), 200);
+    let (hint, sooner) = hint_and_bucket(&app, "late").await;
+    assert!(sooner < late);
+    assert_eq!(hint, Some(sooner));
+    wait_until(Duration::from_secs(25), || async {
+        quota(&app, &reader).await["keys"] == 1
+    })
+    .await;
+    assert_eq!(scanned(&app, &app.tenant).await.0, 1);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! to the expiry bucket of its absolute expiry time (10-second buckets in
 //! `q:{tenant}:exp`, indexed by `q:{tenant}:expz`); once a bucket lies wholly
 //! in the past, its keys are gone and it is subtracted from the usage
-//! ("settled"), by the next write or read of the tenant's usage; the usage
+//! ("settled"), by the tenant's next write, delete, re-time or usage read; the usage
 //! hash's field `d` is a lower bound of the index, so a script searches it
 //! only once a bucket is due (see `lua/library.lua`). Replacing,
 //! deleting or re-timing a key takes it out of its old bucket first

@@ -54,9 +54,13 @@ local function settle_hinted(u, x, xz, now, hint)
   end
   if dk ~= 0 then redis.call('HINCRBY', u, 'k', -dk) end
   if db ~= 0 then redis.call('HINCRBY', u, 'b', -db) end
-  -- A full page may leave more due: the hint stays below them.
+  -- A full page may leave more due: the hint stays below them. A tenant
+  -- that never wrote keeps no usage hash.
   if #due < 256 then
-    redis.call('HSET', u, 'd', redis.call('ZRANGE', xz, 0, 0)[1] or NO_BUCKET)
+    local lowest = redis.call('ZRANGE', xz, 0, 0)[1]
+    if lowest or hint or redis.call('EXISTS', u) == 1 then
+      redis.call('HSET', u, 'd', lowest or NO_BUCKET)
+    end
   end
   return true
 end
