@@ -14,13 +14,17 @@ and alternates, RUNS times:
 
 then measures latency percentiles at a fixed rate with oha (latency
 correction, so a stalled server is not hidden by coordinated omission) on
-the internal GET and on the empty handler, reads the api's peak RSS (VmHWM)
+the internal GET and on the empty handler, the CPU each process spends per
+request (the empty handler, an unknown path, `GET /api/v1/cache/ping`, the
+internal GET, redis-benchmark GET: what a request costs with and without
+Redis), reads the api's peak RSS (VmHWM)
 and, where `perf` works, records a flamegraph of the api under a GET load.
 Prints medians and the ratios measured in the same run.
 
 Environment: RUNS (3), DURATION seconds per throughput run (10),
 CONNECTIONS (50), RATE for the latency runs (2000), LATENCY_DURATION (20),
 MODES (multiplexed; also: pool), SIZES (100,1024,10240), FLAMEGRAPH (1),
+CPU_SPLIT (1: the CPU per request),
 REDIS_HOST/REDIS_PORT (127.0.0.1:6379).
 """
 
@@ -46,6 +50,7 @@ LATENCY_DURATION = int(os.environ.get("LATENCY_DURATION", "20"))
 MODES = os.environ.get("MODES", "multiplexed").split(",")
 SIZES = [int(x) for x in os.environ.get("SIZES", "100,1024,10240").split(",")]
 FLAMEGRAPH = os.environ.get("FLAMEGRAPH", "1") == "1"
+CPU_SPLIT = os.environ.get("CPU_SPLIT", "1") == "1"
 REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = os.environ.get("REDIS_PORT", "6379")
 TOKEN = "bench-token"
@@ -187,17 +192,26 @@ def redis_benchmark_write_script(sha):
     raise RuntimeError(f"no EVALSHA line in redis-benchmark output: {out}")
 
 
-def wrk(url, script=None, tenant=TENANT):
+def wrk_command(url, script=None, tenant=TENANT):
     cmd = [
         "wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s",
         "-H", f"X-Service-Token: {TOKEN}", "-H", f"X-Tenant-Id: {tenant}",
     ]
     if script:
         cmd += ["-s", script]
-    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
-    if "Non-2xx" in out:
+    return cmd + [url]
+
+
+def wrk_rate(out, expect_ok=True):
+    if expect_ok and "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def wrk(url, script=None, tenant=TENANT):
+    out = subprocess.run(wrk_command(url, script, tenant), check=True,
+                         capture_output=True, text=True).stdout
+    return wrk_rate(out)
 
 
 def oha_fixed_rate(url):
@@ -220,6 +234,69 @@ def oha_fixed_rate(url):
         "p99_ms": pct["p99"] * 1000,
         "max_ms": data["summary"]["slowest"] * 1000,
     }
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_pid():
+    """Redis's pid when it runs on this machine (its CPU is then measured)."""
+    out = subprocess.run(["redis-cli", "-h", REDIS_HOST, "-p", REDIS_PORT, "info", "server"],
+                         capture_output=True, text=True).stdout
+    match = re.search(r"process_id:(\d+)", out)
+    if not match:
+        return None
+    pid = int(match.group(1))
+    comm = Path(f"/proc/{pid}/comm")
+    return pid if comm.exists() and comm.read_text().startswith("redis") else None
+
+
+def cpu_per_request(cmd, parse, servers):
+    """Runs the load `cmd` (DURATION seconds of it) and answers its rate
+    and the CPU microseconds per request of each of `servers` (name: pid)
+    and of the load generator, sampled over the middle of the run."""
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pids = dict(servers, load=load.pid)
+    time.sleep(1.5)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(max(2.0, DURATION - 3.0))
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    window = time.monotonic() - started
+    out, _ = load.communicate(timeout=DURATION + 60)
+    rate = parse(out)
+    return {"rps": rate,
+            "us_per_request": {name: cpu * 1e6 / (rate * window) for name, cpu in used.items()}}
+
+
+def cpu_split(api_pid, floor_pid, base, floor_base, redis_rate):
+    """Where a request's CPU goes: the same measurement on routes that do
+    ever more (the empty handler; every middleware and no Redis; one Redis
+    round trip; the GET), and on redis-benchmark GET itself."""
+    redis = redis_pid()
+    with_redis = {"api": api_pid, **({"redis": redis} if redis else {})}
+    rows = {
+        "empty handler": cpu_per_request(wrk_command(floor_base + "/"), wrk_rate,
+                                         {"api": floor_pid}),
+        "unknown path (404: every middleware, no Redis)": cpu_per_request(
+            wrk_command(base + "/no/such/route"), lambda out: wrk_rate(out, expect_ok=False),
+            {"api": api_pid}),
+        "GET /api/v1/cache/ping (one PING, no auth)": cpu_per_request(
+            wrk_command(base + "/api/v1/cache/ping"), wrk_rate, with_redis),
+        "internal GET, 100 B": cpu_per_request(
+            wrk_command(f"{base}/internal/cache/get/{KEY}"), wrk_rate, with_redis),
+    }
+    requests = int(redis_rate * DURATION) if redis_rate else 1_000_000
+    rows["redis-benchmark GET"] = cpu_per_request(
+        ["redis-benchmark", "-h", REDIS_HOST, "-p", REDIS_PORT, "-t", "get",
+         "-c", str(CONNECTIONS), "-d", "100", "-n", str(requests), "--csv"],
+        lambda out: next(float(line.split(",")[1].strip('"')) for line in out.splitlines()
+                         if line.startswith('"GET')),
+        {"redis": redis} if redis else {})
+    return rows
 
 
 def peak_rss_mb(pid):
@@ -277,7 +354,7 @@ def flamegraph(pid, url, out_svg):
     return str(out_svg.relative_to(ROOT))
 
 
-def bench_mode(mode, set_script, floor_base, stamp):
+def bench_mode(mode, set_script, floor, floor_base, stamp):
     proc, base = start_api(mode)
     try:
         for size in SIZES:
@@ -304,6 +381,11 @@ def bench_mode(mode, set_script, floor_base, stamp):
         log(f"{mode}: latency at {RATE} req/s for {LATENCY_DURATION}s, ours then the empty handler")
         latency = oha_fixed_rate(get_url(100))
         floor_latency = oha_fixed_rate(floor_base + "/")
+        split = None
+        if CPU_SPLIT:
+            log(f"{mode}: CPU per request, route by route")
+            redis_rate = statistics.median(rows["redis_get_100"]) if 100 in SIZES else None
+            split = cpu_split(proc.pid, floor.pid, base, floor_base, redis_rate)
         rss = peak_rss_mb(proc.pid)
         flame = "not asked for (FLAMEGRAPH=0)"
         if FLAMEGRAPH:
@@ -317,6 +399,7 @@ def bench_mode(mode, set_script, floor_base, stamp):
             "latency": latency,
             "floor_latency": floor_latency,
             "peak_rss_mb": rss,
+            "cpu_per_request": split,
             "flamegraph": flame,
         }
     finally:
@@ -351,7 +434,7 @@ def main():
     ).stdout.strip()
     floor, floor_base = start_floor()
     try:
-        results = [bench_mode(mode, set_script, floor_base, stamp) for mode in MODES]
+        results = [bench_mode(mode, set_script, floor, floor_base, stamp) for mode in MODES]
     finally:
         floor.terminate()
         floor.wait(timeout=15)
@@ -382,6 +465,21 @@ def main():
         print(f"| p50 / p99 at {RATE}/s: empty handler | {flat['p50_ms']:.2f} / {flat['p99_ms']:.2f} ms | | |")
         print(f"| api peak RSS after the runs | {r['peak_rss_mb']:.1f} MiB | | < 48 MiB |")
         print(f"| flamegraph | {r['flamegraph']} | | |")
+        if r["cpu_per_request"]:
+            cores = os.cpu_count()
+            print()
+            print("CPU per request (µs of each process's CPU time, over the middle of one "
+                  f"{DURATION}s run; 0.8× redis-benchmark GET leaves the three processes "
+                  f"{cores * 1e6 / (0.8 * m.get('redis_get_100', float('nan'))):.1f} µs "
+                  f"a request on {cores} cores)")
+            print()
+            print("| route | req/s | server µs | Redis µs | load generator µs |")
+            print("|---|---|---|---|---|")
+            for route, row in r["cpu_per_request"].items():
+                us = row["us_per_request"]
+                cell = lambda name: f"{us[name]:.1f}" if name in us else "—"  # noqa: E731
+                print(f"| {route} | {row['rps']:,.0f} | {cell('api')} | {cell('redis')} "
+                      f"| {cell('load')} |")
     print()
     print(allocations)
     out = out_dir / f"data-plane-{stamp}.json"
