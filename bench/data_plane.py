@@ -165,9 +165,14 @@ def redis_benchmark(test, size=100):
         ],
         check=True, capture_output=True, text=True,
     ).stdout
+    return redis_benchmark_rate(out, test)
+
+
+def redis_benchmark_rate(out, test):
+    """Requests per second of `test` in redis-benchmark's `--csv` output."""
     for line in out.splitlines():
         cells = [c.strip('"') for c in line.split(",")]
-        if cells[0].upper() == test.upper():
+        if cells[0].upper().startswith(test.upper()):
             return float(cells[1])
     raise RuntimeError(f"no {test} line in redis-benchmark output: {out}")
 
@@ -185,11 +190,7 @@ def redis_benchmark_write_script(sha):
         ],
         check=True, capture_output=True, text=True,
     ).stdout
-    for line in out.splitlines():
-        cells = [c.strip('"') for c in line.split(",")]
-        if cells[0].upper().startswith("EVALSHA"):
-            return float(cells[1])
-    raise RuntimeError(f"no EVALSHA line in redis-benchmark output: {out}")
+    return redis_benchmark_rate(out, "EVALSHA")
 
 
 def wrk_command(url, script=None, tenant=TENANT):
@@ -293,8 +294,7 @@ def cpu_split(api_pid, floor_pid, base, floor_base, redis_rate):
     rows["redis-benchmark GET"] = cpu_per_request(
         ["redis-benchmark", "-h", REDIS_HOST, "-p", REDIS_PORT, "-t", "get",
          "-c", str(CONNECTIONS), "-d", "100", "-n", str(requests), "--csv"],
-        lambda out: next(float(line.split(",")[1].strip('"')) for line in out.splitlines()
-                         if line.startswith('"GET')),
+        lambda out: redis_benchmark_rate(out, "get"),
         {"redis": redis} if redis else {})
     return rows
 

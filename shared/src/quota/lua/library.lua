@@ -39,10 +39,11 @@ end
 -- Subtracts the buckets wholly past from the usage, a second after their
 -- end (the script's clock and the one Redis expires keys by may differ by
 -- the script's own run time, so a key Redis still holds is never settled).
--- `hint` is the hash's `d` (nil: unknown); returns whether it looked.
+-- `hint` is the hash's `d` (nil: unknown); returns the keys and bytes it
+-- took off the usage.
 local function settle_hinted(u, x, xz, now, hint)
   local last = bucket_of(now - 1000) - 1
-  if hint and hint > last then return false end
+  if hint and hint > last then return 0, 0 end
   local due = redis.call('ZRANGEBYSCORE', xz, '-inf', last, 'LIMIT', 0, 256)
   local dk, db = 0, 0
   for _, b in ipairs(due) do
@@ -62,7 +63,7 @@ local function settle_hinted(u, x, xz, now, hint)
       redis.call('HSET', u, 'd', lowest or NO_BUCKET)
     end
   end
-  return true
+  return dk, db
 end
 local function settle(u, x, xz, now)
   settle_hinted(u, x, xz, now, tonumber(redis.call('HGET', u, 'd')))
@@ -71,11 +72,11 @@ local function usage(u)
   local f = redis.call('HMGET', u, 'k', 'b')
   return tonumber(f[1]) or 0, tonumber(f[2]) or 0
 end
--- Settles, then returns the usage: one read when no bucket is due.
+-- Settles, then returns the usage, read once with the hint.
 local function settled_usage(u, x, xz, now)
   local f = redis.call('HMGET', u, 'k', 'b', 'd')
-  if settle_hinted(u, x, xz, now, tonumber(f[3])) then return usage(u) end
-  return tonumber(f[1]) or 0, tonumber(f[2]) or 0
+  local dk, db = settle_hinted(u, x, xz, now, tonumber(f[3]))
+  return (tonumber(f[1]) or 0) - dk, (tonumber(f[2]) or 0) - db
 end
 -- A tenant's event stream (see crate::events), from its usage key
 -- `q:{t}:usage`: `e:{t}`, written only while someone listens (`e:{t}:on`).
