@@ -25,6 +25,7 @@ pub mod quota;
 pub mod random;
 pub mod redis;
 pub mod refresh;
+pub mod reloaded;
 pub mod reseal;
 pub mod retry;
 pub mod scripts;

@@ -1,13 +1,14 @@
 //! Tenant limits (API.md §9): the platform's defaults, operators' per-tenant
 //! overrides, and the book every process keeps of them. A process reloads
-//! the overrides every few seconds ([`LimitBook::reload`]), so a change made
+//! the overrides every few seconds ([`crate::db::tenant_limits::reload`]), so a change made
 //! through any api instance applies in all of them without a restart.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
+
+use crate::reloaded::{Reloaded, Ticket};
 
 /// The defaults every tenant starts with; `0` means unlimited.
 #[derive(Debug, Clone, Args)]
@@ -122,14 +123,14 @@ impl LimitSettings {
 #[derive(Debug)]
 pub struct LimitBook {
     settings: LimitSettings,
-    overrides: RwLock<HashMap<String, LimitOverrides>>,
+    overrides: Reloaded<HashMap<String, LimitOverrides>>,
 }
 
 impl LimitBook {
     pub fn new(settings: LimitSettings) -> Self {
         Self {
             settings,
-            overrides: RwLock::new(HashMap::new()),
+            overrides: Reloaded::new(HashMap::new()),
         }
     }
 
@@ -139,35 +140,43 @@ impl LimitBook {
 
     /// `tenant`'s limits now.
     pub fn of(&self, tenant: &str) -> TenantLimits {
-        let overrides = self.overrides.read().unwrap_or_else(|p| p.into_inner());
-        self.settings
-            .apply(overrides.get(tenant).unwrap_or(&LimitOverrides::default()))
+        self.overrides.with(|overrides| {
+            self.settings
+                .apply(overrides.get(tenant).unwrap_or(&LimitOverrides::default()))
+        })
     }
 
     /// Whether any tenant may have a rate limit (the request path skips the
     /// limiter when none can).
     pub fn any_rate_limit(&self) -> bool {
         self.settings.tenant_rate_limit > 0
-            || self
-                .overrides
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .any(|o| o.requests_per_second.is_some_and(|r| r > 0))
+            || self.overrides.with(|overrides| {
+                overrides
+                    .values()
+                    .any(|o| o.requests_per_second.is_some_and(|r| r > 0))
+            })
     }
 
-    /// Replaces the overrides (one tenant's, after a change on this instance).
-    pub fn replace(&self, rows: impl IntoIterator<Item = (String, LimitOverrides)>) {
-        let fresh: HashMap<String, LimitOverrides> = rows.into_iter().collect();
-        *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    /// Taken before a full reload reads PostgreSQL.
+    pub fn reload_ticket(&self) -> Ticket {
+        self.overrides.ticket()
+    }
+
+    /// Replaces the overrides with a full reload read after `ticket`
+    /// (dropped if a newer one or a change on this instance came first).
+    pub fn replace(
+        &self,
+        ticket: Ticket,
+        rows: impl IntoIterator<Item = (String, LimitOverrides)>,
+    ) {
+        self.overrides.replace(ticket, rows.into_iter().collect());
     }
 
     /// Records one tenant's new overrides at once, before the next reload.
     pub fn set(&self, tenant: &str, overrides: LimitOverrides) {
-        self.overrides
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_owned(), overrides);
+        self.overrides.update(|all| {
+            all.insert(tenant.to_owned(), overrides);
+        });
     }
 }
 

@@ -6,12 +6,13 @@
 //! so a change made through any api instance applies in all of them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::keys::validate_key;
+use crate::reloaded::{Reloaded, Ticket};
 use crate::ttl::Expiry;
 
 /// Most namespaces one tenant may have: a lookup per request walks them.
@@ -383,14 +384,14 @@ impl NamespaceSet {
 #[derive(Debug)]
 pub struct NamespaceBook {
     defaults: Arc<NamespaceSet>,
-    tenants: RwLock<HashMap<String, Arc<NamespaceSet>>>,
+    tenants: Reloaded<HashMap<String, Arc<NamespaceSet>>>,
 }
 
 impl NamespaceBook {
     pub fn new(defaults: Vec<Namespace>) -> Self {
         Self {
             defaults: Arc::new(NamespaceSet::new(defaults)),
-            tenants: RwLock::new(HashMap::new()),
+            tenants: Reloaded::new(HashMap::new()),
         }
     }
 
@@ -401,8 +402,8 @@ impl NamespaceBook {
 
     /// `tenant`'s namespaces now.
     pub fn of(&self, tenant: &str) -> Arc<NamespaceSet> {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(tenants.get(tenant).unwrap_or(&self.defaults))
+        self.tenants
+            .with(|tenants| Arc::clone(tenants.get(tenant).unwrap_or(&self.defaults)))
     }
 
     /// The namespace of `tenant`'s `key`, if any.
@@ -425,16 +426,17 @@ impl NamespaceBook {
     /// Every (tenant, prefix) kept in the near cache (the design's defaults
     /// never are).
     pub fn near_cached(&self) -> Vec<(String, String)> {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        tenants
-            .iter()
-            .flat_map(|(tenant, set)| {
-                set.ordered
-                    .iter()
-                    .filter(|ns| ns.near_cache)
-                    .map(move |ns| (tenant.clone(), ns.prefix.clone()))
-            })
-            .collect()
+        self.tenants.with(|tenants| {
+            tenants
+                .iter()
+                .flat_map(|(tenant, set)| {
+                    set.ordered
+                        .iter()
+                        .filter(|ns| ns.near_cache)
+                        .map(move |ns| (tenant.clone(), ns.prefix.clone()))
+                })
+                .collect()
+        })
     }
 
     /// `f` of `tenant`'s `key`'s namespace, looked up under the book's lock.
@@ -444,26 +446,32 @@ impl NamespaceBook {
         key: &str,
         f: impl FnOnce(&Arc<Namespace>) -> R,
     ) -> Option<R> {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        let ns = tenants.get(tenant).unwrap_or(&self.defaults).find(key)?;
-        Some(f(ns))
+        self.tenants.with(|tenants| {
+            let ns = tenants.get(tenant).unwrap_or(&self.defaults).find(key)?;
+            Some(f(ns))
+        })
     }
 
-    /// Replaces what the book knows with a full reload.
-    pub fn replace(&self, tenants: HashMap<String, NamespaceSet>) {
+    /// Taken before a full reload reads PostgreSQL.
+    pub fn reload_ticket(&self) -> Ticket {
+        self.tenants.ticket()
+    }
+
+    /// Replaces what the book knows with a full reload read after `ticket`
+    /// (dropped if a newer one or a change on this instance came first).
+    pub fn replace(&self, ticket: Ticket, tenants: HashMap<String, NamespaceSet>) {
         let fresh = tenants
             .into_iter()
             .map(|(tenant, set)| (tenant, Arc::new(set)))
             .collect();
-        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.tenants.replace(ticket, fresh);
     }
 
     /// Records one tenant's namespaces at once, before the next reload.
     pub fn set(&self, tenant: &str, set: NamespaceSet) {
-        self.tenants
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_owned(), Arc::new(set));
+        self.tenants.update(|tenants| {
+            tenants.insert(tenant.to_owned(), Arc::new(set));
+        });
     }
 }
 

@@ -217,6 +217,7 @@ async fn insert(exec: impl PgExecutor<'_>, tenant: &str, ns: &Namespace) -> Resu
 ///
 /// [`Error::StoreUnavailable`]; the book keeps what it had.
 pub async fn reload(db: &sqlx::PgPool, book: &NamespaceBook) -> Result<(), Error> {
-    book.replace(all(db).await?);
+    let ticket = book.reload_ticket();
+    book.replace(ticket, all(db).await?);
     Ok(())
 }

@@ -132,8 +132,10 @@ pub async fn put(
 ///
 /// [`Error::StoreUnavailable`]; the book keeps what it had.
 pub async fn reload(db: &sqlx::PgPool, book: &LimitBook) -> Result<(), Error> {
+    let ticket = book.reload_ticket();
     let rows = all(db).await?;
     book.replace(
+        ticket,
         rows.into_iter()
             .map(|row| (row.tenant_id.clone(), row.overrides())),
     );
